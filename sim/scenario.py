@@ -1,0 +1,327 @@
+"""What varies in a migration, as frozen, typed dataclasses.
+
+In the shape of QEMU's guestperf: the :class:`Link` and :class:`Host` are the
+hardware, the :class:`Strategy` is the migration algorithm and its tunables,
+and the :class:`Workload` is what the guest does. A :class:`Scenario` bundles
+one of each and is the single input of :func:`sim.simulate`.
+
+Units are in field names (``bandwidth_Bps``, ``rtt_s``, ``memory_bytes``).
+Scenarios round-trip through JSON and TOML via :meth:`Scenario.to_dict` and
+:meth:`Scenario.from_dict`; string values with units are accepted wherever the
+field's suffix says what the unit is (``"1Gbit/s"`` for ``*_Bps``,
+``"300ms"`` for ``*_s``, ``"4GiB"`` for ``*_bytes``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+from .units import parse_bandwidth, parse_duration, parse_size
+
+SCHEMA_VERSION = 1
+
+StrategyKind = Literal["precopy", "postcopy", "hybrid", "stopcopy"]
+StopRule = Literal["qemu", "bhyve", "xen", "simgrid"]
+WorkloadKind = Literal["trace", "model", "synthetic"]
+ScalingLaw = Literal["absolute", "proportional"]
+ModelMode = Literal["expected", "sampled"]
+Prepaging = Literal["linear", "bubbling"]
+
+STRATEGIES: tuple[str, ...] = typing.get_args(StrategyKind)
+STOP_RULES: tuple[str, ...] = typing.get_args(StopRule)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the guest does to its memory.
+
+    ``kind`` selects the source of dirty pages: a recorded ``trace`` (page-exact
+    replay), a calibrated ``model`` (JSON from ``miglab calibrate``), or a
+    ``synthetic`` spec such as ``hotcold:hot=48MiB,rate=4000``.
+
+    Traces record writes only. Post-copy needs reads too: the guest is assumed
+    to touch ``1 + read_write_ratio`` times as many distinct pages as it
+    writes, the extra reads drawn from the same page distribution. This is a
+    documented modelling assumption, not a measurement.
+    """
+
+    kind: WorkloadKind = "synthetic"
+    spec: str = "uniform:rate=30MiB/s"
+    path: str = ""
+    memory_bytes: int = 4 * 2**30
+    page_size_bytes: int = 4096
+    scaling: ScalingLaw = "absolute"
+    mode: ModelMode = "expected"
+    zero_page_fraction: float | None = None
+    read_write_ratio: float = 0.0
+    xbzrle_delta_fraction: float = 0.1
+    trace_seconds: float = 60.0
+    interval_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class Link:
+    """The network between source and destination.
+
+    ``bandwidth_Bps`` is the raw link rate. ``migration_cap_Bps`` is QEMU's
+    ``max-bandwidth``: it limits the live phase only, never the final
+    stop-and-copy, which runs at ``bandwidth_Bps`` (measured here: 30 MB left in
+    24 ms through a link capped at 100 MiB/s). ``header_bytes_per_page`` is the
+    per-page framing overhead on the wire.
+    """
+
+    bandwidth_Bps: float = 119.2 * 2**20
+    rtt_s: float = 0.0
+    header_bytes_per_page: int = 0
+    migration_cap_Bps: float | None = None
+
+
+@dataclass(frozen=True)
+class Host:
+    """Host constants that the validation loop calibrates from real runs.
+
+    ``switchover_s`` is the fixed cost of pausing, saving device state and
+    resuming. ``throughput_efficiency`` scales the link to the throughput the
+    migration stream really achieves. ``dirty_rate_factor`` scales the guest's
+    dirty rate while it is being migrated (TCG slows a guest under migration).
+    ``page_send_cost_s`` is a per-page CPU cost on the sender.
+    """
+
+    switchover_s: float = 0.0
+    device_state_bytes: int = 0
+    throughput_efficiency: float = 1.0
+    dirty_rate_factor: float = 1.0
+    page_send_cost_s: float = 0.0
+    setup_s: float = 0.0
+    cold_restart_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """The migration algorithm and its tunables.
+
+    * ``stopcopy``: pause, copy everything, resume (``cold=True``: shut down and
+      boot on the destination; no memory moves).
+    * ``precopy``: rounds while the guest runs, ended by ``stop_rule``.
+    * ``postcopy``: switch over at once; the destination faults pages in while
+      a background push sends the rest.
+    * ``hybrid``: pre-copy for ``postcopy_after_rounds`` rounds (or until the
+      convergence-stall detector fires), then post-copy.
+    """
+
+    kind: StrategyKind = "precopy"
+    stop_rule: StopRule = "qemu"
+    downtime_limit_s: float = 0.3
+    max_rounds: int | None = None
+    timeout_s: float = 600.0
+    bhyve_rounds: int = 4
+    xen_max_iters: int = 29
+    xen_max_factor: float = 3.0
+    xen_min_dirty_pages: int = 50
+    simgrid_threshold_s: float = 0.03
+    postcopy_after_rounds: int = 1
+    stall_detector: bool = False
+    stall_ratio: float = 0.95
+    prepaging: Prepaging = "linear"
+    bubble_pages: int = 64
+    auto_converge: bool = False
+    ac_initial_pct: float = 20.0
+    ac_increment_pct: float = 10.0
+    ac_max_pct: float = 99.0
+    ac_trigger_pct: float = 50.0
+    xbzrle_cache_bytes: int = 0
+    multifd_channels: int = 1
+    cold: bool = False
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One migration to simulate (or run): workload x link x host x strategy."""
+
+    workload: Workload = field(default_factory=Workload)
+    link: Link = field(default_factory=Link)
+    host: Host = field(default_factory=Host)
+    strategy: Strategy = field(default_factory=Strategy)
+    name: str = ""
+    seed: int = 0
+
+    def replace(self, **changes: Any) -> Scenario:
+        """Return a copy with dotted fields changed: ``replace(**{"link.rtt_s": 0.01})``."""
+        return with_fields(self, changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON/TOML-ready) with a ``schema_version`` key."""
+        d = dataclasses.asdict(self)
+        d["schema_version"] = SCHEMA_VERSION
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "scenario") -> Scenario:
+        """Build from a (possibly partial) dict; unknown keys and bad values raise ConfigError."""
+        data = dict(data)
+        version = data.pop("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise ConfigError(f"{source}: schema_version {version} is not supported (expected {SCHEMA_VERSION})")
+        return _build(cls, data, source)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Scenario:
+        """Read a scenario TOML file (tables ``[workload]``, ``[link]``, ``[host]``, ``[strategy]``)."""
+        return cls.from_dict(load_toml(path), source=str(path))
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file, turning every failure into one ConfigError line."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def _coerce(name: str, tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, inner[0], value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: unknown {name} {value!r} (choose from {', '.join(map(str, args))})")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {name} must be true or false, not {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, str):
+            if name.endswith("_Bps"):
+                value = parse_bandwidth(value)
+            elif name.endswith("_s"):
+                value = parse_duration(value)
+            elif name.endswith("_bytes"):
+                value = parse_size(value)
+            else:
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise ConfigError(f"{where}: {name} must be a number, not {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: {name} must be a number, not {value!r}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{where}: {name} must be finite, not {value!r}")
+        if tp is int:
+            if float(value) != int(value):
+                raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}")
+            return int(value)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {name} must be a string, not {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table")
+        return _build(tp, value, where)
+    raise AssertionError(f"unhandled field type {tp!r}")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r} in {cls.__name__} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(k, hints[k], v, where) for k, v in data.items()}
+    obj = cls(**kwargs)
+    validate(obj, where)
+    return obj
+
+
+def with_fields(obj: Any, changes: dict[str, Any], where: str = "override") -> Any:
+    """Return ``obj`` with dotted-path fields replaced, values coerced like from_dict."""
+    nested: dict[str, dict[str, Any]] = {}
+    flat: dict[str, Any] = {}
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            flat[head] = value
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    updates: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown field {key!r} in {type(obj).__name__}")
+        updates[key] = _coerce(key, hints[key], value, where)
+    for key, sub in nested.items():
+        if key not in names or not dataclasses.is_dataclass(hints[key]):
+            raise ConfigError(f"{where}: unknown table {key!r} in {type(obj).__name__}")
+        updates[key] = with_fields(getattr(obj, key), sub, where)
+    new = dataclasses.replace(obj, **updates)
+    validate(new, where)
+    return new
+
+
+def validate(obj: Any, where: str = "scenario") -> None:
+    """Range checks that the type system cannot express."""
+    if isinstance(obj, Link):
+        if obj.bandwidth_Bps <= 0:
+            raise ConfigError(f"{where}: bandwidth must be positive, not {obj.bandwidth_Bps!r}")
+        if obj.rtt_s < 0:
+            raise ConfigError(f"{where}: rtt must not be negative")
+        if obj.migration_cap_Bps is not None and obj.migration_cap_Bps <= 0:
+            raise ConfigError(f"{where}: migration bandwidth cap must be positive")
+        if obj.header_bytes_per_page < 0:
+            raise ConfigError(f"{where}: header_bytes_per_page must not be negative")
+    elif isinstance(obj, Workload):
+        if obj.memory_bytes <= 0:
+            raise ConfigError(f"{where}: memory must be positive")
+        if obj.page_size_bytes <= 0 or obj.page_size_bytes & (obj.page_size_bytes - 1):
+            raise ConfigError(f"{where}: page size must be a power of two")
+        if obj.zero_page_fraction is not None and not 0 <= obj.zero_page_fraction <= 1:
+            raise ConfigError(f"{where}: zero_page_fraction must lie in [0, 1]")
+        if obj.read_write_ratio < 0:
+            raise ConfigError(f"{where}: read_write_ratio must not be negative")
+        if obj.kind in ("trace", "model") and not obj.path:
+            raise ConfigError(f"{where}: a {obj.kind} workload needs a path")
+    elif isinstance(obj, Host):
+        if obj.switchover_s < 0 or obj.setup_s < 0 or obj.page_send_cost_s < 0:
+            raise ConfigError(f"{where}: host times must not be negative")
+        if not 0 < obj.throughput_efficiency <= 1.5:
+            raise ConfigError(f"{where}: throughput_efficiency must lie in (0, 1.5]")
+        if obj.dirty_rate_factor < 0:
+            raise ConfigError(f"{where}: dirty_rate_factor must not be negative")
+    elif isinstance(obj, Strategy):
+        if obj.downtime_limit_s <= 0:
+            raise ConfigError(f"{where}: downtime limit must be positive")
+        if obj.max_rounds is not None and obj.max_rounds < 1:
+            raise ConfigError(f"{where}: max_rounds must be at least 1")
+        if obj.timeout_s <= 0:
+            raise ConfigError(f"{where}: timeout must be positive")
+        if obj.postcopy_after_rounds < 0 or obj.bhyve_rounds < 1:
+            raise ConfigError(f"{where}: round counts must be positive")
+        if not 0 <= obj.ac_initial_pct <= 100 or not 0 <= obj.ac_max_pct <= 100:
+            raise ConfigError(f"{where}: throttle percentages must lie in [0, 100]")
+        if obj.xbzrle_cache_bytes < 0:
+            raise ConfigError(f"{where}: xbzrle cache must not be negative")

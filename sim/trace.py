@@ -1,0 +1,258 @@
+"""The miglab dirty-page trace format (version 1) and fast bitmap access.
+
+A trace is the set of guest pages whose *content changed* in each interval.
+On disk it is a compressed ``.npz`` (numpy only; no pyarrow, so it works on
+FreeBSD hosts) holding a delta-encoded CSR layout:
+
+=================  ========  ==================================================
+array              dtype     meaning
+=================  ========  ==================================================
+``format``         str       ``"miglab-trace"``
+``version``        int64     format version, currently 1
+``page_size``      int64     bytes per page
+``n_pages``        int64     guest pages
+``t_start_s``      float64   interval starts, seconds since collection start
+``t_end_s``        float64   interval ends
+``indptr``         int64     ``n_intervals + 1`` offsets into ``deltas``
+``deltas``         uint32    per interval: first page number, then gaps between
+                             sorted page numbers (uint64 if n_pages >= 2**32)
+``meta_json``      str       JSON metadata (hypervisor, host, method, ...)
+=================  ========  ==================================================
+
+Delta encoding makes the page lists compress well (gaps are small and
+repetitive) while decoding stays a single ``np.cumsum`` per interval.
+See ``traces/README.md`` for the full description and the metadata keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import TraceError
+
+FORMAT_NAME = "miglab-trace"
+FORMAT_VERSION = 1
+_REQUIRED = ("format", "version", "page_size", "n_pages", "t_start_s", "t_end_s", "indptr", "deltas", "meta_json")
+
+
+def _miglab_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """A loaded trace. Page lists stay delta-encoded until asked for.
+
+    ``pages(i)`` returns interval ``i``'s sorted page numbers, ``bitmap(i)``
+    (or ``union_bitmap``) a packed little-endian bitmap of ``n_pages`` bits.
+    """
+
+    page_size: int
+    n_pages: int
+    t_start_s: np.ndarray
+    t_end_s: np.ndarray
+    indptr: np.ndarray
+    deltas: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+    path: str = ""
+
+    # -- shape --------------------------------------------------------------
+    @property
+    def n_intervals(self) -> int:
+        return len(self.t_start_s)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.n_pages * self.page_size
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.t_end_s[-1] - self.t_start_s[0]) if self.n_intervals else 0.0
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Pages changed per interval."""
+        return np.diff(self.indptr)
+
+    # -- decoding -----------------------------------------------------------
+    def pages(self, i: int) -> np.ndarray:
+        """Sorted page numbers (int64) changed in interval ``i``."""
+        lo, hi = int(self.indptr[i]), int(self.indptr[i + 1])
+        return np.cumsum(self.deltas[lo:hi], dtype=np.int64)
+
+    def mask(self, intervals: Iterable[int]) -> np.ndarray:
+        """Boolean array over pages: changed in any of ``intervals``."""
+        m = np.zeros(self.n_pages, dtype=bool)
+        for i in intervals:
+            m[self.pages(i)] = True
+        return m
+
+    def bitmap(self, i: int) -> np.ndarray:
+        """Packed bitmap (uint8, little bit order) of interval ``i``."""
+        return np.packbits(self.mask([i]), bitorder="little")
+
+    def union_bitmap(self, intervals: Iterable[int]) -> np.ndarray:
+        """Packed bitmap of the union of ``intervals``: a page dirtied twice counts once."""
+        return np.packbits(self.mask(intervals), bitorder="little")
+
+    def unique_pages(self, intervals: Iterable[int]) -> int:
+        """Number of distinct pages changed across ``intervals``."""
+        return int(np.bitwise_count(self.union_bitmap(intervals)).sum())
+
+    def with_meta(self, **meta: Any) -> Trace:
+        return Trace(self.page_size, self.n_pages, self.t_start_s, self.t_end_s, self.indptr, self.deltas,
+                     {**self.meta, **meta}, self.sha256, self.path)
+
+
+def encode(page_lists: Sequence[np.ndarray], n_pages: int) -> tuple[np.ndarray, np.ndarray]:
+    """Delta-encode sorted page lists into ``(indptr, deltas)``."""
+    counts = np.fromiter((len(p) for p in page_lists), dtype=np.int64, count=len(page_lists))
+    indptr = np.zeros(len(page_lists) + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    dtype = np.uint32 if n_pages < 2**32 else np.uint64
+    if not len(page_lists) or indptr[-1] == 0:
+        return indptr, np.zeros(0, dtype=dtype)
+    flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in page_lists])
+    deltas = np.diff(flat, prepend=0)
+    starts = indptr[:-1][counts > 0]
+    deltas[starts] = flat[starts]
+    return indptr, deltas.astype(dtype)
+
+
+def make_trace(page_lists: Sequence[np.ndarray], t_start_s: Sequence[float], t_end_s: Sequence[float], *,
+               n_pages: int, page_size: int = 4096, meta: dict[str, Any] | None = None) -> Trace:
+    """Build an in-memory trace from per-interval sorted page arrays (validated)."""
+    indptr, deltas = encode(page_lists, n_pages)
+    m = {"miglab_version": _miglab_version(), **(meta or {})}
+    t = Trace(int(page_size), int(n_pages), np.asarray(t_start_s, dtype=np.float64),
+              np.asarray(t_end_s, dtype=np.float64), indptr, deltas, m)
+    check(t, "<memory>")
+    return t
+
+
+def check(t: Trace, path: object) -> None:
+    """Raise TraceError unless ``t`` is internally consistent. Fully vectorised."""
+    if t.page_size <= 0 or t.page_size & (t.page_size - 1):
+        raise TraceError(path, f"page_size {t.page_size} is not a positive power of two")
+    if t.n_pages <= 0:
+        raise TraceError(path, f"n_pages {t.n_pages} must be positive")
+    n = len(t.t_start_s)
+    if t.t_start_s.ndim != 1 or t.t_end_s.shape != t.t_start_s.shape:
+        raise TraceError(path, "t_start_s and t_end_s must be 1-D and of equal length")
+    if t.indptr.shape != (n + 1,) or t.indptr[0] != 0 or t.indptr[-1] != len(t.deltas):
+        raise TraceError(path, "indptr does not match the interval count and the page data (truncated?)")
+    if not (np.isfinite(t.t_start_s).all() and np.isfinite(t.t_end_s).all()):
+        raise TraceError(path, "interval times must be finite")
+    if (t.t_end_s <= t.t_start_s).any():
+        i = int(np.argmax(t.t_end_s <= t.t_start_s))
+        raise TraceError(path, f"interval {i} does not end after it starts")
+    if n > 1 and (t.t_start_s[1:] < t.t_end_s[:-1] - 1e-9).any():
+        i = int(np.argmax(t.t_start_s[1:] < t.t_end_s[:-1] - 1e-9)) + 1
+        raise TraceError(path, f"intervals are not monotonic: interval {i} starts before interval {i - 1} ends")
+    counts = np.diff(t.indptr)
+    if (counts < 0).any():
+        raise TraceError(path, "indptr is not non-decreasing")
+    if len(t.deltas):
+        if t.deltas.dtype.kind not in "ui":
+            raise TraceError(path, f"deltas have dtype {t.deltas.dtype}, expected unsigned integers")
+        d = t.deltas.astype(np.int64, copy=False)
+        if (d < 0).any():
+            raise TraceError(path, "negative page number or gap")
+        is_first = np.zeros(len(d), dtype=bool)
+        is_first[t.indptr[:-1][counts > 0]] = True
+        if (d[~is_first] == 0).any():
+            raise TraceError(path, "page numbers within an interval are not strictly increasing")
+        nz = counts > 0
+        last = np.add.reduceat(d, t.indptr[:-1][nz])
+        if (last >= t.n_pages).any():
+            i = int(np.flatnonzero(nz)[np.argmax(last >= t.n_pages)])
+            raise TraceError(path, f"interval {i} has page {int(last.max())} beyond the guest's {t.n_pages} pages")
+
+
+def save(t: Trace, path: str | os.PathLike[str], *, compress: bool = True) -> str:
+    """Write ``t`` atomically (temp file + rename); return its sha256."""
+    path = Path(path)
+    meta = {"miglab_version": _miglab_version(), **t.meta}
+    arrays = {
+        "format": np.array(FORMAT_NAME), "version": np.array(FORMAT_VERSION, dtype=np.int64),
+        "page_size": np.array(t.page_size, dtype=np.int64), "n_pages": np.array(t.n_pages, dtype=np.int64),
+        "t_start_s": t.t_start_s.astype(np.float64), "t_end_s": t.t_end_s.astype(np.float64),
+        "indptr": t.indptr.astype(np.int64), "deltas": t.deltas,
+        "meta_json": np.array(json.dumps(meta, sort_keys=True, default=str)),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            (np.savez_compressed if compress else np.savez)(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return file_sha256(path)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load(path: str | os.PathLike[str]) -> Trace:
+    """Load and validate a trace; every defect raises one TraceError naming the file."""
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            missing = [k for k in _REQUIRED if k not in z.files]
+            if missing:
+                raise TraceError(p, f"not a miglab trace: missing {', '.join(missing)}")
+            a = {k: z[k] for k in _REQUIRED}
+    except TraceError:
+        raise
+    except FileNotFoundError:
+        raise TraceError(p, "no such file") from None
+    except IsADirectoryError:
+        raise TraceError(p, "is a directory, not a trace") from None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zipfile.LargeZipFile) as e:
+        raise TraceError(p, f"malformed or truncated trace ({type(e).__name__}: {e})") from None
+    except Exception as e:  # zlib/struct errors from a damaged member surface as assorted types
+        raise TraceError(p, f"malformed or truncated trace ({type(e).__name__})") from None
+    if str(a["format"]) != FORMAT_NAME:
+        raise TraceError(p, f"format is {str(a['format'])!r}, not {FORMAT_NAME!r}")
+    try:
+        version = int(a["version"])
+        page_size, n_pages = int(a["page_size"]), int(a["n_pages"])
+    except (TypeError, ValueError):
+        raise TraceError(p, "version, page_size and n_pages must be integer scalars") from None
+    if version != FORMAT_VERSION:
+        raise TraceError(p, f"trace format version {version} is not supported (this miglab reads {FORMAT_VERSION})")
+    try:
+        meta = json.loads(str(a["meta_json"]))
+        if not isinstance(meta, dict):
+            raise ValueError
+    except ValueError:
+        raise TraceError(p, "meta_json is not a JSON object") from None
+    for k in ("t_start_s", "t_end_s"):
+        if a[k].dtype.kind != "f":
+            raise TraceError(p, f"{k} must be floating point, not {a[k].dtype}")
+    if a["indptr"].dtype.kind not in "iu":
+        raise TraceError(p, f"indptr must be integers, not {a['indptr'].dtype}")
+    t = Trace(page_size, n_pages, a["t_start_s"], a["t_end_s"], a["indptr"].astype(np.int64), a["deltas"], meta,
+              file_sha256(p), str(p))
+    check(t, p)
+    return t
