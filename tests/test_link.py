@@ -1,0 +1,94 @@
+"""The shaped link: namespaces + veth + tbf + delay forwarder, and its cleanup."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from harness import link as linkmod
+from harness.link import ShapedLink
+from sim.errors import ConfigError
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+
+def _ours(link: ShapedLink) -> list[str]:
+    return [ns for ns in linkmod.list_namespaces() if link.id in ns]
+
+
+@needs_root
+def test_link_achieves_configured_rate_and_rtt() -> None:
+    with ShapedLink(bandwidth_Bps=200e6 / 8, rtt_s=0.010) as link:
+        assert sorted(_ours(link)) == sorted(link.namespaces)
+        m = link.measure(seconds=2.0, pings=15)
+        forwarders = [p.pid for p in link._forwarders.values()]
+        assert forwarders
+    # Payload throughput: tbf shapes wire bytes, so TCP/IP framing (~4.5 % at
+    # MTU 1500) comes off the top; it must still be within 15 %.
+    assert 0.85 * 25e6 <= m.throughput_Bps <= 1.05 * 25e6, m
+    assert abs(m.rtt_s - 0.010) <= 0.002, m
+    assert m.rtt_min_s >= 0.009, m
+    assert _ours(link) == []
+    for pid in forwarders:
+        assert not os.path.exists(f"/proc/{pid}"), f"forwarder {pid} survived"
+
+
+@needs_root
+def test_zero_rtt_link_routes_without_forwarder() -> None:
+    with ShapedLink(bandwidth_Bps=400e6 / 8, rtt_s=0.0) as link:
+        assert link.forward(4444) == (linkmod.DST_IP, 4444)
+        m = link.measure(seconds=1.0, pings=5)
+        assert link._forwarders == {}
+    assert 0.85 * 50e6 <= m.throughput_Bps <= 1.05 * 50e6, m
+    assert m.rtt_s < 0.002
+
+
+@needs_root
+def test_traffic_stays_inside_namespaces() -> None:
+    with ShapedLink(bandwidth_Bps=10e6, rtt_s=0.002) as link:
+        # No route out of the source namespace: only the link's own subnets.
+        routes = subprocess.run(["ip", "-n", link.src_ns, "route"], capture_output=True, text=True).stdout
+        assert "default" not in routes
+        # Our addresses are not in the root namespace.
+        root = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+        assert linkmod.SRC_IP not in root and linkmod.DST_IP not in root
+        qdisc = subprocess.run(["tc", "-n", link.src_ns, "qdisc", "show", "dev", "eth0"],
+                               capture_output=True, text=True).stdout
+        assert "tbf" in qdisc and "80Mbit" in qdisc
+
+
+@needs_root
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_cleanup_on_failure_and_interrupt(exc: type[BaseException]) -> None:
+    link = ShapedLink(bandwidth_Bps=10e6, rtt_s=0.004)
+    with pytest.raises(exc), link:
+        link.forward(4444)
+        proc = link.run_in("dst", ["sleep", "60"])
+        raise exc()
+    assert _ours(link) == []
+    assert proc.wait(timeout=5) != 0  # killed with its namespace
+
+
+def test_bad_link_parameters_are_config_errors() -> None:
+    with pytest.raises(ConfigError):
+        ShapedLink(bandwidth_Bps=0)
+    with pytest.raises(ConfigError):
+        ShapedLink(bandwidth_Bps=1e6, rtt_s=-1)
+
+
+@needs_root
+def test_cleanup_stale_removes_only_dead_owners() -> None:
+    dead_pid = 2**22 - 3  # above pid_max defaults; no such process
+    while os.path.exists(f"/proc/{dead_pid}"):
+        dead_pid -= 1
+    stale = f"miglab-src-{dead_pid}-abc123"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        with ShapedLink(bandwidth_Bps=10e6) as link:
+            removed = linkmod.cleanup_stale()
+            assert stale in removed
+            assert sorted(_ours(link)) == sorted(link.namespaces)
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True)
