@@ -22,6 +22,8 @@ from sim.errors import MiglabError
 # to the "trace" group (``trace collect``).
 VERB_MODULES: tuple[str, ...] = (
     "sim.cli",
+    "sim.calibrate",
+    "sim.traceview",
 )
 
 

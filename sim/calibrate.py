@@ -1,0 +1,668 @@
+"""Calibrate a :class:`~sim.model.DirtyModel` from a trace, and sample page-exact sets from it.
+
+Three steps, each usable on its own:
+
+1. :func:`working_set_curve` measures D(T), the mean number of *distinct* pages
+   dirtied in a window of ``k`` consecutive trace intervals, for a set of ``k``.
+   Per-interval packed bitmaps are ORed with a doubling scheme (a sparse table:
+   the window of ``2p`` intervals starting at ``i`` is the OR of the windows of
+   ``p`` starting at ``i`` and ``i + p``; any other ``k`` is the OR of two
+   overlapping power-of-two windows) and counted with ``np.bitwise_count``.
+   The page range is split into column chunks so that the working set of
+   bitmaps stays under a memory budget however large the guest.
+2. :func:`fit_classes` fits ``D(T) = sum_k n_k (1 - exp(-lambda_k T))``: NNLS
+   over a log-spaced dictionary of rates finds the candidate classes, bounded
+   least squares refines 1..``max_classes`` of them, and a penalised criterion
+   (BIC on relative residuals with a 0.1 % noise floor) picks the count.
+3. :func:`calibrate` runs both on a trace and returns the model with its fit
+   report and provenance.
+
+:func:`sample_dirty` / :func:`sample_dirty_pages` draw the page-exact set of
+pages a model dirties in one window ("sampled page-exact mode"); the expected
+value of its size is ``model.working_set(window_s)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import least_squares, nnls
+
+from .errors import ConfigError, TraceError
+from .model import DirtyModel, PageClass
+from .trace import Trace
+
+log = logging.getLogger(__name__)
+
+#: Bytes of bitmap rows held at once by :func:`working_set_curve` (default).
+WORKING_SET_BUDGET_BYTES = 256 * 2**20
+#: Relative residual below which extra classes are not worth their parameters.
+FIT_NOISE_FLOOR = 1e-3
+#: Rates within this factor of each other (same kind) are one class.
+MERGE_RATE_FACTOR = 1.5
+#: A class whose rate times the longest window is below this never bends within
+#: the trace: only ``pages * rate`` is determined (see :func:`fit_classes`).
+LINEAR_REGIME_X = 0.02
+#: Sampling draws at most this many random numbers per batch (bounds memory).
+SAMPLE_BATCH = 1 << 23
+
+
+# ---------------------------------------------------------------------------
+# Packed bitmaps
+# ---------------------------------------------------------------------------
+def _row_bytes(n_bits: int) -> int:
+    """Bytes of a packed bitmap of ``n_bits`` bits, padded to whole uint64 words."""
+    return (n_bits + 63) // 64 * 8
+
+
+def popcount(bitmap: np.ndarray) -> int:
+    """Number of set bits in a packed bitmap (any unsigned dtype, any shape)."""
+    b = np.ascontiguousarray(bitmap)
+    if b.dtype == np.uint8 and b.size % 8 == 0:
+        b = b.view(np.uint64)
+    return int(np.bitwise_count(b).sum(dtype=np.int64))
+
+
+def set_bits(bitmap: np.ndarray, pages: np.ndarray, scratch: np.ndarray | None = None) -> None:
+    """OR the bits of ``pages`` (page numbers relative to bit 0) into packed ``bitmap`` in place.
+
+    ``bitmap`` is uint8 with little bit order. Scattering into a boolean array
+    and packing it measured faster than ``np.bitwise_or.at`` or a ``reduceat``
+    over bytes, even at 5 % density. ``scratch`` (an all-False bool array of
+    ``8 * len(bitmap)``) avoids a fresh allocation; it is left all-False.
+    """
+    if len(pages) == 0:
+        return
+    n_bits = 8 * len(bitmap)
+    mask = np.zeros(n_bits, dtype=bool) if scratch is None else scratch
+    mask[pages] = True
+    bitmap |= np.packbits(mask, bitorder="little")
+    if scratch is not None:
+        mask[pages] = False
+
+
+def interval_bitmaps(trace: Trace, intervals: Sequence[int] | None = None) -> np.ndarray:
+    """Packed bitmaps of ``intervals`` (default all) as an ``(n, row_bytes)`` uint8 array.
+
+    Rows are padded to whole uint64 words (``row_bytes = ceil(n_pages / 64) * 8``);
+    padding bits are zero. Memory is ``n * n_pages / 8`` bytes: callers with
+    huge traces should go through :func:`working_set_curve`, which streams.
+    """
+    idx = range(trace.n_intervals) if intervals is None else list(intervals)
+    rb = _row_bytes(trace.n_pages)
+    out = np.zeros((len(idx), rb), dtype=np.uint8)
+    scratch = np.zeros(8 * rb, dtype=bool)
+    for r, i in enumerate(idx):
+        set_bits(out[r], trace.pages(i), scratch)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Working-set curve
+# ---------------------------------------------------------------------------
+def default_window_counts(n_intervals: int, per_octave: int = 4) -> np.ndarray:
+    """Window lengths in intervals: about ``per_octave`` log-spaced values per doubling, 1 .. n."""
+    if n_intervals < 1:
+        return np.zeros(0, dtype=np.int64)
+    top = math.log2(n_intervals)
+    ks = np.unique(np.rint(2.0 ** (np.arange(0, int(top * per_octave) + 1) / per_octave)).astype(np.int64))
+    ks = ks[(ks >= 1) & (ks <= n_intervals)]
+    return np.unique(np.append(ks, n_intervals))
+
+
+def window_durations(trace: Trace, ks: np.ndarray) -> np.ndarray:
+    """Mean wall-clock span (s) of the windows of ``k`` consecutive intervals, per ``k``."""
+    n = trace.n_intervals
+    out = np.empty(len(ks), dtype=np.float64)
+    for j, k in enumerate(ks):
+        out[j] = float(np.mean(trace.t_end_s[k - 1:] - trace.t_start_s[:n - k + 1]))
+    return out
+
+
+def _chunk_plan(trace: Trace, chunk_bytes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split every interval's page list at the column-chunk boundaries.
+
+    Returns ``(bounds_pages, idx, base)``: chunk ``c`` covers pages
+    ``bounds_pages[c]:bounds_pages[c+1]``; interval ``i``'s pages in it are
+    ``base[i, c] + cumsum(deltas[idx[i, c]:idx[i, c+1]])``. Each interval is
+    decoded once here, so every later chunk pass decodes only its own slice.
+    """
+    n = trace.n_intervals
+    chunk_bits = 8 * chunk_bytes
+    bounds = np.arange(0, trace.n_pages + chunk_bits, chunk_bits, dtype=np.int64)
+    bounds[-1] = min(bounds[-1], trace.n_pages)
+    bounds = np.unique(np.minimum(bounds, trace.n_pages))
+    idx = np.empty((n, len(bounds)), dtype=np.int64)
+    base = np.zeros((n, len(bounds)), dtype=np.int64)
+    for i in range(n):
+        lo = int(trace.indptr[i])
+        p = trace.pages(i)
+        pos = np.searchsorted(p, bounds, side="left")
+        pos[-1] = len(p)
+        idx[i] = lo + pos
+        has_prev = pos > 0
+        base[i, has_prev] = p[pos[has_prev] - 1]
+    return bounds, idx, base
+
+
+def working_set_curve(trace: Trace, windows: Sequence[int] | np.ndarray | None = None, *,
+                      budget_bytes: int = WORKING_SET_BUDGET_BYTES,
+                      progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """D(T): mean distinct pages dirtied over all windows of ``k`` consecutive intervals.
+
+    ``windows`` lists the ``k`` (interval counts, 1 <= k <= n_intervals);
+    default :func:`default_window_counts` (about four per doubling, up to the
+    whole trace). Returns ``(window_s, pages)``: the mean wall-clock span of
+    each window length and the mean distinct-page count (float64).
+
+    Cost is O(n_intervals x (log n + len(windows)) x n_pages / 8) byte
+    operations. At most ``budget_bytes`` of bitmap rows (plus a small OR
+    buffer) are held: larger guests are processed in column chunks.
+    """
+    from tqdm import tqdm
+
+    n = trace.n_intervals
+    if n == 0:
+        raise TraceError(trace.path or "<trace>", "has no intervals, so no working-set curve")
+    ks = default_window_counts(n) if windows is None else np.unique(np.asarray(windows, dtype=np.int64))
+    if len(ks) == 0 or ks[0] < 1 or ks[-1] > n:
+        raise ConfigError(f"window lengths must be between 1 and {n} intervals, got {list(map(int, ks))}")
+    sums = np.zeros(len(ks), dtype=np.int64)
+
+    # Column chunk: n rows of chunk_bytes must fit the budget; whole uint64 words.
+    full = _row_bytes(trace.n_pages)
+    chunk_bytes = max(8, min(full, budget_bytes // n // 8 * 8))
+    bounds, idx, base = _chunk_plan(trace, chunk_bytes)
+    n_chunks = len(bounds) - 1
+    buf = np.zeros((n, chunk_bytes), dtype=np.uint8)
+    words = buf.view(np.uint64)
+    scratch = np.zeros(8 * chunk_bytes, dtype=bool)
+    # OR temporaries for non-power-of-two k are built this many rows at a time.
+    block_rows = max(1, min(n, (32 * 2**20) // chunk_bytes))
+    tmp = np.empty((block_rows, chunk_bytes // 8), dtype=np.uint64)
+    pow2_of = {int(k): 1 << (int(k).bit_length() - 1) for k in ks}
+
+    quiet = progress is False or (progress is None and (n_chunks < 4 or not sys.stderr.isatty()))
+    for c in tqdm(range(n_chunks), desc="working set", unit="chunk", disable=quiet, leave=False):
+        p0 = int(bounds[c])
+        buf.fill(0)
+        for i in range(n):
+            s, e = int(idx[i, c]), int(idx[i, c + 1])
+            if e > s:
+                pages = base[i, c] + np.cumsum(trace.deltas[s:e], dtype=np.int64) - p0
+                set_bits(buf[i], pages, scratch)
+        p = 1  # rows 0..n-p of `words` now hold the windows of p intervals
+        while True:
+            for j, k in enumerate(ks):
+                if pow2_of[int(k)] != p:
+                    continue
+                n_win = n - int(k) + 1
+                if k == p:
+                    sums[j] += int(np.bitwise_count(words[:n_win]).sum(dtype=np.int64))
+                    continue
+                shift = int(k) - p
+                for a in range(0, n_win, block_rows):
+                    r = min(block_rows, n_win - a)
+                    np.bitwise_or(words[a:a + r], words[a + shift:a + shift + r], out=tmp[:r])
+                    sums[j] += int(np.bitwise_count(tmp[:r]).sum(dtype=np.int64))
+            if 2 * p > ks[-1]:
+                break
+            # In place, ascending blocks of at most p rows: the rows read (i + p)
+            # are still windows of p when row i becomes a window of 2p.
+            last = n - 2 * p  # last row that holds a window of 2p
+            for a in range(0, last + 1, p):
+                r = min(p, last + 1 - a)
+                words[a:a + r] |= words[a + p:a + p + r]
+            p *= 2
+
+    counts = n - ks + 1
+    return window_durations(trace, ks), sums / counts
+
+
+# ---------------------------------------------------------------------------
+# Fitting page classes
+# ---------------------------------------------------------------------------
+def _basis(kind: str, rate: np.ndarray, window_s: np.ndarray) -> np.ndarray:
+    x = np.outer(window_s, rate)
+    return np.minimum(1.0, x) if kind == "sweep" else -np.expm1(-x)
+
+
+def _curve(params: np.ndarray, kinds: Sequence[str], window_s: np.ndarray) -> np.ndarray:
+    k = len(kinds)
+    n, rate = params[:k], np.exp(params[k:])
+    out = np.zeros_like(window_s)
+    for j, kind in enumerate(kinds):
+        out += n[j] * _basis(kind, rate[j:j + 1], window_s)[:, 0]
+    return out
+
+
+def _refine(init: list[tuple[str, float, float]], window_s: np.ndarray, pages: np.ndarray, weight: np.ndarray,
+            n_pages: int, log_rate_bounds: tuple[float, float]) -> tuple[np.ndarray, list[str], float]:
+    """Bounded least squares from ``init`` = [(kind, pages, rate)]; returns (params, kinds, weighted RSS)."""
+    kinds = [c[0] for c in init]
+    k = len(init)
+    lo_r, hi_r = log_rate_bounds
+    x0 = np.array([min(max(c[1], 0.0), n_pages) for c in init]
+                  + [min(max(math.log(c[2]), lo_r), hi_r) for c in init])
+    lower = np.r_[np.zeros(k), np.full(k, lo_r)]
+    upper = np.r_[np.full(k, float(n_pages)), np.full(k, hi_r)]
+    x0 = np.clip(x0, lower, upper)
+    scale_pages = 1.0 / max(float(pages.max()), 1.0)
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        over = max(0.0, float(x[:k].sum()) - n_pages)
+        return np.r_[weight * (_curve(x, kinds, window_s) - pages), 10.0 * over * scale_pages]
+
+    sol = least_squares(residuals, x0, bounds=(lower, upper), method="trf", x_scale="jac", max_nfev=2000)
+    return sol.x, kinds, float(np.sum(sol.fun[:-1] ** 2))
+
+
+def _nnls_candidates(window_s: np.ndarray, pages: np.ndarray, weight: np.ndarray, kinds: Sequence[str],
+                     rates: np.ndarray) -> list[tuple[str, float, float]]:
+    """Sparse NNLS over a rate dictionary; adjacent atoms merge into one candidate class."""
+    cols = [_basis(kind, rates, window_s) for kind in kinds]
+    a = np.hstack(cols) * weight[:, None]
+    x, _ = nnls(a, pages * weight, maxiter=50 * a.shape[1])
+    out = []
+    for ki, kind in enumerate(kinds):
+        xs = x[ki * len(rates):(ki + 1) * len(rates)]
+        on = xs > 1e-9 * max(float(x.max()), 1e-300)
+        # group runs of consecutive active atoms
+        act = np.flatnonzero(on)
+        for g in np.split(act, np.flatnonzero(np.diff(act) != 1) + 1) if len(act) else []:
+            w = xs[g]
+            out.append((kind, float(w.sum()), float(np.exp(np.average(np.log(rates[g]), weights=w)))))
+    out.sort(key=lambda c: -c[1])
+    return out
+
+
+def fit_classes(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequence[float], n_pages: int,
+                max_classes: int = 3, *, kinds: Sequence[str] = ("poisson",),
+                ) -> tuple[tuple[PageClass, ...], dict[str, Any]]:
+    """Fit ``D(T) = sum_k n_k (1 - exp(-lambda_k T))`` to a measured working-set curve.
+
+    ``n_k >= 0``, ``sum n_k <= n_pages`` and ``lambda_k > 0``. Residuals are
+    weighted by ``1 / max(D, 1)`` so short windows (which decide downtime)
+    count as much as long ones. ``kinds`` may add ``"sweep"`` classes
+    (``n min(1, lambda T)``, a sequential/permutation sweep).
+
+    Steps: NNLS over a dictionary of log-spaced rates from ``1e-3 / T_max`` to
+    ``20 / T_min`` gives candidate classes; for each class count K up to
+    ``max_classes`` bounded least squares refines every K-subset of the
+    leading candidates; K is chosen by BIC on the relative residuals, with a
+    noise floor of 0.1 % so that a curve already fitted to that precision gets
+    no extra classes. Classes whose rates are within a factor 1.5 are merged,
+    and classes under half a page dropped. Rates at the upper bound mean "dirty
+    in every interval": only a lower bound on the rate is observable. A class
+    still linear over the longest window (``rate * T_max < 0.02``) determines
+    only ``pages * rate``; if it is not already the largest class it is spread
+    over the pages no other class holds, as the cold remainder (noted in the
+    report).
+
+    Returns ``(classes, report)`` with classes sorted hottest first; ``report``
+    holds ``rmse_pages``, ``max_rel_error``, ``r2``, ``residuals`` (per window:
+    ``window_s``, ``observed``, ``fitted``, ``residual``), ``n_classes``,
+    ``criterion`` (BIC per K tried) and ``notes``.
+    """
+    t = np.asarray(window_s, dtype=np.float64)
+    d = np.asarray(pages, dtype=np.float64)
+    if t.ndim != 1 or t.shape != d.shape or len(t) == 0:
+        raise ConfigError("window_s and pages must be non-empty 1-D arrays of equal length")
+    if not (np.isfinite(t).all() and np.isfinite(d).all()) or (t <= 0).any() or (d < 0).any():
+        raise ConfigError("window_s must be positive and pages non-negative (finite)")
+    if n_pages <= 0 or max_classes < 1:
+        raise ConfigError(f"need n_pages > 0 and max_classes >= 1 (got {n_pages}, {max_classes})")
+    bad = [k for k in kinds if k not in ("poisson", "sweep")]
+    if bad or not kinds:
+        raise ConfigError(f"unknown class kind(s) {bad} (choose poisson, sweep)")
+    order = np.argsort(t)
+    t, d = t[order], d[order]
+    m = len(t)
+    notes: list[str] = []
+    if d.max() <= 0:
+        rep = _report((), t, d, {}, ["the trace dirties no pages"])
+        return (), rep
+
+    weight = 1.0 / np.maximum(d, 1.0)
+    t_min, t_max = float(t[0]), float(t[-1])
+    log_bounds = (math.log(1e-3 / t_max), math.log(20.0 / t_min))
+    rates = np.exp(np.linspace(*log_bounds, 160))
+    cands = _nnls_candidates(t, d, weight, list(kinds), rates)
+
+    best: dict[int, tuple[np.ndarray, list[str], float]] = {}
+    for k in range(1, max_classes + 1):
+        inits: list[list[tuple[str, float, float]]] = []
+        lead = cands[:7]
+        for combo in itertools.combinations(range(len(lead)), min(k, len(lead))):
+            inits.append([lead[i] for i in combo])
+        # Log-spaced starts cover curves NNLS summarised with fewer atoms.
+        for kind in kinds:
+            rs = np.exp(np.linspace(log_bounds[0] + 2, log_bounds[1] - 1, k))
+            inits.append([(kind, float(d.max()) / k, float(r)) for r in rs])
+        inits = [i for i in inits if len(i) == k]
+        for init in inits:
+            x, ks, rss = _refine(init, t, d, weight, n_pages, log_bounds)
+            if k not in best or rss < best[k][2]:
+                best[k] = (x, ks, rss)
+
+    criterion: dict[int, float] = {}
+    for k, (x, ks, rss) in best.items():
+        if not _distinct(x, ks, len(ks)):
+            continue
+        criterion[k] = m * math.log(rss / m + FIT_NOISE_FLOOR**2) + 2 * k * math.log(max(m, 2))
+    if not criterion:  # every K collapsed onto duplicates: K = 1 always counts
+        criterion[1] = 0.0
+    k_best = min(criterion, key=lambda k: (criterion[k], k))
+    x, ks, _ = best[k_best]
+    kk = len(ks)
+    classes = [PageClass(float(x[j]), float(math.exp(x[kk + j])), ks[j]) for j in range(kk) if x[j] >= 0.5]
+    classes.sort(key=lambda c: -c.rate_per_page_per_s)
+    for c in classes:
+        if math.log(c.rate_per_page_per_s) >= log_bounds[1] - 1e-6:
+            notes.append(f"a class of {c.pages:.0f} pages is dirty in every interval: its rate "
+                         f"{c.rate_per_page_per_s:.3g}/s is only a lower bound")
+    # A never-bending class only fixes pages x rate: make it the cold remainder.
+    if len(classes) > 1:
+        slow = classes[-1]
+        others = sum(c.pages for c in classes[:-1])
+        largest = max(c.pages for c in classes)
+        free = n_pages - others
+        if slow.rate_per_page_per_s * t_max < LINEAR_REGIME_X and slow.pages < largest and free > slow.pages:
+            classes[-1] = PageClass(free, slow.pages * slow.rate_per_page_per_s / free, slow.kind)
+            notes.append(f"the slowest class stays linear over the trace ({slow.pages:.0f} pages at "
+                         f"{slow.rate_per_page_per_s:.3g}/s); only its write rate is determined, so it is "
+                         f"spread over the {free:.0f} pages no other class holds")
+    total = sum(c.pages for c in classes)
+    if total > n_pages:  # penalty left a sliver over: trim proportionally
+        classes = [PageClass(c.pages * n_pages / total, c.rate_per_page_per_s, c.kind) for c in classes]
+    return tuple(classes), _report(tuple(classes), t, d, criterion, notes)
+
+
+def _distinct(x: np.ndarray, kinds: list[str], k: int) -> bool:
+    """No negligible class and no two same-kind classes within MERGE_RATE_FACTOR."""
+    if (x[:k] < 0.5).any():
+        return False
+    lr = x[k:]
+    for i in range(k):
+        for j in range(i + 1, k):
+            if kinds[i] == kinds[j] and abs(lr[i] - lr[j]) < math.log(MERGE_RATE_FACTOR):
+                return False
+    return True
+
+
+def _report(classes: tuple[PageClass, ...], t: np.ndarray, d: np.ndarray, criterion: dict[int, float],
+            notes: list[str]) -> dict[str, Any]:
+    fitted = np.zeros_like(t)
+    for c in classes:
+        fitted = fitted + c.dirtied(t)
+    res = fitted - d
+    ss_tot = float(np.sum((d - d.mean()) ** 2))
+    rel = np.abs(res) / np.maximum(d, 1.0)
+    return {
+        "model": "D(T) = sum n_k (1 - exp(-lambda_k T))",
+        "n_classes": len(classes),
+        "n_windows": len(t),
+        "rmse_pages": float(np.sqrt(np.mean(res**2))),
+        "max_rel_error": float(rel.max()),
+        "r2": 1.0 - float(np.sum(res**2)) / ss_tot if ss_tot > 0 else (1.0 if not res.any() else 0.0),
+        "weighting": "relative (1 / max(D, 1))",
+        "criterion": {str(k): v for k, v in sorted(criterion.items())},
+        "residuals": [{"window_s": float(a), "observed": float(b), "fitted": float(c), "residual": float(e)}
+                      for a, b, c, e in zip(t, d, fitted, res, strict=True)],
+        "notes": notes,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Calibration
+# ---------------------------------------------------------------------------
+_META_SUMMARY_KEYS = ("hypervisor", "host", "method", "collector", "guest_memory", "memory", "workload",
+                      "collected_at", "collection_time", "miglab_version")
+
+
+def calibrate(trace: Trace, max_classes: int = 3, *, kinds: Sequence[str] = ("poisson",),
+              windows: Sequence[int] | None = None, progress: bool | None = None) -> DirtyModel:
+    """Fit a :class:`DirtyModel` to ``trace``'s working-set curve.
+
+    ``zero_page_fraction`` comes from the trace metadata key of that name when
+    present. ``fit`` is :func:`fit_classes`'s report plus the window lengths in
+    intervals; ``source`` records the trace path, its sha256, a summary of its
+    metadata and the miglab version.
+    """
+    from . import __version__
+
+    window_s, pages = working_set_curve(trace, windows, progress=progress)
+    classes, report = fit_classes(window_s, pages, trace.n_pages, max_classes, kinds=kinds)
+    zpf = trace.meta.get("zero_page_fraction", 0.0)
+    try:
+        zpf = float(zpf)
+        if not 0.0 <= zpf <= 1.0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise TraceError(trace.path or "<trace>", f"metadata zero_page_fraction {zpf!r} is not in [0, 1]") from None
+    interval_s = float(np.mean(trace.t_end_s - trace.t_start_s))
+    report = {**report, "interval_s": interval_s, "trace_intervals": trace.n_intervals}
+    source = {
+        "trace": trace.path,
+        "trace_sha256": trace.sha256,
+        "trace_meta": {k: trace.meta[k] for k in _META_SUMMARY_KEYS if k in trace.meta},
+        "miglab_version": __version__,
+    }
+    return DirtyModel(trace.n_pages, trace.page_size, classes, zpf, report, source)
+
+
+# ---------------------------------------------------------------------------
+# Sampled page-exact mode
+# ---------------------------------------------------------------------------
+def class_ranges(model: DirtyModel) -> list[tuple[int, int]]:
+    """Page range ``[lo, hi)`` each class of ``model`` occupies, in class order.
+
+    Classes sit back to back from page 0; fractional page counts are rounded
+    at the cumulative boundaries, so the ranges tile ``[0, round(sum pages))``.
+    """
+    edges = np.rint(np.concatenate([[0.0], np.cumsum([c.pages for c in model.classes])])).astype(np.int64)
+    edges = np.minimum(edges, model.n_pages)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def _bernoulli_positions(n: int, p: float, rng: np.random.Generator):
+    """Yield sorted batches of the indices in ``[0, n)`` kept by independent Bernoulli(p) trials.
+
+    Geometric skips: the gap to the next success is Geometric(p), so the cost
+    is O(n p), not O(n), and each batch holds at most SAMPLE_BATCH indices.
+    """
+    if n <= 0 or p <= 0.0:
+        return
+    if p >= 1.0:
+        for a in range(0, n, SAMPLE_BATCH):
+            yield np.arange(a, min(n, a + SAMPLE_BATCH), dtype=np.int64)
+        return
+    pos = -1
+    while True:
+        expect = (n - 1 - pos) * p
+        size = int(min(SAMPLE_BATCH, expect + 6 * math.sqrt(expect + 1) + 16))
+        gaps = rng.geometric(p, size=size)
+        idx = pos + np.cumsum(gaps, dtype=np.int64)
+        if idx[-1] >= n:
+            yield idx[idx < n]
+            return
+        yield idx
+        pos = int(idx[-1])
+
+
+_BIT = np.array([1, 2, 4, 8, 16, 32, 64, 128], dtype=np.uint8)
+#: Above this per-page probability one uint32 draw per page beats geometric skips.
+DIRECT_DRAW_P = 0.08
+
+
+def _or_positions(bitmap: np.ndarray, pages: np.ndarray) -> None:
+    """OR the bits of ``pages`` into a packed little-endian bitmap (few or sparse pages)."""
+    np.bitwise_or.at(bitmap, pages >> 3, _BIT[pages & 7])
+
+
+def _set_range(bitmap: np.ndarray, lo: int, hi: int) -> None:
+    """Set bits ``[lo, hi)`` of a packed little-endian bitmap."""
+    if hi <= lo:
+        return
+    a, b = (lo + 7) // 8, hi // 8
+    if a <= b:
+        bitmap[a:b] = 0xFF
+        _or_positions(bitmap, np.r_[np.arange(lo, min(hi, 8 * a)), np.arange(max(lo, 8 * b), hi)].astype(np.int64))
+    else:  # within one byte
+        _or_positions(bitmap, np.arange(lo, hi, dtype=np.int64))
+
+
+def _bernoulli_direct(bitmap: np.ndarray, lo: int, hi: int, p: float, rng: np.random.Generator) -> None:
+    """Set each bit of ``[lo, hi)`` with probability ``p``: one uint32 draw per page, byte-aligned chunks."""
+    thr = int(round(p * 2.0**32))
+    if thr >= 2**32:
+        _set_range(bitmap, lo, hi)
+        return
+    thr32 = np.uint32(thr)
+    a0 = lo - lo % 8
+    end = (hi + 7) // 8 * 8
+    for a in range(a0, end, SAMPLE_BATCH):
+        b = min(a + SAMPLE_BATCH, end)
+        hit = rng.integers(0, 2**32, size=b - a, dtype=np.uint32) < thr32
+        if a < lo:
+            hit[:lo - a] = False
+        if b > hi:
+            hit[hi - a:] = False
+        bitmap[a // 8:b // 8] |= np.packbits(hit, bitorder="little")
+
+
+def sample_dirty(model: DirtyModel, window_s: float, rng: np.random.Generator,
+                 pending: np.ndarray | None = None) -> np.ndarray:
+    """Draw the pages ``model`` dirties in one window of ``window_s`` seconds, page-exact.
+
+    Returns a packed bitmap (uint8, little bit order, ``ceil(n_pages / 8)``
+    bytes; the layout of :meth:`sim.trace.Trace.bitmap`). If ``pending`` is
+    given the new pages are ORed into it in place and it is returned: pass the
+    set of pages already dirty and not yet sent, and a page dirtied again
+    counts once.
+
+    Page layout: class ``k`` occupies the contiguous range
+    :func:`class_ranges` gives (classes back to back from page 0); pages
+    beyond the classes are never dirtied.
+
+    * poisson class: every page is dirtied independently with
+      ``p = 1 - exp(-rate * window_s)``. Below ``p = DIRECT_DRAW_P`` the draw
+      uses geometric skips (cost O(pages dirtied)); above, one uint32 per page
+      in byte-aligned chunks (probability resolution 2**-32).
+    * sweep class: a contiguous run of ``pages * min(1, rate * window_s)``
+      pages (stochastically rounded) starting at a uniformly random phase,
+      wrapping within the class.
+
+    Disjoint windows are independent draws, which is exact for poisson
+    classes (memoryless) and an approximation for sweeps. The expected number
+    of set bits is ``model.working_set(window_s)``. Memory: the bitmap (32 MiB
+    for a 1 TiB guest of 2**28 pages) plus ``SAMPLE_BATCH`` draws at a time.
+    """
+    nbytes = (model.n_pages + 7) // 8
+    if pending is None:
+        out = np.zeros(nbytes, dtype=np.uint8)
+    else:
+        if pending.dtype != np.uint8 or pending.shape != (nbytes,):
+            raise ConfigError(f"pending must be a uint8 bitmap of {nbytes} bytes")
+        out = pending
+    if window_s < 0 or not math.isfinite(window_s):
+        raise ConfigError(f"window_s must be finite and >= 0, got {window_s}")
+    for c, (lo, hi) in zip(model.classes, class_ranges(model), strict=True):
+        n = hi - lo
+        x = c.rate_per_page_per_s * window_s
+        if n <= 0 or x <= 0:
+            continue
+        if c.kind == "sweep":
+            run_f = n * min(1.0, x)
+            run = int(run_f) + int(rng.random() < run_f - int(run_f))
+            if run <= 0:
+                continue
+            start = int(rng.integers(n))
+            first = min(run, n - start)
+            _set_range(out, lo + start, lo + start + first)
+            _set_range(out, lo, lo + run - first)
+            continue
+        p = -math.expm1(-x)
+        if p < DIRECT_DRAW_P:
+            for batch in _bernoulli_positions(n, p, rng):
+                _or_positions(out, batch + lo)
+        else:
+            _bernoulli_direct(out, lo, hi, p, rng)
+    return out
+
+
+def sample_dirty_pages(model: DirtyModel, window_s: float, rng: np.random.Generator) -> np.ndarray:
+    """Sorted page numbers (int64) of one :func:`sample_dirty` draw."""
+    bm = sample_dirty(model, window_s, rng)
+    return np.flatnonzero(np.unpackbits(bm, bitorder="little", count=model.n_pages))
+
+
+# ---------------------------------------------------------------------------
+# CLI: miglab calibrate
+# ---------------------------------------------------------------------------
+def format_classes(model: DirtyModel) -> str:
+    """A plain-text table of ``model``'s classes and fit error."""
+    mib = 2**20 / model.page_size
+    lines = [f"{'class':<6}{'kind':<9}{'pages':>14}{'MiB':>12}{'rate/page/s':>14}{'dirty MiB/s':>14}"]
+    for i, c in enumerate(model.classes):
+        lines.append(f"{i:<6}{c.kind:<9}{c.pages:>14.0f}{c.pages / mib:>12.2f}{c.rate_per_page_per_s:>14.4g}"
+                     f"{c.pages * c.rate_per_page_per_s / mib:>14.2f}")
+    total_w = model.write_rate_pages_per_s
+    lines.append(f"guest {model.n_pages} pages ({model.memory_bytes / 2**30:.3g} GiB); implied write rate "
+                 f"{total_w:.0f} pages/s = {total_w / mib:.2f} MiB/s")
+    f = model.fit
+    if f:
+        lines.append(f"fit over {f.get('n_windows', '?')} windows: RMSE {f['rmse_pages']:.1f} pages, "
+                     f"max relative error {100 * f['max_rel_error']:.2f} %, R^2 {f['r2']:.6f}")
+        for note in f.get("notes", []):
+            lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .trace import load
+    from .units import parse_size
+
+    if args.classes < 1 or args.classes > 6:
+        raise ConfigError(f"--classes must be between 1 and 6, got {args.classes}")
+    if args.scaling is not None and args.memory is None:
+        raise ConfigError("--scaling needs --memory")
+    memory = parse_size(args.memory) if args.memory is not None else None
+    out = Path(args.output)
+    if out.is_dir():
+        raise ConfigError(f"-o {out}: is a directory")
+    trace = load(args.trace)
+    kinds = ("poisson", "sweep") if args.sweep else ("poisson",)
+    model = calibrate(trace, args.classes, kinds=kinds)
+    print(f"calibrated {args.trace} (sha256 {trace.sha256[:12]}...)")
+    print(format_classes(model))
+    if memory is not None:
+        model = model.rescale(memory, args.scaling or "absolute")
+        print(f"\nrescaled to {memory / 2**30:.4g} GiB ({args.scaling or 'absolute'}):")
+        print(format_classes(model).split("\nfit over")[0])
+    model.save(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def register(groups: dict[str, Any]) -> None:
+    """Add ``miglab calibrate`` to the top-level verbs."""
+    p = groups[""].add_parser("calibrate", help="fit a page-class working-set model to a trace",
+                              description="Fit D(T), the distinct pages dirtied in a window of T seconds, "
+                                          "as page classes n_k pages at rate lambda_k per page.")
+    p.add_argument("trace", metavar="TRACE", help="trace file (.npz)")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.json", help="where to write the model")
+    p.add_argument("--classes", type=int, default=3, metavar="K", help="maximum number of page classes (3)")
+    p.add_argument("--sweep", action="store_true", help="also consider sweep classes (n min(1, lambda T))")
+    p.add_argument("--memory", metavar="SIZE", help="rescale the model to this guest size, e.g. 1TiB")
+    p.add_argument("--scaling", choices=("absolute", "proportional"),
+                   help="scaling law for --memory (default absolute: the hot set keeps its size)")
+    p.set_defaults(func=_cmd_calibrate)
