@@ -93,6 +93,16 @@ class Host:
     migration stream really achieves. ``dirty_rate_factor`` scales the guest's
     dirty rate while it is being migrated (TCG slows a guest under migration).
     ``page_send_cost_s`` is a per-page CPU cost on the sender.
+    ``postcopy_queue_bytes`` is how much background-push data a post-copy page
+    request waits behind (socket buffers without QEMU's postcopy-preempt).
+
+    ``hypervisor`` selects the copy mechanics. ``qemu``: zero pages elided,
+    XBZRLE and auto-converge available. ``bhyve`` (FreeBSD-UPB patches): every
+    page sent, each in its own socket send (``bhyve_page_send_s``), copied in
+    chunks of ``bhyve_chunk_pages`` with the vCPUs paused for each chunk
+    (``bhyve_chunk_pause_s``), lowmem (below 3 GiB) and highmem (from 4 GiB)
+    segments, wired memory only; ``bhyve_lowmem_only`` reproduces the first
+    versions, which migrated lowmem alone.
     """
 
     switchover_s: float = 0.0
@@ -102,6 +112,13 @@ class Host:
     page_send_cost_s: float = 0.0
     setup_s: float = 0.0
     cold_restart_s: float = 30.0
+    postcopy_queue_bytes: int = 256 * 1024
+    hypervisor: Literal["qemu", "bhyve"] = "qemu"
+    wired_memory: bool = True
+    bhyve_chunk_pages: int = 10
+    bhyve_chunk_pause_s: float = 20e-6
+    bhyve_page_send_s: float = 2e-6
+    bhyve_lowmem_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,15 @@ class Strategy:
       a background push sends the rest.
     * ``hybrid``: pre-copy for ``postcopy_after_rounds`` rounds (or until the
       convergence-stall detector fires), then post-copy.
+
+    ``qemu_sync`` chooses how the ``qemu`` rule syncs the dirty bitmap:
+    ``iteration`` is what QEMU does (every ``qemu_iteration_s`` of sending it
+    checks pending bytes and syncs as soon as they fall below the threshold, so
+    a round leaves up to a threshold's worth unsent); ``pass`` is the textbook
+    model (send the whole dirty set, then sync), which the geometric closed
+    form assumes. ``max_rounds`` is a guard: ``on_round_limit`` says whether
+    hitting it cancels the migration (QEMU has no forced switchover) or
+    switches over anyway (Xen-style).
     """
 
     kind: StrategyKind = "precopy"
@@ -140,6 +166,9 @@ class Strategy:
     xbzrle_cache_bytes: int = 0
     multifd_channels: int = 1
     cold: bool = False
+    on_round_limit: Literal["cancel", "switchover"] = "cancel"
+    qemu_sync: Literal["iteration", "pass"] = "iteration"
+    qemu_iteration_s: float = 0.05
 
 
 @dataclass(frozen=True)

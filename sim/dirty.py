@@ -1,0 +1,243 @@
+"""Sources of dirty pages and the migration's pending-page state.
+
+Two representations, one interface, so every strategy runs on either:
+
+* :class:`ExpectedPages` keeps expected pending page *counts* per page class of
+  a :class:`~sim.model.DirtyModel`. Cost is O(classes) per step, independent of
+  guest size: this is what makes 1 TiB guests and 10,000-scenario sweeps cheap.
+* :class:`ExactPages` keeps a boolean page map and replays page-exact dirty
+  sets, from a recorded trace (:class:`TraceDirt`) or sampled from a model
+  (:class:`SampledDirt`). All set work is vectorised numpy.
+
+Time inside a dirty source is *guest time*: it advances only while the guest
+runs, and slower when it is throttled or stalled. The engine converts.
+
+Within a trace interval the collector only knows *that* a page changed, not
+when. Each (interval, page) pair gets a fixed pseudo-random instant inside its
+interval, derived from a hash, so that a window covering part of an interval
+takes a consistent, unbiased share of its pages and adjacent windows partition
+it exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from .model import DirtyModel
+from .trace import Trace
+
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+_MIX = np.uint64(0xBF58476D1CE4E5B9)
+
+
+def _unit_hash(pages: np.ndarray, interval: int, seed: int) -> np.ndarray:
+    """Deterministic uniform [0, 1) per (page, interval, seed); splitmix64-style, vectorised."""
+    x = pages.astype(np.uint64) * _GOLD + np.uint64((interval * 0x632BE59BD9B4E019 + seed * 0x94D049BB133111EB)
+                                                    & 0xFFFFFFFFFFFFFFFF)
+    x ^= x >> np.uint64(30)
+    x *= _MIX
+    x ^= x >> np.uint64(27)
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+
+class DirtSource(Protocol):
+    """Page-exact dirty events in guest time."""
+
+    n_pages: int
+    looped: bool
+
+    def window(self, g0: float, g1: float) -> tuple[np.ndarray, np.ndarray]:
+        """Pages dirtied in guest time [g0, g1) and the instant of each (may repeat pages)."""
+        ...
+
+
+class TraceDirt:
+    """Replays a trace; loops it when the migration outlasts it (and says so via ``looped``)."""
+
+    def __init__(self, trace: Trace, seed: int = 0, time_scale: float = 1.0) -> None:
+        self.trace = trace
+        self.n_pages = trace.n_pages
+        self.seed = seed
+        # time_scale > 1 plays the trace faster: used to model reads on top of writes.
+        self.time_scale = time_scale
+        self.t0 = float(trace.t_start_s[0])
+        self.period = float(trace.t_end_s[-1]) - self.t0
+        self.starts = trace.t_start_s - self.t0
+        self.ends = trace.t_end_s - self.t0
+        self.looped = False
+        self._all: np.ndarray | None = None
+
+    def _all_pages(self) -> np.ndarray:
+        if self._all is None:
+            self._all = np.flatnonzero(self.trace.mask(range(self.trace.n_intervals)))
+        return self._all
+
+    def window(self, g0: float, g1: float) -> tuple[np.ndarray, np.ndarray]:
+        g0, g1 = g0 * self.time_scale, g1 * self.time_scale
+        if g1 <= g0 or self.trace.n_intervals == 0:
+            return np.zeros(0, np.int64), np.zeros(0)
+        if g1 > self.period:
+            self.looped = True
+        if g1 - g0 >= self.period:  # a window longer than the trace sees every page the trace ever touched
+            pages = self._all_pages()
+            return pages, np.full(len(pages), g0 / self.time_scale)
+        out_p: list[np.ndarray] = []
+        out_t: list[np.ndarray] = []
+        cycle = np.floor(g0 / self.period)
+        while True:
+            base = cycle * self.period
+            lo, hi = g0 - base, g1 - base
+            if lo >= self.period:
+                cycle += 1
+                continue
+            a = int(np.searchsorted(self.ends, max(lo, 0.0), side="right"))
+            b = int(np.searchsorted(self.starts, hi, side="left"))
+            for i in range(a, b):
+                pages = self.trace.pages(i)
+                s, e = self.starts[i], self.ends[i]
+                t = s + _unit_hash(pages, i, self.seed) * (e - s)
+                if s < lo or e > hi:
+                    keep = (t >= lo) & (t < hi)
+                    pages, t = pages[keep], t[keep]
+                out_p.append(pages)
+                out_t.append((t + base) / self.time_scale)
+            if hi <= self.period:
+                break
+            cycle += 1
+        if not out_p:
+            return np.zeros(0, np.int64), np.zeros(0)
+        return np.concatenate(out_p), np.concatenate(out_t)
+
+
+class SampledDirt:
+    """Page-exact sets sampled from a model: each class a contiguous page range,
+    each page dirtied in a window of length T with probability D_k(T)/n_k."""
+
+    def __init__(self, model: DirtyModel, seed: int = 0, time_scale: float = 1.0) -> None:
+        self.model = model
+        self.n_pages = model.n_pages
+        self.rng = np.random.default_rng([seed, 0xD1127])
+        self.time_scale = time_scale
+        self.looped = False
+        sizes = np.array([int(round(c.pages)) for c in model.classes], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+
+    def window(self, g0: float, g1: float) -> tuple[np.ndarray, np.ndarray]:
+        T = (g1 - g0) * self.time_scale
+        out_p, out_t = [], []
+        for k, c in enumerate(self.model.classes):
+            n = int(self.offsets[k + 1] - self.offsets[k])
+            if n == 0 or c.rate_per_page_per_s == 0 or T <= 0:
+                continue
+            p = float(c.dirtied(T)) / c.pages
+            m = int(self.rng.binomial(n, min(1.0, p)))
+            if m == 0:
+                continue
+            idx = self.rng.choice(n, size=m, replace=False) if m < n else np.arange(n)
+            out_p.append(idx.astype(np.int64) + self.offsets[k])
+            out_t.append(g0 + self.rng.random(m) * (g1 - g0))
+        if not out_p:
+            return np.zeros(0, np.int64), np.zeros(0)
+        return np.concatenate(out_p), np.concatenate(out_t)
+
+
+class ExpectedPages:
+    """Expected pending pages per class. Pages are assumed independent within a class."""
+
+    exact = False
+
+    def __init__(self, model: DirtyModel, time_scale: float = 1.0) -> None:
+        self.model = model
+        self.n = np.array([c.pages for c in model.classes], dtype=np.float64)
+        self.lam = np.array([c.rate_per_page_per_s for c in model.classes], dtype=np.float64) * time_scale
+        self.sweep = np.array([c.kind == "sweep" for c in model.classes], dtype=bool)
+        self.pending = np.zeros_like(self.n)
+        self.n_pages = model.n_pages
+        self.looped = False
+
+    def fraction_dirtied(self, T: float) -> np.ndarray:
+        x = self.lam * max(T, 0.0)
+        return np.where(self.sweep, np.minimum(1.0, x), -np.expm1(-x))
+
+    def set_all(self) -> None:
+        self.pending = self.n.copy()
+
+    def count(self) -> float:
+        return float(self.pending.sum())
+
+    def add_dirty(self, g0: float, g1: float) -> float:
+        """Union the pages dirtied in [g0, g1) into pending; return how many were new."""
+        new = (self.n - self.pending) * self.fraction_dirtied(g1 - g0)
+        self.pending += new
+        return float(new.sum())
+
+    def dirtied_count(self, g0: float, g1: float) -> float:
+        """Distinct pages dirtied in a window, regardless of pending."""
+        return float((self.n * self.fraction_dirtied(g1 - g0)).sum())
+
+    def send(self, k: float) -> float:
+        total = self.pending.sum()
+        k = min(k, total)
+        if total > 0:
+            self.pending *= 1.0 - k / total
+        return float(k)
+
+    def clear(self) -> None:
+        self.pending[:] = 0.0
+
+
+class ExactPages:
+    """A page-exact pending map over a :class:`DirtSource`, sent in cyclic address order like QEMU's scan."""
+
+    exact = True
+
+    def __init__(self, source: DirtSource) -> None:
+        self.source = source
+        self.n_pages = source.n_pages
+        self.pending = np.zeros(self.n_pages, dtype=bool)
+        self.scan_pos = 0
+
+    @property
+    def looped(self) -> bool:
+        return self.source.looped
+
+    def set_all(self) -> None:
+        self.pending[:] = True
+
+    def count(self) -> float:
+        return float(np.count_nonzero(self.pending))
+
+    def add_dirty(self, g0: float, g1: float) -> float:
+        pages, _ = self.source.window(g0, g1)
+        if len(pages) == 0:
+            return 0.0
+        pages = np.unique(pages)
+        new = int(len(pages) - np.count_nonzero(self.pending[pages]))
+        self.pending[pages] = True
+        return float(new)
+
+    def dirtied_count(self, g0: float, g1: float) -> float:
+        pages, _ = self.source.window(g0, g1)
+        return float(len(np.unique(pages)))
+
+    def take(self, k: float) -> np.ndarray:
+        """Remove and return the next ``k`` pending pages in scan order."""
+        k = int(round(k))
+        if k <= 0:
+            return np.zeros(0, np.int64)
+        ahead = np.flatnonzero(self.pending[self.scan_pos:]) + self.scan_pos
+        if len(ahead) < k:
+            ahead = np.concatenate([ahead, np.flatnonzero(self.pending[: self.scan_pos])])
+        sel = ahead[:k]
+        self.pending[sel] = False
+        if len(sel):
+            self.scan_pos = int(sel[-1] + 1) % self.n_pages
+        return sel
+
+    def send(self, k: float) -> float:
+        return float(len(self.take(k)))
+
+    def clear(self) -> None:
+        self.pending[:] = False

@@ -1,0 +1,384 @@
+"""The discrete-event (SimPy) model of live migration and :func:`simulate`.
+
+One migration is one SimPy environment. The top process ``migrate`` runs the
+strategy's phases as sub-processes:
+
+* ``precopy_round``: send one round's pages while the guest keeps running;
+* ``stop_and_copy``: pause the guest, send what is left plus device state;
+* ``postcopy``: resume on the destination at once, with ``background_push``
+  streaming the rest while ``run_guest`` touches pages and ``serve_fault``
+  stalls it for each page that has not arrived yet.
+
+Between rounds the dirty bitmap is synced (:meth:`Migration.sync_dirty`): the
+pages dirtied since the previous sync join the pending set, and the stop rule
+(:mod:`sim.stoprules`) decides what happens next.
+
+The guest runs on its own clock (guest time): auto-converge throttling, bhyve's
+per-chunk vCPU pauses, the host's ``dirty_rate_factor`` and post-copy stalls all
+slow it, and the dirty source is read in guest time.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from . import __version__
+from .dirty import ExactPages, ExpectedPages, SampledDirt, TraceDirt
+from .errors import ConfigError
+from .model import DirtyModel
+from .result import ROUND_COLUMNS, Result
+from .scenario import Scenario
+from .stoprules import RoundInfo, make_rule
+from .trace import Trace
+from .trace import load as load_trace
+from .workload import parse_spec, spec_model
+
+BHYVE_LOWMEM_LIMIT_BYTES = 3 * 2**30
+ZERO_PAGE_WIRE_BYTES = 1  # QEMU's RAM_SAVE_FLAG_ZERO page: the header plus one byte
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_trace(path: str, mtime_ns: int) -> Trace:
+    return load_trace(path)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_model(path: str, mtime_ns: int) -> DirtyModel:
+    return DirtyModel.load(path)
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1  # let the loader produce the one-line error
+
+
+class Migration:
+    """Mutable state of one simulated migration (the scenario itself stays frozen)."""
+
+    def __init__(self, env: simpy.Environment, sc: Scenario) -> None:
+        self.env = env
+        self.sc = sc
+        w, link, host, st = sc.workload, sc.link, sc.host, sc.strategy
+        self.rule = make_rule(st)
+        self.trace_sha256 = ""
+        touch_scale = 1.0 + w.read_write_ratio
+        self.model: DirtyModel | None = None
+        if w.kind == "trace":
+            trace = _cached_trace(w.path, _mtime(w.path))
+            self.trace_sha256 = trace.sha256
+            self.page_size = trace.page_size
+            self.pages: ExpectedPages | ExactPages = ExactPages(TraceDirt(trace, sc.seed))
+            self.touch_source: Any = TraceDirt(trace, sc.seed, touch_scale)
+            zero = trace.meta.get("zero_page_fraction", 0.0)
+        else:
+            if w.kind == "model":
+                model = _cached_model(w.path, _mtime(w.path))
+                self.trace_sha256 = str(model.source.get("trace_sha256", ""))
+                if model.memory_bytes != w.memory_bytes:
+                    model = model.rescale(w.memory_bytes, w.scaling)
+            else:
+                spec = parse_spec(w.spec, w.memory_bytes, w.page_size_bytes, where="workload.spec")
+                model = spec_model(spec, w.memory_bytes // w.page_size_bytes, w.page_size_bytes)
+            self.model = model
+            self.page_size = model.page_size
+            zero = model.zero_page_fraction
+            if w.mode == "sampled":
+                self.pages = ExactPages(SampledDirt(model, sc.seed))
+                self.touch_source = SampledDirt(model, sc.seed + 1, touch_scale)
+            else:
+                self.pages = ExpectedPages(model)
+                self.touch_source = ExpectedPages(model, touch_scale)
+        self.n_pages = self.pages.n_pages
+        self.zero_fraction = float(w.zero_page_fraction if w.zero_page_fraction is not None else (zero or 0.0))
+        self.bhyve = host.hypervisor == "bhyve"
+        if self.bhyve:
+            self.zero_fraction = 0.0  # bhyve sends every page, zero or not
+        self.header = link.header_bytes_per_page
+        self.page_wire = self.page_size + self.header
+        rate = link.bandwidth_Bps * host.throughput_efficiency
+        self.switch_rate_Bps = rate
+        self.live_rate_Bps = min(rate, link.migration_cap_Bps) if link.migration_cap_Bps else rate
+        self.per_page_s = host.page_send_cost_s + (host.bhyve_page_send_s if self.bhyve else 0.0)
+        # QEMU measures the stream's bandwidth (bytes/s, headers included) and multiplies by the limit.
+        self.measured_bw_Bps = self.page_wire / (self.page_wire / self.live_rate_Bps + self.per_page_s)
+        self.g = 0.0            # guest time
+        self.g_sync = 0.0       # guest time of the last dirty sync
+        self.throttle_pct = 0.0
+        self.throttle_max = 0.0
+        self.high_cnt = 0
+        self.period_t0 = 0.0
+        self.period_bytes0 = 0.0
+        self.period_dirty = 0.0
+        self.bytes_sent = 0.0
+        self.pages_sent = 0.0
+        self.zero_left = self.zero_fraction * self.n_pages
+        self.syncs = 0
+        self.rounds: list[dict[str, Any]] = []
+        self.timeline: list[tuple[float, float]] = []
+        self.resent_ws = 0.0
+        self.xbzrle_hits = 0.0
+        self.converged = True
+        self.reason = ""
+        self.downtime_s = math.nan
+        self.expected_downtime_s = math.nan
+        self.final_pages = 0.0
+        self.precopy_end = 0.0
+        self.pc_faults = 0.0
+        self.pc_stall_s = 0.0
+        self.pc_bytes = 0.0
+        self.pc_start = math.nan
+
+    # -- guest clock --------------------------------------------------------
+    def advance_guest(self, dt: float, paused_fraction: float = 0.0) -> None:
+        factor = self.sc.host.dirty_rate_factor * (1.0 - self.throttle_pct / 100.0) * (1.0 - paused_fraction)
+        self.g += dt * max(factor, 0.0)
+
+    # -- rates --------------------------------------------------------------
+    @property
+    def threshold_pages(self) -> float:
+        st = self.sc.strategy
+        limit = st.simgrid_threshold_s if st.stop_rule == "simgrid" else st.downtime_limit_s
+        return self.measured_bw_Bps * limit / self.page_size
+
+    @property
+    def chunk_pages(self) -> float:
+        st = self.sc.strategy
+        per_s = 1.0 / (self.page_wire / self.live_rate_Bps + self.per_page_s)
+        return max(1.0, per_s * st.qemu_iteration_s)
+
+    def xbzrle_ratio(self, round_no: int) -> float:
+        """Share of re-sent pages that hit the XBZRLE cache (QEMU caches from the first round after the bulk)."""
+        st = self.sc.strategy
+        if self.bhyve or st.xbzrle_cache_bytes <= 0 or round_no < 2 or self.resent_ws <= 0:
+            return 0.0
+        return min(1.0, st.xbzrle_cache_bytes / self.page_size / self.resent_ws)
+
+    def cost(self, pages: float, zero: float, xbz: float, rate_Bps: float) -> tuple[float, float]:
+        """Wire bytes and seconds to send ``pages`` pages of which ``zero`` are zero and ``xbz`` XBZRLE hits."""
+        normal = pages - zero - xbz
+        delta = self.sc.workload.xbzrle_delta_fraction * self.page_size
+        wire = normal * self.page_wire + zero * (self.header + ZERO_PAGE_WIRE_BYTES) + xbz * (self.header + delta)
+        seconds = wire / rate_Bps + (pages - zero) * self.per_page_s
+        if self.bhyve:
+            seconds += math.ceil(pages / max(self.sc.host.bhyve_chunk_pages, 1)) * self.sc.host.bhyve_chunk_pause_s
+        return wire, seconds
+
+    # -- dirty bitmap sync --------------------------------------------------
+    def sync_dirty(self) -> float:
+        """Merge pages dirtied since the last sync into pending; QEMU's auto-converge check runs here."""
+        new = self.pages.add_dirty(self.g_sync, self.g)
+        self.g_sync = self.g
+        self.syncs += 1
+        self.period_dirty += new
+        st = self.sc.strategy
+        now = self.env.now
+        if now - self.period_t0 > 1.0:  # QEMU evaluates the throttle at most once per second of syncs
+            xfer = self.bytes_sent - self.period_bytes0
+            if st.auto_converge and not self.bhyve and self.period_dirty * self.page_size > xfer * st.ac_trigger_pct / 100:
+                self.high_cnt += 1
+                if self.high_cnt >= 2:
+                    self.high_cnt = 0
+                    self.throttle_pct = (st.ac_initial_pct if self.throttle_pct == 0
+                                         else min(self.throttle_pct + st.ac_increment_pct, st.ac_max_pct))
+                    self.throttle_max = max(self.throttle_max, self.throttle_pct)
+            self.period_t0, self.period_bytes0, self.period_dirty = now, self.bytes_sent, 0.0
+        return new
+
+    def record(self, **row: Any) -> None:
+        self.rounds.append(row)
+
+    def mark(self) -> None:
+        self.timeline.append((self.env.now, self.pages.count() * self.page_size))
+
+
+# ---------------------------------------------------------------- processes
+def precopy_round(env: simpy.Environment, m: Migration, round_no: int, pages: float) -> Generator:
+    """Send ``pages`` pending pages while the guest runs and dirties more."""
+    t0 = env.now
+    pending = m.pages.count()
+    zero = m.zero_left * (pages / pending) if pending > 0 else 0.0
+    m.zero_left -= zero
+    xbz = (pages - zero) * m.xbzrle_ratio(round_no)
+    m.xbzrle_hits += xbz
+    wire, seconds = m.cost(pages, zero, xbz, m.live_rate_Bps)
+    paused = 0.0
+    if m.bhyve and seconds > 0:
+        chunks = math.ceil(pages / max(m.sc.host.bhyve_chunk_pages, 1))
+        paused = min(1.0, chunks * m.sc.host.bhyve_chunk_pause_s / seconds)
+    m.pages.send(pages)
+    yield env.timeout(seconds)
+    m.advance_guest(seconds, paused)
+    m.bytes_sent += wire
+    m.pages_sent += pages
+    m.mark()
+    m.record(round=round_no, phase="precopy", t_start_s=t0, duration_s=seconds, pages=pages, zero_pages=zero,
+             xbzrle_pages=xbz, bytes=wire, throttle_pct=m.throttle_pct, threshold_bytes=m.threshold_pages * m.page_size)
+
+
+def stop_and_copy(env: simpy.Environment, m: Migration, phase: str = "stopcopy") -> Generator:
+    """Pause the guest and send every pending page plus device state; this is the downtime."""
+    sc = m.sc
+    t0 = env.now
+    if phase != "cold":
+        m.sync_dirty()  # QEMU's completion sync; zero guest time has passed in the stop-and-copy case
+    pages = m.pages.count() if phase != "cold" else 0.0
+    m.final_pages = pages
+    zero = m.zero_left * (pages / m.pages.count()) if pages > 0 else 0.0
+    m.zero_left -= zero
+    xbz = (pages - zero) * m.xbzrle_ratio(len(m.rounds))
+    wire, seconds = m.cost(pages, zero, xbz, m.switch_rate_Bps)
+    wire += sc.host.device_state_bytes
+    seconds += sc.host.device_state_bytes / m.switch_rate_Bps
+    fixed = sc.host.cold_restart_s if phase == "cold" else sc.host.switchover_s
+    downtime = fixed + seconds + sc.link.rtt_s / 2
+    m.pages.clear()
+    yield env.timeout(downtime)
+    m.downtime_s = downtime
+    m.bytes_sent += wire
+    m.pages_sent += pages
+    m.mark()
+    m.record(round=len(m.rounds), phase=phase, t_start_s=t0, duration_s=downtime, pages=pages, zero_pages=zero,
+             xbzrle_pages=xbz, bytes=wire, pending_pages_after=0.0, new_dirty_pages=0.0,
+             throttle_pct=m.throttle_pct, threshold_bytes=math.nan)
+
+
+def postcopy_switch(env: simpy.Environment, m: Migration) -> Generator:
+    """Stop the source, move device state, resume on the destination with pages still missing."""
+    sc = m.sc
+    t0 = env.now
+    m.sync_dirty()  # postcopy_start syncs the bitmap to send the discard list
+    seconds = sc.host.device_state_bytes / m.switch_rate_Bps
+    downtime = sc.host.switchover_s + seconds + sc.link.rtt_s / 2
+    yield env.timeout(downtime)
+    m.downtime_s = downtime
+    m.bytes_sent += sc.host.device_state_bytes
+    m.record(round=len(m.rounds), phase="switchover", t_start_s=t0, duration_s=downtime, pages=0.0, zero_pages=0.0,
+             xbzrle_pages=0.0, bytes=float(sc.host.device_state_bytes), pending_pages_after=m.pages.count(),
+             new_dirty_pages=0.0, throttle_pct=m.throttle_pct, threshold_bytes=math.nan)
+
+
+def precopy(env: simpy.Environment, m: Migration) -> Generator:
+    """Rounds until the stop rule says complete (-> stop_and_copy), cancel, or a hybrid switch."""
+    st = m.sc.strategy
+    m.pages.set_all()
+    m.syncs = 1  # the setup sync
+    m.mark()
+    round_no = 0
+    total_sent = 0.0
+    prev_pending = math.inf
+    while True:
+        if st.kind == "hybrid" and round_no >= st.postcopy_after_rounds:
+            return "postcopy"
+        pending = m.pages.count()
+        pages = m.rule.round_pages(pending, m.threshold_pages, m.chunk_pages)
+        yield env.process(precopy_round(env, m, round_no, pages))
+        total_sent += pages
+        new = m.sync_dirty()
+        pending = m.pages.count()
+        if round_no >= 1:
+            m.resent_ws = max(m.resent_ws, pending)
+        m.rounds[-1].update(pending_pages_after=pending, new_dirty_pages=new)
+        m.expected_downtime_s = pending * m.page_size / m.measured_bw_Bps
+        info = RoundInfo(round_no, pages, new, pending, total_sent, m.n_pages, m.threshold_pages)
+        decision = m.rule.decide(info)
+        round_no += 1
+        if decision == "complete":
+            m.reason = m.rule.reason
+            return "stopcopy"
+        if st.kind == "hybrid" and st.stall_detector and pending >= st.stall_ratio * prev_pending:
+            m.reason = f"convergence stalled (pending {pending:.0f} >= {st.stall_ratio:g} x {prev_pending:.0f} pages)"
+            return "postcopy"
+        prev_pending = pending
+        if env.now >= st.timeout_s:
+            m.reason = f"timeout: did not converge in {st.timeout_s:g} s"
+            return "cancel"
+        if st.max_rounds is not None and round_no >= st.max_rounds:
+            m.reason = f"round limit ({st.max_rounds}) reached"
+            if st.on_round_limit == "switchover":
+                return "stopcopy"
+            return "cancel"
+        if pages <= 0 and pending > 0:
+            m.reason = "no progress possible"
+            return "cancel"
+
+
+def migrate(env: simpy.Environment, m: Migration) -> Generator:
+    """The whole migration: setup, then the strategy's phases."""
+    sc = m.sc
+    st = sc.strategy
+    if m.bhyve and not sc.host.wired_memory:
+        m.converged, m.reason = False, "bhyve migrates wired memory only (start the guest with bhyve -S)"
+        return
+    if m.bhyve and sc.host.bhyve_lowmem_only and m.n_pages * m.page_size > BHYVE_LOWMEM_LIMIT_BYTES:
+        m.converged, m.reason = False, "these bhyve patches migrate lowmem only: guests must be under 3 GiB"
+        return
+    if sc.host.setup_s:
+        yield env.timeout(sc.host.setup_s)
+    if st.kind == "stopcopy":
+        m.pages.set_all()
+        m.syncs = 1
+        m.mark()
+        m.reason = "cold migration" if st.cold else "stop-and-copy"
+        yield env.process(stop_and_copy(env, m, "cold" if st.cold else "stopcopy"))
+        m.precopy_end = env.now
+        return
+    if st.kind == "postcopy":
+        m.pages.set_all()
+        m.syncs = 1
+        m.mark()
+        next_phase = "postcopy"
+        m.reason = "post-copy"
+    else:
+        next_phase = yield env.process(precopy(env, m))
+    m.precopy_end = env.now
+    if next_phase == "cancel":
+        m.converged = False
+        return
+    if next_phase == "stopcopy":
+        yield env.process(stop_and_copy(env, m, "stopcopy"))
+        return
+    if not m.reason:
+        m.reason = f"switched to post-copy after {len([r for r in m.rounds if r['phase'] == 'precopy'])} rounds"
+    yield env.process(postcopy_switch(env, m))
+    from .postcopy import postcopy
+
+    m.pc_start = env.now
+    yield env.process(postcopy(env, m))
+
+
+def simulate(scenario: Scenario) -> Result:
+    """Simulate one migration. Pure: the same scenario (and seed) always gives the same Result."""
+    if not isinstance(scenario, Scenario):
+        raise ConfigError(f"simulate() takes a Scenario, not {type(scenario).__name__}")
+    env = simpy.Environment()
+    m = Migration(env, scenario)
+    env.run(until=env.process(migrate(env, m)))
+    return _result(m)
+
+
+def _result(m: Migration) -> Result:
+    table = pd.DataFrame(m.rounds, columns=ROUND_COLUMNS)
+    live = int((table["phase"] == "precopy").sum()) if len(table) else 0
+    total = m.env.now if m.converged else m.env.now
+    pc_time = (total - m.pc_start) if not math.isnan(m.pc_start) else 0.0
+    return Result(
+        scenario=m.sc, total_time_s=float(total), downtime_s=float(m.downtime_s) if m.converged else math.nan,
+        bytes_sent=int(round(m.bytes_sent + m.pc_bytes)), rounds=live, dirty_sync_count=int(m.syncs),
+        converged=bool(m.converged), reason=m.reason or m.rule.reason, memory_bytes=int(m.n_pages * m.page_size),
+        precopy_time_s=float(m.precopy_end), postcopy_time_s=float(pc_time), postcopy_faults=float(m.pc_faults),
+        postcopy_stall_s=float(m.pc_stall_s), postcopy_bytes=int(round(m.pc_bytes)), final_pages=float(m.final_pages),
+        expected_downtime_s=float(m.expected_downtime_s), throttle_pct_max=float(m.throttle_max),
+        xbzrle_hit_pages=float(m.xbzrle_hits), trace_looped=bool(m.pages.looped or getattr(m.touch_source, "looped", False)),
+        trace_sha256=m.trace_sha256, miglab_version=__version__, rounds_table=table,
+        timeline=pd.DataFrame(np.array(m.timeline, dtype=float).reshape(-1, 2), columns=["t_s", "remaining_bytes"]),
+    )

@@ -1,0 +1,162 @@
+"""Post-copy: the destination runs while the rest of memory arrives.
+
+Two cooperating SimPy processes share the pending set:
+
+* ``background_push`` streams pending pages at the link rate, in address order
+  (``linear``) or, with ``bubbling`` (Hines & Gopalan, VEE 2009), pushing the
+  ``bubble_pages`` pages after each faulting page first;
+* ``run_guest`` advances the destination guest. When it touches a page still
+  pending, ``serve_fault`` stalls its vCPU for one round trip plus the page's
+  transfer time, queued behind ``postcopy_queue_bytes`` of push data already in
+  the socket (QEMU without postcopy-preempt).
+
+Reads: traces record writes only. The guest is assumed to touch
+``1 + read_write_ratio`` times as many pages as it writes, drawn from the same
+distribution, i.e. it walks through the trace (or model) that much faster.
+
+Expected-value mode integrates the same dynamics per page class in small time
+steps; page-exact mode processes each step's touches as a vectorised batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import simpy
+
+from .dirty import ExactPages, ExpectedPages
+
+if TYPE_CHECKING:
+    from .engine import Migration
+
+STEPS = 400  # integration steps over the nominal push time
+
+
+def fault_stall_s(m: Migration) -> float:
+    """vCPU stall of one post-copy fault."""
+    sc = m.sc
+    return sc.link.rtt_s + (m.page_wire + sc.host.postcopy_queue_bytes) / m.switch_rate_Bps
+
+
+def postcopy(env: simpy.Environment, m: Migration) -> Generator:
+    """Run the post-copy phase until every page is on the destination."""
+    done = env.event()
+    pending0 = m.pages.count()
+    if pending0 <= 0.5:
+        return
+    dt = max(pending0 * m.page_wire / m.switch_rate_Bps / STEPS, 1e-4)
+    state = {"fault_pages": 0.0, "fault_list": np.zeros(0, np.int64), "dt": dt}
+    env.process(background_push(env, m, state, done))
+    env.process(run_guest(env, m, state, done))
+    yield done
+
+
+def background_push(env: simpy.Environment, m: Migration, state: dict, done: simpy.Event) -> Generator:
+    """Stream pending pages; fault replies share the link and come first."""
+    per_page_s = m.page_wire / m.switch_rate_Bps + m.per_page_s
+    bubble = m.sc.strategy.bubble_pages if m.sc.strategy.prepaging == "bubbling" else 0
+    push_ptr = 0
+    while not done.triggered:
+        dt = state["dt"]
+        yield env.timeout(dt)
+        budget = max(dt / per_page_s - state["fault_pages"], 0.0)
+        state["fault_pages"] = 0.0
+        pages = m.pages
+        if isinstance(pages, ExpectedPages):
+            faults_by_class = state.pop("faults_by_class", None)
+            if bubble and faults_by_class is not None and faults_by_class.sum() > 0:
+                # Pre-page around faults: part of the budget goes to the classes that fault.
+                want = np.minimum(faults_by_class * bubble, pages.pending)
+                take = want * min(1.0, budget / want.sum()) if want.sum() > 0 else want
+                pages.pending -= take
+                budget -= take.sum()
+            pushed = pages.send(budget)
+        else:
+            assert isinstance(pages, ExactPages)
+            faults = state.pop("fault_list", np.zeros(0, np.int64))
+            if bubble and len(faults):
+                starts = np.repeat(faults + 1, bubble)
+                near = starts + np.tile(np.arange(bubble), len(faults))
+                near = near[near < m.n_pages]
+                near = near[pages.pending[near]][: int(budget)]
+                pages.pending[near] = False
+                budget -= len(near)
+                pages.scan_pos = push_ptr
+            pushed = pages.send(budget)
+            push_ptr = pages.scan_pos
+        m.pc_bytes += pushed * m.page_wire
+        m.mark()
+        if m.pages.count() <= 0.5:
+            m.pages.clear()
+            if not done.triggered:
+                done.succeed()
+
+
+def run_guest(env: simpy.Environment, m: Migration, state: dict, done: simpy.Event) -> Generator:
+    """Advance the destination guest; every touch of a missing page goes through serve_fault."""
+    stall = fault_stall_s(m)
+    factor = m.sc.host.dirty_rate_factor
+    while not done.triggered:
+        dt = state["dt"]
+        pages = m.pages
+        if isinstance(pages, ExpectedPages):
+            touch = m.touch_source
+            assert isinstance(touch, ExpectedPages)
+            mu = touch.lam * factor
+            # Per guest-second, pending pages of class k are first-touched at rate mu_k * P_k.
+            fault_rate = float((mu * pages.pending).sum())
+            dg = dt / (1.0 + stall * fault_rate)
+            by_class = np.minimum(pages.pending, pages.pending * -np.expm1(-mu * dg))
+            pages.pending -= by_class
+            faults = float(by_class.sum())
+            state["faults_by_class"] = by_class
+        else:
+            faults, dg = serve_fault_batch(m, state, dt, stall, factor)
+        m.g += dg
+        m.pc_faults += faults
+        m.pc_stall_s += dt - dg
+        m.pc_bytes += faults * m.page_wire
+        state["fault_pages"] += faults
+        yield env.timeout(dt)
+
+
+def serve_fault_batch(m: Migration, state: dict, dt: float, stall: float, factor: float) -> tuple[float, float]:
+    """Page-exact: the touches of one step, in time order; each missing page stalls the vCPU.
+
+    Returns (faults, guest seconds run). The guest gets through its touches
+    until the step's wall time is used up by running plus stalls.
+    """
+    pages = m.pages
+    assert isinstance(pages, ExactPages)
+    g0 = m.g
+    touched, times = m.touch_source.window(g0, g0 + dt * factor)
+    if len(touched) == 0:
+        return 0.0, dt * factor
+    order = np.argsort(times, kind="stable")
+    touched, times = touched[order], times[order]
+    missing = pages.pending[touched]
+    # First touch only: a page faulted earlier in this batch has arrived.
+    _, first = np.unique(touched, return_index=True)
+    is_first = np.zeros(len(touched), dtype=bool)
+    is_first[first] = True
+    fault = missing & is_first
+    fault_times = times[fault]
+    n_before = np.arange(len(fault_times))
+    wall_at = (fault_times - g0) / max(factor, 1e-12) + n_before * stall
+    fits = wall_at < dt
+    k = int(fits.sum())
+    if k < len(fault_times):
+        g_end = float(fault_times[k]) if k < len(fault_times) else g0 + dt * factor
+        g_end = max(g0, min(g_end, g0 + dt * factor))
+    else:
+        g_end = g0 + max(dt - k * stall, 0.0) * factor
+    faulted = touched[fault][:k]
+    pages.pending[faulted] = False
+    state["fault_list"] = np.concatenate([state.get("fault_list", np.zeros(0, np.int64)), faulted])
+    return float(k), max(g_end - g0, 0.0) / max(factor, 1e-12) if factor > 0 else 0.0
+
+
+__all__ = ["postcopy", "fault_stall_s", "math"]

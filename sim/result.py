@@ -1,0 +1,81 @@
+"""What a simulated migration produced: summary metrics, per-round table, provenance.
+
+Metric definitions (the validation report states them against QEMU's):
+
+* ``total_time_s``: from the start of migration (setup included) until the
+  destination holds every page (end of the post-copy push, if any).
+* ``downtime_s``: from the moment the source guest stops until the destination
+  resumes it: final pages and device state sent, plus the host's fixed
+  switchover cost and one one-way delay. Post-copy fault stalls are *not*
+  downtime; they are ``postcopy_stall_s``.
+* ``bytes_sent``: bytes put on the migration stream, headers and zero-page
+  markers included (QEMU's ``ram.transferred``).
+* ``rounds``: live pre-copy iterations, the first full pass included.
+* ``dirty_sync_count``: dirty-bitmap syncs counted the way QEMU counts them
+  (setup, each exact sync, completion or post-copy switch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from .scenario import Scenario
+
+ROUND_COLUMNS = ["round", "phase", "t_start_s", "duration_s", "pages", "zero_pages", "xbzrle_pages", "bytes",
+                 "pending_pages_after", "new_dirty_pages", "threshold_bytes", "throttle_pct"]
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """The outcome of :func:`sim.simulate` for one :class:`~sim.scenario.Scenario`."""
+
+    scenario: Scenario
+    total_time_s: float
+    downtime_s: float
+    bytes_sent: int
+    rounds: int
+    dirty_sync_count: int
+    converged: bool
+    reason: str
+    memory_bytes: int
+    precopy_time_s: float = 0.0
+    postcopy_time_s: float = 0.0
+    postcopy_faults: float = 0.0
+    postcopy_stall_s: float = 0.0
+    postcopy_bytes: int = 0
+    final_pages: float = 0.0
+    expected_downtime_s: float = math.nan
+    throttle_pct_max: float = 0.0
+    xbzrle_hit_pages: float = 0.0
+    trace_looped: bool = False
+    trace_sha256: str = ""
+    miglab_version: str = ""
+    rounds_table: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ROUND_COLUMNS))
+    timeline: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["t_s", "remaining_bytes"]))
+
+    SUMMARY_KEYS = ("total_time_s", "downtime_s", "bytes_sent", "rounds", "dirty_sync_count", "converged", "reason",
+                    "memory_bytes", "precopy_time_s", "postcopy_time_s", "postcopy_faults", "postcopy_stall_s",
+                    "postcopy_bytes", "final_pages", "expected_downtime_s", "throttle_pct_max", "xbzrle_hit_pages",
+                    "trace_looped")
+
+    def summary(self) -> dict[str, Any]:
+        """Flat metrics, suitable for one row of a table."""
+        return {k: getattr(self, k) for k in self.SUMMARY_KEYS}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: summary, per-round table, timeline and provenance."""
+        def clean(v: Any) -> Any:
+            return None if isinstance(v, float) and math.isnan(v) else v
+
+        return {
+            "summary": {k: clean(v) for k, v in self.summary().items()},
+            "rounds": [{k: clean(v) for k, v in r.items()} for r in self.rounds_table.to_dict("records")],
+            "timeline": self.timeline.to_dict("list"),
+            "scenario": self.scenario.to_dict(),
+            "trace_sha256": self.trace_sha256,
+            "miglab_version": self.miglab_version,
+        }
