@@ -24,6 +24,7 @@ VERB_MODULES: tuple[str, ...] = (
     "sim.cli",
     "sim.calibrate",
     "sim.traceview",
+    "harness.guest",
 )
 
 
