@@ -265,23 +265,33 @@ def _refine(init: list[tuple[str, float, float]], window_s: np.ndarray, pages: n
     return sol.x, kinds, float(np.sum(sol.fun[:-1] ** 2))
 
 
-def _nnls_candidates(window_s: np.ndarray, pages: np.ndarray, weight: np.ndarray, kinds: Sequence[str],
-                     rates: np.ndarray) -> list[tuple[str, float, float]]:
-    """Sparse NNLS over a rate dictionary; adjacent atoms merge into one candidate class."""
+def _nnls_runs(window_s: np.ndarray, pages: np.ndarray, weight: np.ndarray, kinds: Sequence[str],
+               rates: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Sparse NNLS over a rate dictionary: runs of adjacent active atoms as ``(kind, weights, rates)``."""
     cols = [_basis(kind, rates, window_s) for kind in kinds]
     a = np.hstack(cols) * weight[:, None]
     x, _ = nnls(a, pages * weight, maxiter=50 * a.shape[1])
-    out = []
+    runs = []
     for ki, kind in enumerate(kinds):
         xs = x[ki * len(rates):(ki + 1) * len(rates)]
-        on = xs > 1e-9 * max(float(x.max()), 1e-300)
-        # group runs of consecutive active atoms
-        act = np.flatnonzero(on)
+        act = np.flatnonzero(xs > 1e-9 * max(float(x.max()), 1e-300))
         for g in np.split(act, np.flatnonzero(np.diff(act) != 1) + 1) if len(act) else []:
-            w = xs[g]
-            out.append((kind, float(w.sum()), float(np.exp(np.average(np.log(rates[g]), weights=w)))))
-    out.sort(key=lambda c: -c[1])
-    return out
+            runs.append((kind, xs[g], rates[g]))
+    runs.sort(key=lambda r: -float(r[1].sum()))
+    return runs
+
+
+def _run_class(kind: str, w: np.ndarray, r: np.ndarray) -> tuple[str, float, float]:
+    return kind, float(w.sum()), float(np.exp(np.average(np.log(r), weights=w)))
+
+
+def _split_run(run: tuple[str, np.ndarray, np.ndarray], pieces: int) -> list[tuple[str, float, float]]:
+    """Split one NNLS run into ``pieces`` classes of about equal weight (a broad run hides several classes)."""
+    kind, w, r = run
+    pieces = min(pieces, len(w))
+    cut = np.searchsorted(np.cumsum(w) / w.sum(), np.arange(1, pieces) / pieces)
+    return [_run_class(kind, ww, rr) for ww, rr in zip(np.split(w, cut), np.split(r, cut), strict=True)
+            if len(ww)]
 
 
 def fit_classes(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequence[float], n_pages: int,
@@ -335,7 +345,8 @@ def fit_classes(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequ
     t_min, t_max = float(t[0]), float(t[-1])
     log_bounds = (math.log(1e-3 / t_max), math.log(20.0 / t_min))
     rates = np.exp(np.linspace(*log_bounds, 160))
-    cands = _nnls_candidates(t, d, weight, list(kinds), rates)
+    runs = _nnls_runs(t, d, weight, list(kinds), rates)
+    cands = [_run_class(*run) for run in runs]
 
     best: dict[int, tuple[np.ndarray, list[str], float]] = {}
     for k in range(1, max_classes + 1):
@@ -343,6 +354,8 @@ def fit_classes(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequ
         lead = cands[:7]
         for combo in itertools.combinations(range(len(lead)), min(k, len(lead))):
             inits.append([lead[i] for i in combo])
+        if runs and len(runs) < k:  # fewer runs than classes: split the heaviest run
+            inits.append(cands[1:] + _split_run(runs[0], k - len(runs) + 1))
         # Log-spaced starts cover curves NNLS summarised with fewer atoms.
         for kind in kinds:
             rs = np.exp(np.linspace(log_bounds[0] + 2, log_bounds[1] - 1, k))
@@ -350,16 +363,12 @@ def fit_classes(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequ
         inits = [i for i in inits if len(i) == k]
         for init in inits:
             x, ks, rss = _refine(init, t, d, weight, n_pages, log_bounds)
-            if k not in best or rss < best[k][2]:
+            # Only fits whose classes are all real and distinct stand for K classes.
+            if (k == 1 or _distinct(x, ks, k)) and (k not in best or rss < best[k][2]):
                 best[k] = (x, ks, rss)
 
-    criterion: dict[int, float] = {}
-    for k, (x, ks, rss) in best.items():
-        if not _distinct(x, ks, len(ks)):
-            continue
-        criterion[k] = m * math.log(rss / m + FIT_NOISE_FLOOR**2) + 2 * k * math.log(max(m, 2))
-    if not criterion:  # every K collapsed onto duplicates: K = 1 always counts
-        criterion[1] = 0.0
+    criterion = {k: m * math.log(rss / m + FIT_NOISE_FLOOR**2) + 2 * k * math.log(max(m, 2))
+                 for k, (_, _, rss) in best.items()}
     k_best = min(criterion, key=lambda k: (criterion[k], k))
     x, ks, _ = best[k_best]
     kk = len(ks)
@@ -380,6 +389,11 @@ def fit_classes(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequ
             notes.append(f"the slowest class stays linear over the trace ({slow.pages:.0f} pages at "
                          f"{slow.rate_per_page_per_s:.3g}/s); only its write rate is determined, so it is "
                          f"spread over the {free:.0f} pages no other class holds")
+    if "sweep" not in kinds and classes:
+        fitted = sum((c.dirtied(t) for c in classes), np.zeros_like(t))
+        if float(np.max(np.abs(fitted - d) / np.maximum(d, 1.0))) > 0.05:
+            notes.append("the fit is off by more than 5 %: if the workload sweeps memory (each page once "
+                         "per cycle), allow sweep classes (kinds=('poisson', 'sweep'), CLI --sweep)")
     total = sum(c.pages for c in classes)
     if total > n_pages:  # penalty left a sliver over: trim proportionally
         classes = [PageClass(c.pages * n_pages / total, c.rate_per_page_per_s, c.kind) for c in classes]
@@ -600,9 +614,40 @@ def sample_dirty(model: DirtyModel, window_s: float, rng: np.random.Generator,
 
 
 def sample_dirty_pages(model: DirtyModel, window_s: float, rng: np.random.Generator) -> np.ndarray:
-    """Sorted page numbers (int64) of one :func:`sample_dirty` draw."""
-    bm = sample_dirty(model, window_s, rng)
-    return np.flatnonzero(np.unpackbits(bm, bitorder="little", count=model.n_pages))
+    """Sorted page numbers (int64) dirtied in one window: the same law as :func:`sample_dirty`.
+
+    For engines that want page lists (e.g. to give each page an instant in
+    the window) rather than a bitmap. Memory is 8 bytes per page returned.
+    """
+    if window_s < 0 or not math.isfinite(window_s):
+        raise ConfigError(f"window_s must be finite and >= 0, got {window_s}")
+    out: list[np.ndarray] = []
+    for c, (lo, hi) in zip(model.classes, class_ranges(model), strict=True):
+        n = hi - lo
+        x = c.rate_per_page_per_s * window_s
+        if n <= 0 or x <= 0:
+            continue
+        if c.kind == "sweep":
+            run_f = n * min(1.0, x)
+            run = int(run_f) + int(rng.random() < run_f - int(run_f))
+            start = int(rng.integers(n))
+            first = min(run, n - start)
+            out += [np.arange(lo, lo + run - first, dtype=np.int64),
+                    np.arange(lo + start, lo + start + first, dtype=np.int64)]
+            continue
+        p = -math.expm1(-x)
+        if p < DIRECT_DRAW_P:
+            out += [batch + lo for batch in _bernoulli_positions(n, p, rng)]
+            continue
+        thr = int(round(p * 2.0**32))
+        for a in range(lo, hi, SAMPLE_BATCH):
+            b = min(a + SAMPLE_BATCH, hi)
+            if thr >= 2**32:
+                out.append(np.arange(a, b, dtype=np.int64))
+            else:
+                hit = rng.integers(0, 2**32, size=b - a, dtype=np.uint32) < np.uint32(thr)
+                out.append(a + np.flatnonzero(hit))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------
