@@ -1,0 +1,190 @@
+"""Command-line glue for the bhyve backend.
+
+The shared verbs ``miglab trace collect`` and ``miglab migrate`` belong to the
+QEMU harness; with ``--hypervisor bhyve`` they hand over to
+:func:`collect_main` / :func:`migrate_main`. :func:`add_collect_arguments` and
+:func:`add_migrate_arguments` add the bhyve-only flags to those parsers
+(``shared=False``) or, for ``python -m harness.bhyve``, also the flags the
+shared verbs already own (``shared=True``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+from typing import Any
+
+from sim.errors import ConfigError
+from sim.units import format_bytes, parse_duration, parse_size
+
+from .vmmdev import DEFAULT_MIGRATION_PORT
+
+log = logging.getLogger(__name__)
+
+
+def _get(args: argparse.Namespace, name: str, default: Any = None) -> Any:
+    v = getattr(args, name, None)
+    return default if v is None else v
+
+
+def _prefix(text: str | None, flag: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(text or ""))
+    except ValueError as e:
+        raise ConfigError(f"{flag} {text!r}: {e}") from None
+
+
+# --------------------------------------------------------------------------- trace collect
+def add_collect_arguments(parser: argparse.ArgumentParser, *, shared: bool = False) -> None:
+    """Add the bhyve flags of ``miglab trace collect``; ``shared=True`` adds --interval/--seconds/-o too."""
+    g = parser.add_argument_group("bhyve (FreeBSD host, --hypervisor bhyve)")
+    g.add_argument("--vm", metavar="NAME", help="bhyve VM name (/dev/vmm/NAME)")
+    g.add_argument("--vmm-dev", metavar="PATH", help="guest memory device (default /dev/vmm/NAME)")
+    g.add_argument("--method", choices=("content-diff", "dirty-page-list"), default="content-diff",
+                   help="content-diff works on stock FreeBSD; dirty-page-list needs the UPB kernel's "
+                        "VM_GET_DIRTY_PAGE_LIST (default content-diff)")
+    g.add_argument("--read", choices=("mmap", "pread"), default="mmap",
+                   help="how content-diff reads guest memory (default mmap)")
+    g.add_argument("--compare", choices=("copy", "hash"), default="copy",
+                   help="content-diff against a full copy (exact) or 8-byte page digests (default copy)")
+    g.add_argument("--guest-memory", metavar="SIZE",
+                   help="guest memory size: the layout when VM_MMAP_GETNEXT is unavailable, else a cross-check")
+    g.add_argument("--workload-desc", metavar="TEXT", default="",
+                   help="what the guest runs, stored in the trace metadata")
+    if shared:
+        parser.add_argument("--interval", default="0.5s", help="scan interval (default 0.5s)")
+        parser.add_argument("--seconds", default="60s", help="collection length (default 60s)")
+        parser.add_argument("-o", "--output", required=True, metavar="TRACE.npz")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def collect_main(args: argparse.Namespace) -> int:
+    """``miglab trace collect --hypervisor bhyve``: collect a trace on this FreeBSD host."""
+    from .collect import CollectConfig, collect
+
+    vm = _get(args, "vm")
+    if not vm:
+        raise ConfigError("--vm NAME is required with --hypervisor bhyve")
+    output = _get(args, "output")
+    if not output:
+        raise ConfigError("-o/--output TRACE.npz is required")
+    gm = _get(args, "guest_memory")
+    workload = _get(args, "workload_desc", "") or str(_get(args, "workload", "") or "")
+    cfg = CollectConfig(
+        vm=vm, output=str(output), interval_s=parse_duration(_get(args, "interval", "0.5s")),
+        seconds=parse_duration(_get(args, "seconds", "60s")), method=_get(args, "method", "content-diff"),
+        device=_get(args, "vmm_dev"), read=_get(args, "read", "mmap"), compare=_get(args, "compare", "copy"),
+        guest_memory_bytes=parse_size(gm) if gm else None, workload=workload,
+        progress=not _get(args, "no_progress", False),
+    )
+    tr, sha = collect(cfg)
+    note = " (interrupted)" if tr.meta.get("interrupted") else ""
+    print(f"wrote {output}: {tr.n_intervals} intervals{note}, {format_bytes(tr.memory_bytes)} guest, "
+          f"{int(tr.counts.sum())} page changes, sha256 {sha[:16]}")
+    return 0
+
+
+# --------------------------------------------------------------------------- migrate
+def add_migrate_arguments(parser: argparse.ArgumentParser, *, shared: bool = False) -> None:
+    """Add the bhyve flags of ``miglab migrate``; ``shared=True`` adds -o/--timeout/--memory/--workload too."""
+    g = parser.add_argument_group("bhyve (two FreeBSD hosts with the UPB migration patch, --hypervisor bhyve)")
+    g.add_argument("--vm", metavar="NAME", help="bhyve VM name, the same on both hosts")
+    g.add_argument("--src-prefix", metavar="CMD", default="",
+                   help='how to run commands on the source, e.g. "ssh root@hostA" (default: locally)')
+    g.add_argument("--dst-prefix", metavar="CMD", default="",
+                   help='how to run commands on the destination, e.g. "ssh root@hostB"')
+    g.add_argument("--probe-prefix", metavar="CMD", default="", help="where the downtime probe runs (default: here)")
+    g.add_argument("--src-ip", metavar="IPv4", help="source address given to the destination's bhyve -R")
+    g.add_argument("--dst-ip", metavar="IPv4", help="destination address given to bhyvectl --migrate-live")
+    g.add_argument("--port", type=int, default=DEFAULT_MIGRATION_PORT,
+                   help=f"migration TCP port (default {DEFAULT_MIGRATION_PORT}, the patch's default)")
+    g.add_argument("--warm", action="store_true", help="warm migration (bhyvectl --migrate=): guest paused throughout")
+    g.add_argument("--probe", default="none", metavar="SPEC",
+                   help='downtime probe: none, "ping:GUEST_IP[,interval=10ms]" or "lines:COMMAND" '
+                        "(e.g. lines:cu -l /dev/nmdm0B)")
+    g.add_argument("--bhyve", default="bhyve", help="bhyve binary on the destination (default bhyve)")
+    g.add_argument("--bhyvectl", default="bhyvectl", help="bhyvectl binary on both hosts (default bhyvectl)")
+    g.add_argument("--bhyve-args", default="", metavar="ARGS",
+                   help='destination VM options, identical to the source\'s, e.g. "-c 2 -m 4G -S -s 0,hostbridge '
+                        '-s 31,lpc -l com1,/dev/nmdm0A"')
+    g.add_argument("--src-iface", default="", help="source interface for the byte counter (netstat -b -I)")
+    g.add_argument("--dst-iface", default="", help="destination interface for the byte counter")
+    g.add_argument("--vmm-dir", default="/dev/vmm", help=argparse.SUPPRESS)
+    g.add_argument("--dst-ready-timeout", default="30s", help="wait this long for bhyve -R to listen (default 30s)")
+    g.add_argument("--poll-interval", default="50ms", help="completion polling interval (default 50ms)")
+    g.add_argument("--keep-destination", action="store_true",
+                   help="leave the migrated VM running on the destination (default: destroy it after measuring)")
+    if shared:
+        parser.add_argument("-o", "--output", metavar="RUN.json", help="write the run record here")
+        parser.add_argument("--timeout", default="600s", help="give up after this long (default 600s)")
+        parser.add_argument("--memory", help="guest memory size, for the scenario in the record")
+        parser.add_argument("--workload", default="", help="what the guest runs, for the record")
+
+
+def migrate_config(args: argparse.Namespace):
+    from .runner import MigrateConfig, parse_probe
+
+    vm = _get(args, "vm")
+    if not vm:
+        raise ConfigError("--vm NAME is required with --hypervisor bhyve")
+    for flag in ("src_ip", "dst_ip"):
+        if not _get(args, flag):
+            raise ConfigError(f"--{flag.replace('_', '-')} is required with --hypervisor bhyve")
+    return MigrateConfig(
+        vm=vm, src_ip=args.src_ip, dst_ip=args.dst_ip, port=int(_get(args, "port", DEFAULT_MIGRATION_PORT)),
+        warm=bool(_get(args, "warm", False)),
+        src_prefix=_prefix(_get(args, "src_prefix"), "--src-prefix"),
+        dst_prefix=_prefix(_get(args, "dst_prefix"), "--dst-prefix"),
+        probe_prefix=_prefix(_get(args, "probe_prefix"), "--probe-prefix"),
+        bhyve=_get(args, "bhyve", "bhyve"), bhyvectl=_get(args, "bhyvectl", "bhyvectl"),
+        bhyve_args=_prefix(_get(args, "bhyve_args"), "--bhyve-args"),
+        src_iface=_get(args, "src_iface", ""), dst_iface=_get(args, "dst_iface", ""),
+        vmm_dir=_get(args, "vmm_dir", "/dev/vmm"),
+        timeout_s=parse_duration(_get(args, "timeout", "600s")),
+        dst_ready_timeout_s=parse_duration(_get(args, "dst_ready_timeout", "30s")),
+        poll_interval_s=parse_duration(_get(args, "poll_interval", "50ms")),
+        probe=parse_probe(str(_get(args, "probe", "none"))),
+        keep_destination=bool(_get(args, "keep_destination", False)),
+    )
+
+
+def migrate_scenario(args: argparse.Namespace, warm: bool) -> dict[str, Any]:
+    """The Scenario this run measures: the bhyve strategy; link and host stay defaults unless a scenario is given."""
+    from sim.scenario import Scenario, Strategy, Workload
+
+    base = _get(args, "scenario_obj")
+    sc = base if isinstance(base, Scenario) else Scenario()
+    mem = _get(args, "memory")
+    wl = sc.workload
+    if mem:
+        wl = Workload(**{**wl.__dict__, "memory_bytes": parse_size(mem)})
+    desc = str(_get(args, "workload", "") or "")
+    st = Strategy(**{**sc.strategy.__dict__, "kind": "stopcopy" if warm else "precopy", "stop_rule": "bhyve",
+                     "bhyve_rounds": 4})
+    d = Scenario(workload=wl, link=sc.link, host=sc.host, strategy=st, name=str(_get(args, "vm", "")),
+                 seed=sc.seed).to_dict()
+    if desc:
+        d["workload_description"] = desc
+    return d
+
+
+def migrate_main(args: argparse.Namespace) -> int:
+    """``miglab migrate --hypervisor bhyve``: run and measure one migration; 0 if it completed, 1 if not."""
+    from .runner import run_migration, write_record
+
+    cfg = migrate_config(args)
+    rec = run_migration(cfg, scenario=migrate_scenario(args, cfg.warm))
+    out = _get(args, "output")
+    if out:
+        write_record(rec, out)
+    s = rec["stats"]
+    if rec["outcome"] == "completed":
+        dt = s.get("downtime_s")
+        b = s.get("bytes_sent")
+        print(f"{cfg.vm}: completed in {s['total_time_s']:.3f} s, downtime "
+              f"{'n/a' if dt is None else f'{dt * 1000:.0f} ms'}, "
+              f"{'bytes n/a' if b is None else format_bytes(b)}" + (f" -> {out}" if out else ""))
+        return 0
+    print(f"{cfg.vm}: {rec['outcome']}" + (f" -> {out}" if out else ""))
+    return 1
