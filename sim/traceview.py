@@ -155,6 +155,7 @@ def plot_trace(trace: Trace, path: str | os.PathLike[str], *, max_classes: int =
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
     path = Path(path)
     if trace.n_intervals == 0:
@@ -164,9 +165,15 @@ def plot_trace(trace: Trace, path: str | os.PathLike[str], *, max_classes: int =
     fig, (ax_h, ax_w) = plt.subplots(2, 1, figsize=(10, 9), height_ratios=[3, 2], layout="constrained")
     try:
         mem_unit, div = ("GiB", 2**30) if trace.memory_bytes >= 2**30 else ("MiB", 2**20)
-        im = ax_h.imshow(frac, aspect="auto", origin="lower", interpolation="nearest", cmap="magma",
-                         extent=(time_edges[0], time_edges[-1], 0, trace.memory_bytes / div),
-                         vmin=0.0, vmax=max(float(frac.max()), 1e-9))
+        # Log colour scale: a hot set dirtied every interval and a cold remainder touched once a
+        # minute differ by orders of magnitude, and both matter. Empty bins are drawn black.
+        positive = frac[frac > 0]
+        vmax = float(positive.max()) if len(positive) else 1.0
+        vmin = min(max(float(positive.min()) if len(positive) else 1e-4, vmax * 1e-4), vmax / 10)
+        cmap = matplotlib.colormaps["magma"].with_extremes(bad="black", under="black")
+        im = ax_h.imshow(np.ma.masked_equal(frac, 0.0), aspect="auto", origin="lower", interpolation="nearest",
+                         cmap=cmap, norm=LogNorm(vmin=vmin, vmax=vmax),
+                         extent=(time_edges[0], time_edges[-1], 0, trace.memory_bytes / div))
         fig.colorbar(im, ax=ax_h, label="fraction of pages in bin dirtied")
         ax_h.set_xlabel("time (s)")
         ax_h.set_ylabel(f"guest address ({mem_unit})")
@@ -182,6 +189,7 @@ def plot_trace(trace: Trace, path: str | os.PathLike[str], *, max_classes: int =
             ax_w.plot(t_line, fitted / mib, "-", label=f"fit: {desc}\n(max rel. error "
                                                         f"{100 * report['max_rel_error']:.2f} %)")
         ax_w.set_xscale("log")
+        ax_w.set_yscale("log")
         ax_w.set_xlabel("window T (s)")
         ax_w.set_ylabel("distinct pages dirtied (MiB)")
         ax_w.set_title("working-set curve")
