@@ -24,7 +24,12 @@ VERB_MODULES: tuple[str, ...] = (
     "sim.cli",
     "sim.calibrate",
     "sim.traceview",
+    "sim.sweep",
+    "sim.regress",
     "harness.guest",
+    "harness.collect",
+    "harness.link",
+    "harness.migrate",
 )
 
 
