@@ -284,6 +284,7 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator:
         yield env.process(precopy_round(env, m, round_no, pages))
         total_sent += pages
         new = m.sync_dirty()
+        m.mark()
         pending = m.pages.count()
         if round_no >= 1:
             m.resent_ws = max(m.resent_ws, pending)

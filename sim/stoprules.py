@@ -29,7 +29,6 @@ ends the round, what to do next (``decide``). The rules:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,9 +76,11 @@ class QemuRule(StopRule):
     def round_pages(self, pending: float, threshold_pages: float, chunk_pages: float) -> float:
         if self.sync == "pass" or pending < threshold_pages:
             return pending
-        # Pending is re-checked after every iteration chunk; the bitmap is synced as soon as it drops below.
-        chunks = math.floor((pending - threshold_pages) / chunk_pages) + 1
-        return min(pending, chunks * chunk_pages)
+        # Pending is re-checked after every iteration chunk and the bitmap synced as soon as it drops below
+        # the threshold, so a round stops somewhere in the last chunk above it. Where exactly depends on
+        # how the pages fall into chunks, which nobody controls: take the expected point, half a chunk below.
+        residual = max(threshold_pages - chunk_pages / 2, 0.0)
+        return pending - residual
 
     def decide(self, info: RoundInfo) -> Decision:
         if info.pending_pages < info.threshold_pages:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_open
 from .errors import TraceError
 
 FORMAT_NAME = "miglab-trace"
@@ -193,15 +193,8 @@ def save(t: Trace, path: str | os.PathLike[str], *, compress: bool = True) -> st
         "indptr": t.indptr.astype(np.int64), "deltas": t.deltas,
         "meta_json": np.array(json.dumps(meta, sort_keys=True, default=str)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        (np.savez_compressed if compress else np.savez)(f, **arrays)
     return file_sha256(path)
 
 

@@ -1,0 +1,41 @@
+# miglab: the two commands a new user needs are `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_TRACE ?= traces/redis-512M.npz
+DEMO_ARGS ?= --bandwidth 100MiB/s --rtt 1ms --downtime-limit 300ms
+
+.PHONY: venv demo test test-fast lint bench deps clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[harness,lab,test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The main job: stop-and-copy, pre-copy, post-copy and hybrid on the bundled real trace.
+demo: $(STAMP)
+	$(BIN)/miglab compare --trace $(DEMO_TRACE) $(DEMO_ARGS) -o results/demo
+
+# Host packages for the real-VM tests (QEMU >= 9, busybox, cpio, iproute2), then the whole suite.
+deps:
+	bash harness/install-deps.sh
+
+test: $(STAMP) deps
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not vm"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q benchmarks
+
+clean:
+	rm -rf $(VENV) results/demo .pytest_cache

@@ -1,0 +1,254 @@
+"""The simulator against its oracles: closed forms, SimGrid, brute force, and properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim import Host, Link, Scenario, Strategy, Workload, simulate
+from sim.baselines import geometric_precopy, simgrid_precopy
+from sim.dirty import _unit_hash
+from sim.trace import make_trace, save
+from sim.units import parse_bandwidth
+
+MiB = 2**20
+
+
+def closed_form_scenario(**strategy) -> Scenario:
+    return Scenario(workload=Workload(spec="uniform:rate=30MiB/s", memory_bytes=4096 * MiB),
+                    link=Link(bandwidth_Bps=parse_bandwidth("119.2MiB/s")),
+                    strategy=Strategy(qemu_sync="pass", **strategy))
+
+
+def test_uniform_matches_geometric_closed_form_within_1pct():
+    r = simulate(closed_form_scenario())
+    cf = geometric_precopy(4096 * MiB, 119.2 * MiB, 30 * MiB, 119.2 * MiB * 0.3)
+    # REFERENCES' worked check: n = 4, ~5468 MiB, ~45.9 s, ~138 ms.
+    assert cf.rounds == 4 and abs(cf.bytes_sent / MiB - 5468) < 1
+    assert r.rounds == cf.rounds
+    assert r.bytes_sent == pytest.approx(cf.bytes_sent, rel=0.01)
+    assert r.total_time_s == pytest.approx(cf.total_time_s, rel=0.01)
+    assert r.downtime_s == pytest.approx(cf.downtime_s, rel=0.01)
+    assert r.converged
+
+
+def test_qemu_iteration_sync_leaves_up_to_a_threshold_for_downtime():
+    # QEMU syncs as soon as pending drops below the threshold, so the final set is bigger than the
+    # textbook model's, but never above bandwidth x downtime-limit.
+    r = simulate(closed_form_scenario(**{}).replace(**{"strategy.qemu_sync": "iteration"}))
+    textbook = simulate(closed_form_scenario())
+    assert r.converged
+    assert textbook.downtime_s < r.downtime_s <= 0.3 + 1e-9
+
+
+def test_simgrid_rule_reproduces_simgrid_equations():
+    ref = simgrid_precopy(4096 * MiB, 1.25e8, 0.2, 1e-4)
+    assert ref.rounds == 4
+    assert ref.total_time_s == pytest.approx(42.95, abs=0.01)
+    assert ref.bytes_sent / 2**30 == pytest.approx(5.0, abs=0.01)
+    assert ref.downtime_s == pytest.approx(0.0111, abs=0.0001)
+    # The engine's simgrid rule with SimGrid's dirty model: intensity x speed, capped at 0.9 RAM.
+    sc = Scenario(workload=Workload(spec=f"uniform:rate={0.2 * 1.25e8}B/s,span={int(0.9 * 4096 * MiB)}",
+                                    memory_bytes=4096 * MiB),
+                  link=Link(bandwidth_Bps=1.25e8, rtt_s=2e-4), strategy=Strategy(stop_rule="simgrid"))
+    r = simulate(sc)
+    assert r.rounds - 1 == ref.rounds  # SimGrid counts stage-2 rounds; miglab counts stage 1 too
+    assert r.total_time_s == pytest.approx(ref.total_time_s, rel=1e-3)
+    assert r.bytes_sent == pytest.approx(ref.bytes_sent, rel=1e-3)
+    assert r.downtime_s == pytest.approx(ref.downtime_s, rel=0.02)
+
+
+def test_bhyve_rule_runs_exactly_four_rounds_then_stops():
+    sc = closed_form_scenario(stop_rule="bhyve")
+    r = simulate(sc)
+    assert r.rounds == 4 and r.converged
+    assert list(r.rounds_table["phase"]) == ["precopy"] * 4 + ["stopcopy"]
+
+
+def test_nonconvergence_is_a_result_not_a_hang():
+    sc = Scenario(workload=Workload(spec="random:rate=200MiB/s,span=1GiB", memory_bytes=2 * 2**30),
+                  link=Link(bandwidth_Bps=100 * MiB), strategy=Strategy(timeout_s=60))
+    r = simulate(sc)
+    assert not r.converged and "did not converge" in r.reason
+    assert math.isnan(r.downtime_s) and r.total_time_s >= 60
+
+
+def test_round_guard_can_force_switchover():
+    base = Scenario(workload=Workload(spec="random:rate=200MiB/s,span=1GiB", memory_bytes=2 * 2**30),
+                    link=Link(bandwidth_Bps=100 * MiB), strategy=Strategy(max_rounds=5))
+    assert not simulate(base).converged
+    forced = simulate(base.replace(**{"strategy.on_round_limit": "switchover"}))
+    assert forced.converged and forced.rounds == 5 and forced.downtime_s > 1.0
+
+
+def test_postcopy_beats_nonconverging_precopy_and_reports_stalls():
+    sc = Scenario(workload=Workload(spec="hotcold:hot=128MiB,rate=50000", memory_bytes=512 * MiB),
+                  link=Link(bandwidth_Bps=100 * MiB, rtt_s=0.001), strategy=Strategy(timeout_s=30))
+    pre = simulate(sc)
+    post = simulate(sc.replace(**{"strategy.kind": "postcopy"}))
+    assert not pre.converged
+    assert post.converged and post.postcopy_faults > 0 and post.postcopy_stall_s > 0
+    assert post.bytes_sent == pytest.approx(512 * MiB, rel=0.01)
+    assert post.total_time_s < 30
+
+
+def test_auto_converge_throttles_and_lowers_rounds():
+    sc = Scenario(workload=Workload(spec="random:rate=40MiB/s,span=1GiB", memory_bytes=2 * 2**30),
+                  link=Link(bandwidth_Bps=50 * MiB), strategy=Strategy(timeout_s=300, downtime_limit_s=0.05))
+    plain = simulate(sc)
+    ac = simulate(sc.replace(**{"strategy.auto_converge": True}))
+    assert ac.throttle_pct_max >= 20
+    assert ac.converged
+    assert (not plain.converged) or ac.total_time_s < plain.total_time_s
+
+
+def test_xbzrle_cuts_bytes_when_working_set_fits_the_cache():
+    sc = Scenario(workload=Workload(spec="hotcold:hot=32MiB,rate=20000,hot_share=1", memory_bytes=512 * MiB),
+                  link=Link(bandwidth_Bps=60 * MiB), strategy=Strategy(downtime_limit_s=0.1, max_rounds=40,
+                                                                      on_round_limit="switchover"))
+    plain = simulate(sc)
+    xb = simulate(sc.replace(**{"strategy.xbzrle_cache_bytes": 64 * MiB}))
+    assert xb.xbzrle_hit_pages > 0
+    assert xb.bytes_sent < plain.bytes_sent
+
+
+def test_bhyve_refuses_unwired_and_lowmem_only_limits():
+    sc = closed_form_scenario(stop_rule="bhyve").replace(**{"host.hypervisor": "bhyve"})
+    assert simulate(sc).converged
+    r = simulate(sc.replace(**{"host.wired_memory": False}))
+    assert not r.converged and "wired" in r.reason
+    r = simulate(sc.replace(**{"host.bhyve_lowmem_only": True}))
+    assert not r.converged and "lowmem" in r.reason
+    small = sc.replace(**{"host.bhyve_lowmem_only": True, "workload.memory_bytes": 2 * 2**30})
+    assert simulate(small).converged
+
+
+def test_bhyve_chunk_pauses_slow_the_copy_and_the_guest():
+    sc = closed_form_scenario(stop_rule="bhyve").replace(**{"host.hypervisor": "bhyve", "host.bhyve_chunk_pause_s": 0,
+                                                             "host.bhyve_page_send_s": 0})
+    fast = simulate(sc)
+    slow = simulate(sc.replace(**{"host.bhyve_chunk_pause_s": 1e-4}))
+    assert slow.total_time_s > fast.total_time_s
+    # Paused vCPUs dirty less per second of copying.
+    r0, r1 = fast.rounds_table, slow.rounds_table
+    assert (r1["new_dirty_pages"].iloc[0] / r1["duration_s"].iloc[0]) < (r0["new_dirty_pages"].iloc[0] /
+                                                                         r0["duration_s"].iloc[0])
+
+
+# --------------------------------------------------------------- trace replay vs brute force
+def _tiny_trace(tmp_path, seed=3):
+    rng = np.random.default_rng(seed)
+    n_pages = 2048
+    lists = [np.unique(np.concatenate([rng.integers(0, 128, 40), rng.integers(0, n_pages, 10)])) for _ in range(20)]
+    t = np.arange(21) * 0.25
+    tr = make_trace(lists, t[:-1], t[1:], n_pages=n_pages, page_size=4096)
+    path = tmp_path / "tiny.npz"
+    save(tr, path)
+    return path, lists, t
+
+
+def _brute_force(lists, t, n_pages, rate_pages_s, rounds, seed):
+    """Pass-semantics pre-copy with Python sets: round i sends what was dirtied during round i-1."""
+    events = []  # (instant, page)
+    for i, pages in enumerate(lists):
+        u = _unit_hash(np.asarray(pages), i, seed)
+        for p, x in zip(pages.tolist(), u.tolist(), strict=True):
+            events.append((t[i] + x * (t[i + 1] - t[i]), p))
+    period = t[-1] - t[0]
+
+    def dirtied(g0, g1):
+        out = set()
+        for inst, p in events:
+            k = math.floor((g0 - inst) / period) + 1 if g0 > inst else 0
+            # any occurrence inst + k*period within [g0, g1)?
+            k = max(k, 0)
+            while inst + k * period < g1:
+                if inst + k * period >= g0:
+                    out.add(p)
+                    break
+                k += 1
+        return out
+
+    pending = set(range(n_pages))
+    clock = 0.0
+    sent_per_round = []
+    for _ in range(rounds):
+        dur = len(pending) / rate_pages_s
+        sent_per_round.append(len(pending))
+        pending = dirtied(clock, clock + dur)
+        clock += dur
+    return sent_per_round, len(pending), clock
+
+
+@pytest.mark.parametrize("rounds", [2, 4, 6])
+def test_trace_replay_equals_brute_force(tmp_path, rounds):
+    path, lists, t = _tiny_trace(tmp_path)
+    rate_pages_s = 1500.0
+    sc = Scenario(workload=Workload(kind="trace", path=str(path)),
+                  link=Link(bandwidth_Bps=rate_pages_s * 4096), strategy=Strategy(stop_rule="bhyve", bhyve_rounds=rounds),
+                  seed=7)
+    r = simulate(sc)
+    sent, final, clock = _brute_force(lists, t, 2048, rate_pages_s, rounds, seed=7)
+    assert list(r.rounds_table["pages"].iloc[:rounds].astype(int)) == sent
+    assert int(r.final_pages) == final
+    assert r.precopy_time_s == pytest.approx(clock, rel=1e-9)
+    assert r.trace_looped == (clock > t[-1])
+
+
+def test_same_scenario_same_numbers(tmp_path):
+    path, _, _ = _tiny_trace(tmp_path)
+    sc = Scenario(workload=Workload(kind="trace", path=str(path)), link=Link(bandwidth_Bps=4e6),
+                  strategy=Strategy(kind="hybrid"), seed=11)
+    a, b = simulate(sc).summary(), simulate(sc).summary()
+    assert a == b
+
+
+def test_sampled_mode_agrees_with_expected_mode_on_average():
+    sc = Scenario(workload=Workload(spec="hotcold:hot=64MiB,rate=20000", memory_bytes=256 * MiB),
+                  link=Link(bandwidth_Bps=80 * MiB), strategy=Strategy(qemu_sync="pass"))
+    exp = simulate(sc)
+    sampled = [simulate(sc.replace(**{"workload.mode": "sampled", "seed": s})) for s in range(3)]
+    mean_bytes = np.mean([s.bytes_sent for s in sampled])
+    assert mean_bytes == pytest.approx(exp.bytes_sent, rel=0.03)
+
+
+# --------------------------------------------------------------- properties
+scenarios = st.builds(
+    lambda mem_mib, rate, hot_frac, bw_mib, limit_ms, kind, zero, switch_ms: Scenario(
+        workload=Workload(spec=f"hotcold:hot={max(1, int(mem_mib * hot_frac))}MiB,rate={rate}",
+                          memory_bytes=mem_mib * MiB, zero_page_fraction=zero),
+        link=Link(bandwidth_Bps=bw_mib * MiB, rtt_s=0.001),
+        host=Host(switchover_s=switch_ms / 1000),
+        strategy=Strategy(kind=kind, downtime_limit_s=limit_ms / 1000, timeout_s=120)),
+    mem_mib=st.integers(64, 2048), rate=st.integers(0, 40000), hot_frac=st.floats(0.01, 0.5),
+    bw_mib=st.integers(10, 2000), limit_ms=st.integers(10, 1000),
+    kind=st.sampled_from(["precopy", "postcopy", "hybrid", "stopcopy"]), zero=st.floats(0, 0.9),
+    switch_ms=st.integers(0, 200),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios)
+def test_completed_migrations_send_all_nonzero_memory_and_pause_at_least_the_switchover(sc):
+    r = simulate(sc)
+    if not r.converged:
+        return
+    z = sc.workload.zero_page_fraction or 0.0
+    assert r.bytes_sent >= sc.workload.memory_bytes * (1 - z) * (1 - 1e-9)
+    assert r.downtime_s >= sc.host.switchover_s
+    assert r.total_time_s >= r.downtime_s
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios, st.floats(1.01, 10))
+def test_more_bandwidth_never_means_more_rounds_under_qemu_rule(sc, factor):
+    sc = sc.replace(**{"strategy.kind": "precopy"})
+    slow = simulate(sc)
+    fast = simulate(sc.replace(**{"link.bandwidth_Bps": sc.link.bandwidth_Bps * factor}))
+    if slow.converged:
+        assert fast.converged
+        assert fast.rounds <= slow.rounds
