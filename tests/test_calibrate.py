@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.cli import main
 from sim.calibrate import (
@@ -61,6 +63,18 @@ def test_working_set_curve_equals_brute_force(budget):
     assert np.array_equal(pages, brute_force_curve(lists, ks))
     expect_s = [np.mean(ends[k - 1:] - starts[:n - k + 1]) for k in ks]
     assert np.allclose(window_s, expect_s)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_pages=st.integers(1, 300), n=st.integers(1, 12), seed=st.integers(0, 2**32 - 1),
+       budget=st.sampled_from([8, 64, 1 << 20]))
+def test_working_set_curve_property(n_pages, n, seed, budget):
+    rng = np.random.default_rng(seed)
+    lists = [np.flatnonzero(rng.random(n_pages) < rng.random()) for _ in range(n)]
+    trace = make_trace(lists, np.arange(n), np.arange(n) + 1.0, n_pages=n_pages)
+    ks = np.arange(1, n + 1)
+    _, pages = working_set_curve(trace, ks, budget_bytes=budget * n)
+    assert np.array_equal(pages, brute_force_curve(lists, ks))
 
 
 def test_working_set_curve_defaults_reach_whole_trace():
