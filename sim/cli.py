@@ -141,7 +141,8 @@ def _fmt_row(name: str, s: dict[str, Any]) -> list[str]:
             f"{s['postcopy_faults']:.0f}", format_duration(s["postcopy_stall_s"]), s["reason"]]
 
 
-def print_table(rows: list[list[str]], out: Any = sys.stdout) -> None:
+def print_table(rows: list[list[str]], out: Any = None) -> None:
+    out = out or sys.stdout
     header = ["strategy", "converged", "rounds", "total time", "downtime", "sent", "pc faults", "pc stall", "why"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:

@@ -195,6 +195,15 @@ class Scenario:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def to_toml(self) -> str:
+        """TOML text; fields that are None (every optional field defaults to None) are left out."""
+        import tomli_w
+
+        def drop_none(d: dict[str, Any]) -> dict[str, Any]:
+            return {k: drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+        return tomli_w.dumps(drop_none(self.to_dict()))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "scenario") -> Scenario:
         """Build from a (possibly partial) dict; unknown keys and bad values raise ConfigError."""

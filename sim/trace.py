@@ -243,8 +243,12 @@ def load(path: str | os.PathLike[str]) -> Trace:
     for k in ("t_start_s", "t_end_s"):
         if a[k].dtype.kind != "f":
             raise TraceError(p, f"{k} must be floating point, not {a[k].dtype}")
-    if a["indptr"].dtype.kind not in "iu":
-        raise TraceError(p, f"indptr must be integers, not {a['indptr'].dtype}")
+    for k in ("indptr", "deltas"):
+        if a[k].dtype.kind not in "iu":
+            raise TraceError(p, f"{k} must be integers, not {a[k].dtype}")
+    for k in ("t_start_s", "t_end_s", "indptr", "deltas"):
+        if a[k].ndim != 1:
+            raise TraceError(p, f"{k} must be one-dimensional")
     t = Trace(page_size, n_pages, a["t_start_s"], a["t_end_s"], a["indptr"].astype(np.int64), a["deltas"], meta,
               file_sha256(p), str(p))
     check(t, p)
