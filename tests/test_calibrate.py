@@ -147,17 +147,17 @@ def test_fit_of_exact_curve_is_exact():
     assert report["rmse_pages"] < 1.0
 
 
-def test_fit_sweep_class_when_allowed():
+def test_fit_sweep_class():
     # uniform sweep: 40000 pages visited in a fixed permutation, 2000 pages per interval
     perm = np.random.default_rng(0).permutation(40000)
     lists = [np.sort(perm[(2000 * i + np.arange(2000)) % 40000]) for i in range(120)]
     t = np.arange(120) * 0.5
     trace = make_trace(lists, t, t + 0.5, n_pages=100000)
     curve = working_set_curve(trace)
-    classes, report = fit_classes(*curve, trace.n_pages, kinds=("poisson", "sweep"))
+    classes, report = fit_classes(*curve, trace.n_pages)
     assert [(c.kind, round(c.pages)) for c in classes] == [("sweep", 40000)]
     assert classes[0].rate_per_page_per_s == pytest.approx(0.1, rel=1e-6)
-    poisson_only, rep2 = fit_classes(*curve, trace.n_pages)
+    poisson_only, rep2 = fit_classes(*curve, trace.n_pages, kinds=("poisson",))
     assert rep2["max_rel_error"] > 0.05 and any("sweep" in n for n in rep2["notes"])
 
 
