@@ -212,13 +212,14 @@ def test_run_collection_writes_a_valid_trace_with_metadata(vmfile, tmp_path):
     assert loaded.t_start_s[0] == 0.0 and np.allclose(loaded.t_start_s[1:], loaded.t_end_s[:-1])
     m = loaded.meta
     assert m["hypervisor"] == "bhyve" and m["method"] == "content-diff"
-    assert "unchanged" in m["blind_spot"]
-    assert m["memory_bytes"] == LOW_BYTES + HIGH_BYTES
+    assert "unchanged" in m["method_blind_spot"]
+    assert m["guest_memory_bytes"] == LOW_BYTES + HIGH_BYTES
     assert m["workload"].startswith("hotcold")
-    assert m["host"]["hostname"] and m["collected_at"] and m["collection_seconds"] > 0
+    assert m["host"]["hostname"] and m["collected_at_utc"] and m["collected_seconds"] > 1.5
+    assert m["mean_dirty_pages_per_interval"] == pytest.approx(1.0) and m["requested_seconds"] == 1.5
     assert [(s["name"], s["gpa"], s["first_page"]) for s in m["segments"]] == [
         ("lowmem", 0, 0), ("highmem", 4 * GiB, 256)]
-    assert m["method_detail"]["read"] == "mmap" and m["interrupted"] is False
+    assert m["method_detail"]["read"] == "mmap" and m["complete"] is True
     assert "miglab_version" in m
 
 
@@ -230,7 +231,7 @@ def test_interrupted_collection_keeps_complete_intervals(vmfile, tmp_path):
     bc.run_collection(cfg, ioctl=FakeKernel(), clock=sc.clock, sleep=sc.sleep)
     loaded = tr.load(out)
     assert [loaded.pages(i).tolist() for i in range(loaded.n_intervals)] == [[9], [10]]
-    assert loaded.meta["interrupted"] is True
+    assert loaded.meta["complete"] is False and loaded.meta["stopped_reason"] == "interrupted"
 
 
 def test_interrupt_before_any_interval_writes_nothing(vmfile, tmp_path):
@@ -259,7 +260,7 @@ def test_dirty_page_list_method_uses_the_patch_request(vmfile, tmp_path):
     m = loaded.meta
     assert m["method"] == "dirty-page-list"
     assert m["method_detail"]["ioctl"] == "VM_GET_DIRTY_PAGE_LIST" and "D30954" in m["method_detail"]["review"]
-    assert "VPO_VMM_DIRTY" in m["blind_spot"]
+    assert "VPO_VMM_DIRTY" in m["method_blind_spot"]
 
 
 def test_dirty_page_list_buffer_is_zeroed_before_each_call(vmfile):

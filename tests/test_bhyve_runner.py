@@ -18,7 +18,9 @@ import pytest
 
 from harness.bhyve import runner as rn
 from harness.bhyve.vmmdev import VmNameError
+from harness.record import RunRecord
 from sim.errors import ConfigError
+from sim.scenario import Scenario
 
 REPO = Path(__file__).resolve().parents[1]
 FAKES = REPO / "tests" / "fakes"
@@ -77,9 +79,9 @@ def cfg(**kw) -> rn.MigrateConfig:
 
 def test_live_migration_completes_with_exact_argv_and_measurements(fake):
     fake.modes()
-    rec = rn.run_migration(cfg(), scenario={"name": "s"}, env=fake.env)
-    assert rec["outcome"] == "completed", rec["timeline"]
-    assert rec["hypervisor"] == "bhyve" and rec["schema"] == "miglab-run"
+    rec = rn.run_migration(cfg(), scenario=Scenario(name="s"), env=fake.env)
+    assert rec.outcome == "completed", rec.events
+    assert rec.hypervisor == "bhyve" and rec.completed and rec.scenario.name == "s"
     # Destination: bhyve <same options> -R SRC_IP,PORT NAME, through ssh with its options kept.
     (b,) = fake.calls("bhyve")
     assert b["host"] == "hostB"
@@ -90,35 +92,37 @@ def test_live_migration_completes_with_exact_argv_and_measurements(fake):
     ssh_hosts = [c["argv"][0] if c["argv"][0] != "-o" else c["argv"][2] for c in fake.calls("ssh")]
     assert set(ssh_hosts) == {"root@hostA", "root@hostB"}
     # Measured from outside.
-    s = rec["stats"]
-    assert s["bytes_sent"] == 123456789 and s["src_obytes"] == 123456789 and s["dst_ibytes"] == 123456789
-    assert s["downtime_s"] == pytest.approx(0.05)  # echo requests 10..14 unanswered, 10 ms apart
-    assert s["probe"]["recovered"] is True and s["probe"]["resolution_s"] == 0.01
-    assert 0.3 <= s["total_time_s"] < 10 and s["command_s"] <= s["total_time_s"] + 0.1
-    assert s["rounds"] == 4
-    events = [e["event"] for e in rec["timeline"]]
+    s, o = rec.stats, rec.options
+    assert s.bytes_sent == 123456789 and o["src_obytes"] == 123456789 and o["dst_ibytes"] == 123456789
+    assert s.downtime_s == pytest.approx(0.05)  # echo requests 10..14 unanswered, 10 ms apart
+    assert o["probe"]["recovered"] is True and o["probe"]["resolution_s"] == 0.01 and rec.guest_continues
+    assert 0.3 <= s.total_time_s < 10 and o["command_s"] <= s.total_time_s + 0.1
+    assert s.dirty_sync_count == 4
+    assert rec.host.kernel and rec.guest_side == "destination"
+    events = [text.split()[0] for _, text in rec.events]
     assert events.index("destination_listening") < events.index("migrate_command_started") \
         < events.index("source_vm_gone") < events.index("destination_destroyed")
     assert not (fake.state / "hostA" / "vmm" / VM).exists()
     assert not fake.alive()
-    json.dumps(rec)  # serialisable as is
+    back = RunRecord.from_dict(json.loads(rec.to_json()))  # the shared schema round-trips
+    assert back.stats == rec.stats and back.hypervisor == "bhyve"
 
 
 def test_warm_migration_uses_migrate_flag(fake):
     fake.modes()
     rec = rn.run_migration(cfg(warm=True, probe=rn.Probe()), env=fake.env)
-    assert rec["outcome"] == "completed"
+    assert rec.outcome == "completed"
     migr = [c["argv"] for c in fake.calls("bhyvectl") if any(a.startswith("--migrate") for a in c["argv"])]
     assert migr == [[f"--vm={VM}", "--migrate=10.0.0.2,24983"]]
-    assert rec["stats"]["downtime_s"] is None and rec["stats"]["rounds"] is None
+    assert rec.stats.downtime_s is None and rec.stats.dirty_sync_count == 0
 
 
 def test_bhyvectl_failure_is_a_failed_record_with_the_reason(fake):
     fake.modes(bhyvectl="fail")
     rec = rn.run_migration(cfg(), env=fake.env)
-    assert rec["outcome"].startswith("failed: bhyvectl exited 1:")
-    assert "Could not connect to the remote host" in rec["outcome"]
-    assert "\n" not in rec["outcome"]
+    assert rec.outcome.startswith("failed: bhyvectl exited 1:")
+    assert "Could not connect to the remote host" in rec.outcome
+    assert "\n" not in rec.outcome and rec.guest_side == "source"
     assert (fake.state / "hostA" / "vmm" / VM).exists()  # the source VM is untouched
     assert any("--destroy" in c["argv"] for c in fake.calls("bhyvectl", "hostB"))
     assert not fake.alive()
@@ -127,8 +131,8 @@ def test_bhyvectl_failure_is_a_failed_record_with_the_reason(fake):
 def test_destination_failure_is_reported(fake):
     fake.modes(bhyve="fail")
     rec = rn.run_migration(cfg(), env=fake.env)
-    assert rec["outcome"].startswith("failed: destination bhyve exited 3")
-    assert "Couldn't recv dirty pages" in rec["outcome"]
+    assert rec.outcome.startswith("failed: destination bhyve exited 3")
+    assert "Couldn't recv dirty pages" in rec.outcome
     assert not fake.alive()
 
 
@@ -137,14 +141,14 @@ def test_hung_bhyvectl_is_killed_at_the_timeout(fake):
     t = time.monotonic()
     rec = rn.run_migration(cfg(timeout_s=1.0), env=fake.env)
     assert time.monotonic() - t < 1.0 + 3 * rn.KILL_GRACE_S + 5
-    assert rec["outcome"] == "failed: timeout after 1 s: bhyvectl had not returned"
+    assert rec.outcome == "failed: timeout after 1 s: bhyvectl had not returned"
     assert fake.pids() and not fake.alive()  # the hung bhyvectl and the destination bhyve are gone
 
 
 def test_destination_that_never_listens(fake):
     fake.modes(bhyve="hang")
     rec = rn.run_migration(cfg(dst_ready_timeout_s=0.5), env=fake.env)
-    assert rec["outcome"] == "failed: destination bhyve was not listening on port 24983 after 0.5 s"
+    assert rec.outcome == "failed: destination bhyve was not listening on port 24983 after 0.5 s"
     assert not fake.calls("bhyvectl", "hostA")  # nothing was sent
     assert not fake.alive()
 
@@ -152,15 +156,15 @@ def test_destination_that_never_listens(fake):
 def test_missing_source_vm(fake):
     (fake.state / "hostA" / "vmm" / VM).unlink()
     rec = rn.run_migration(cfg(), env=fake.env)
-    assert rec["outcome"] == f"failed: VM '{VM}' is not running on the source (vmm/{VM} does not exist)"
+    assert rec.outcome == f"failed: VM '{VM}' is not running on the source (vmm/{VM} does not exist)"
     assert not fake.calls("bhyve")
 
 
 def test_keep_destination_leaves_the_guest_running(fake):
     fake.modes()
     rec = rn.run_migration(cfg(keep_destination=True, probe=rn.Probe()), env=fake.env)
-    assert rec["outcome"] == "completed"
-    pid = rec["destination_pid"]
+    assert rec.outcome == "completed"
+    pid = rec.options["destination_pid"]
     os.kill(pid, 0)  # still running
     assert not any("--destroy" in c["argv"] for c in fake.calls("bhyvectl"))
     os.kill(pid, 15)
@@ -238,11 +242,11 @@ def test_cli_migrate_writes_a_record(fake, tmp_path):
         capture_output=True, text=True, cwd=REPO, env={**fake.env, "PYTHONPATH": str(REPO)}, timeout=120)
     assert cp.returncode == 0, cp.stderr
     assert "completed" in cp.stdout
-    rec = json.loads(out.read_text())
-    assert rec["outcome"] == "completed" and rec["hypervisor"] == "bhyve"
-    assert rec["scenario"]["strategy"]["stop_rule"] == "bhyve" and rec["scenario"]["strategy"]["kind"] == "precopy"
-    assert rec["scenario"]["workload"]["memory_bytes"] == 1 << 30
-    assert rec["config"]["bhyve_args"] == ["-c", "2", "-m", "1G", "-S"]
+    rec = RunRecord.load(out)
+    assert rec.outcome == "completed" and rec.hypervisor == "bhyve"
+    assert rec.scenario.strategy.stop_rule == "bhyve" and rec.scenario.strategy.kind == "precopy"
+    assert rec.scenario.workload.memory_bytes == 1 << 30 and rec.scenario.workload.spec == "uniform:rate=1000"
+    assert rec.options["config"]["bhyve_args"] == ["-c", "2", "-m", "1G", "-S"]
     assert not fake.alive()
 
 

@@ -79,7 +79,7 @@ def collect_main(args: argparse.Namespace) -> int:
         progress=not _get(args, "no_progress", False),
     )
     tr, sha = collect(cfg)
-    note = " (interrupted)" if tr.meta.get("interrupted") else ""
+    note = "" if tr.meta.get("complete", True) else " (interrupted)"
     print(f"wrote {output}: {tr.n_intervals} intervals{note}, {format_bytes(tr.memory_bytes)} guest, "
           f"{int(tr.counts.sum())} page changes, sha256 {sha[:16]}")
     return 0
@@ -120,6 +120,9 @@ def add_migrate_arguments(parser: argparse.ArgumentParser, *, shared: bool = Fal
         parser.add_argument("--timeout", default="600s", help="give up after this long (default 600s)")
         parser.add_argument("--memory", help="guest memory size, for the scenario in the record")
         parser.add_argument("--workload", default="", help="what the guest runs, for the record")
+        parser.add_argument("--scenario", help="scenario TOML to start the record's scenario from")
+        parser.add_argument("--name", help="scenario name (default: the VM name)")
+        parser.add_argument("--campaign", help="write results/<campaign>/<name>.json when -o is not given")
 
 
 def migrate_config(args: argparse.Namespace):
@@ -149,42 +152,58 @@ def migrate_config(args: argparse.Namespace):
     )
 
 
-def migrate_scenario(args: argparse.Namespace, warm: bool) -> dict[str, Any]:
-    """The Scenario this run measures: the bhyve strategy; link and host stay defaults unless a scenario is given."""
-    from sim.scenario import Scenario, Strategy, Workload
+def migrate_scenario(args: argparse.Namespace, warm: bool):
+    """The Scenario this run measures, with the bhyve strategy.
 
-    base = _get(args, "scenario_obj")
-    sc = base if isinstance(base, Scenario) else Scenario()
-    mem = _get(args, "memory")
+    Starts from ``--scenario FILE`` when given (the QEMU verb's flag), applies
+    ``--memory`` / ``--workload`` / ``--bandwidth`` / ``--rtt`` / ``--name``
+    when present. Link and host fields the user did not give stay defaults:
+    the real network is whatever connects the two hosts.
+    """
+    import dataclasses
+
+    from sim.scenario import Scenario, Workload
+    from sim.units import parse_bandwidth
+
+    path = _get(args, "scenario")
+    sc = Scenario.from_toml(path) if path else Scenario()
     wl = sc.workload
-    if mem:
-        wl = Workload(**{**wl.__dict__, "memory_bytes": parse_size(mem)})
-    desc = str(_get(args, "workload", "") or "")
-    st = Strategy(**{**sc.strategy.__dict__, "kind": "stopcopy" if warm else "precopy", "stop_rule": "bhyve",
-                     "bhyve_rounds": 4})
-    d = Scenario(workload=wl, link=sc.link, host=sc.host, strategy=st, name=str(_get(args, "vm", "")),
-                 seed=sc.seed).to_dict()
-    if desc:
-        d["workload_description"] = desc
-    return d
+    if _get(args, "memory"):
+        wl = dataclasses.replace(wl, memory_bytes=parse_size(args.memory))
+    if _get(args, "workload"):
+        wl = dataclasses.replace(wl, spec=str(args.workload))
+    link = sc.link
+    if _get(args, "bandwidth"):
+        link = dataclasses.replace(link, bandwidth_Bps=parse_bandwidth(args.bandwidth))
+    if _get(args, "rtt"):
+        link = dataclasses.replace(link, rtt_s=parse_duration(args.rtt))
+    st = dataclasses.replace(sc.strategy, kind="stopcopy" if warm else "precopy", stop_rule="bhyve",
+                             bhyve_rounds=4)
+    name = _get(args, "name") or sc.name or str(_get(args, "vm", ""))
+    return dataclasses.replace(sc, workload=Workload(**dataclasses.asdict(wl)), link=link, strategy=st, name=name)
 
 
 def migrate_main(args: argparse.Namespace) -> int:
     """``miglab migrate --hypervisor bhyve``: run and measure one migration; 0 if it completed, 1 if not."""
-    from .runner import run_migration, write_record
+    from harness.record import record_path
+
+    from .runner import run_migration
 
     cfg = migrate_config(args)
-    rec = run_migration(cfg, scenario=migrate_scenario(args, cfg.warm))
+    scenario = migrate_scenario(args, cfg.warm)
+    rec = run_migration(cfg, scenario=scenario)
     out = _get(args, "output")
+    if not out and _get(args, "campaign"):
+        out = record_path(args.campaign, scenario.name or cfg.vm)
     if out:
-        write_record(rec, out)
-    s = rec["stats"]
-    if rec["outcome"] == "completed":
-        dt = s.get("downtime_s")
-        b = s.get("bytes_sent")
-        print(f"{cfg.vm}: completed in {s['total_time_s']:.3f} s, downtime "
+        rec.save(out)
+    s = rec.stats
+    where = f" -> {out}" if out else ""
+    if rec.completed:
+        dt, b = s.downtime_s, s.bytes_sent
+        print(f"{cfg.vm}: completed in {s.total_time_s:.3f} s, downtime "
               f"{'n/a' if dt is None else f'{dt * 1000:.0f} ms'}, "
-              f"{'bytes n/a' if b is None else format_bytes(b)}" + (f" -> {out}" if out else ""))
+              f"{'bytes n/a' if b is None else format_bytes(b)}{where}")
         return 0
-    print(f"{cfg.vm}: {rec['outcome']}" + (f" -> {out}" if out else ""))
+    print(f"{cfg.vm}: {rec.outcome}{where}")
     return 1

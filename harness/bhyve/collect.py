@@ -199,6 +199,7 @@ class Collection:
     page_lists: list[np.ndarray] = field(default_factory=list)
     t_start_s: list[float] = field(default_factory=list)
     t_end_s: list[float] = field(default_factory=list)
+    scan_s: list[float] = field(default_factory=list)
     interrupted: bool = False
     wall_s: float = 0.0
 
@@ -245,6 +246,7 @@ def collect_intervals(tracker: Tracker, *, interval_s: float, n_intervals: int,
                 warned = True
             start = max(clock() - t0, prev_start + 1e-6)
             pages = tracker.changed_pages()
+            out.scan_s.append(clock() - t0 - start)
             out.page_lists.append(np.asarray(pages, dtype=np.int64))
             out.t_start_s.append(prev_start)
             out.t_end_s.append(start)
@@ -264,14 +266,14 @@ def collect_intervals(tracker: Tracker, *, interval_s: float, n_intervals: int,
 
 # --------------------------------------------------------------------------- metadata
 def host_info() -> dict[str, Any]:
-    """Who collected: enough to tell hosts apart (FreeBSD or Linux)."""
+    """Who collected (same keys as the QEMU collector's ``host``, plus ``os`` and versions)."""
     info: dict[str, Any] = {
-        "hostname": platform.node(), "os": platform.system(), "release": platform.release(),
-        "version": platform.version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+        "hostname": platform.node(), "kernel": platform.release(), "machine": platform.machine(),
+        "cpu": "", "cpus": os.cpu_count(), "os": f"{platform.system()} {platform.version()}",
         "python": platform.python_version(), "numpy": np.__version__,
     }
     try:
-        info["loadavg"] = list(os.getloadavg())
+        info["loadavg"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         pass
     cpu = ""
@@ -287,8 +289,7 @@ def host_info() -> dict[str, Any]:
                 cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
         except OSError:
             cpu = ""
-    if cpu:
-        info["cpu_model"] = cpu
+    info["cpu"] = cpu
     return info
 
 
@@ -323,19 +324,27 @@ def make_tracker(cfg: CollectConfig, dev: VmmDevice, segments: tuple[Segment, ..
 
 def trace_meta(cfg: CollectConfig, dev: VmmDevice, segments: tuple[Segment, ...], tracker: Tracker,
                col: Collection, started_at: str) -> dict[str, Any]:
+    counts = np.array([len(p) for p in col.page_lists], dtype=float)
+    scan = np.asarray(col.scan_s, dtype=float)
+    # Key names follow harness/collect.py (the QEMU collector) wherever they mean the same thing.
     return {
         "hypervisor": "bhyve",
         "collector": "harness.bhyve.collect",
-        "method": cfg.method,
-        "method_detail": tracker.describe(),
-        "blind_spot": BLIND_SPOTS[cfg.method],
-        "memory_bytes": sum(s.length_bytes for s in segments),
-        "workload": cfg.workload,
         "host": host_info(),
-        "collected_at": started_at,
-        "collection_seconds": round(col.wall_s, 6),
+        "method": cfg.method,
+        "method_blind_spot": BLIND_SPOTS[cfg.method],
+        "method_detail": tracker.describe(),
+        "guest_memory_bytes": sum(s.length_bytes for s in segments),
+        "workload": cfg.workload,
         "interval_s": cfg.interval_s,
-        "interrupted": col.interrupted,
+        "requested_seconds": cfg.seconds,
+        "collected_seconds": (col.t_end_s[-1] - col.t_start_s[0]) if col.t_end_s else 0.0,
+        "collected_at_utc": started_at,
+        "complete": not col.interrupted,
+        "stopped_reason": "interrupted" if col.interrupted else "",
+        "mean_dirty_pages_per_interval": float(counts.mean()) if len(counts) else None,
+        "scan_s_mean": float(scan.mean()) if len(scan) else None,
+        "scan_s_max": float(scan.max()) if len(scan) else None,
         "vm": cfg.vm,
         "device": dev.path,
         "segments": [s.to_dict() for s in segments],

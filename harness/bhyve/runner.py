@@ -24,9 +24,7 @@ quoted for the remote shell. Nothing runs through a local shell.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -38,19 +36,17 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any, Literal
 
+from harness.record import OUTCOME_COMPLETED, HostInfo, MigrationStats, RunRecord, utc_now
 from sim.errors import ConfigError
+from sim.scenario import Scenario
 from sim.units import parse_duration
 
-from .collect import host_info
 from .vmmdev import DEFAULT_MIGRATION_PORT, MIGRATION_ROUNDS, BhyveError, check_vm_name
 
 log = logging.getLogger(__name__)
 
-RECORD_SCHEMA = "miglab-run"
-RECORD_SCHEMA_VERSION = 1
 KILL_GRACE_S = 2.0
 ProbeKind = Literal["none", "ping", "lines"]
 
@@ -393,41 +389,70 @@ def _wait_listening(r: _Run, dst: _Proc) -> None:
         time.sleep(cfg.poll_interval_s)
 
 
-def new_record(cfg: MigrateConfig, scenario: dict[str, Any] | None) -> dict[str, Any]:
-    from sim import __version__
+def _host_info(r: _Run, prefix: Sequence[str], where: str) -> HostInfo:
+    """CPU, kernel and load of a FreeBSD host, through its prefix (best effort: missing fields stay empty)."""
+    uname = r.run(where, remote(prefix, ["uname", "-srm"]))
+    toks = uname.stdout.split()
+    fields: dict[str, Any] = {"os": uname.stdout.strip(), "kernel": toks[1] if len(toks) > 1 else "",
+                              "hypervisor_version": "bhyve (FreeBSD-UPB migration patch)", "accelerator": "vmm"}
+    sc = r.run(where, remote(prefix, ["sysctl", "-n", "hw.model", "hw.ncpu", "hw.physmem", "vm.loadavg"]))
+    vals = sc.stdout.splitlines() if sc.returncode == 0 else []
+    if len(vals) >= 4:
+        try:
+            load = [float(x) for x in vals[3].strip("{} ").split()[:3]]
+            fields.update(cpu_model=vals[0].strip(), cpu_count=int(vals[1]), memory_bytes=int(vals[2]),
+                          loadavg=tuple(load) if len(load) == 3 else (0.0, 0.0, 0.0))
+        except ValueError:
+            pass
+    return HostInfo(**fields)
 
-    return {
-        "schema": RECORD_SCHEMA, "schema_version": RECORD_SCHEMA_VERSION,
-        "hypervisor": "bhyve", "miglab_version": __version__,
-        "started_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "scenario": scenario or {},
+
+def _record(cfg: MigrateConfig, scenario: Scenario, r: _Run, outcome: str, started_utc: str,
+            stats: dict[str, Any], options: dict[str, Any], src_host: HostInfo | None,
+            guest_continues: bool | None) -> RunRecord:
+    ms = MigrationStats(total_time_s=stats.get("total_time_s"), downtime_s=stats.get("downtime_s"),
+                        bytes_sent=stats.get("bytes_sent"),  # None when no interface counter was given
+                        dirty_sync_count=0 if cfg.warm else MIGRATION_ROUNDS)
+    opts = {
+        "runner": "harness.bhyve.runner",
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
-        "host": {"controller": host_info()},
-        "timeline": [], "commands": [],
-        "stats": {}, "outcome": "",
+        "commands": r.commands,
+        "dirty_sync_count_source": "fixed by the patch (MIGRATION_ROUNDS = 4 dirty-list rounds), not measured",
+        **{k: v for k, v in stats.items() if k not in ("total_time_s", "downtime_s", "bytes_sent")},
+        **options,
     }
+    return RunRecord(scenario=scenario, outcome=outcome, hypervisor="bhyve", host=src_host or HostInfo(),
+                     stats=ms, guest_continues=guest_continues,
+                     guest_side="destination" if outcome == OUTCOME_COMPLETED else "source",
+                     events=tuple((e["t_s"], e["event"] + "".join(f" {k}={v}" for k, v in e.items()
+                                                                  if k not in ("t_s", "event")))
+                                  for e in r.timeline),
+                     options=opts, started_utc=started_utc, wall_time_s=round(time.monotonic() - r.t0, 6))
 
 
-def run_migration(cfg: MigrateConfig, *, scenario: dict[str, Any] | None = None,
-                  env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_migration(cfg: MigrateConfig, *, scenario: Scenario | None = None,
+                  env: dict[str, str] | None = None) -> RunRecord:
     """Run one migration; always return a record (``outcome`` is ``completed`` or ``failed: <reason>``).
 
     Every process the runner starts is stopped before it returns, except the
     migrated VM's destination bhyve when ``keep_destination`` is set and the
-    migration completed.
+    migration completed (its pid is in ``options["destination_pid"]``).
     """
     cfg.validate()
-    rec = new_record(cfg, scenario)
+    started_utc = utc_now()
     r = _Run(cfg, env)
     dst: _Proc | None = None
     ctl: _Proc | None = None
     probe: _Proc | None = None
     completed = False
-    stats: dict[str, Any] = {"rounds": None if cfg.warm else MIGRATION_ROUNDS, "rounds_source": "fixed by the patch"}
+    outcome = ""
+    stats: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    src_host: HostInfo | None = None
+    guest_continues: bool | None = None
     try:
-        for where, prefix in (("source", cfg.src_prefix), ("destination", cfg.dst_prefix)):
-            cp = r.run(where, remote(prefix, ["uname", "-a"]))
-            rec["host"][where] = {"uname": cp.stdout.strip(), "prefix": list(prefix)}
+        src_host = _host_info(r, cfg.src_prefix, "source")
+        options["destination_host"] = dataclasses.asdict(_host_info(r, cfg.dst_prefix, "destination"))
         if not r.vm_exists(cfg.src_prefix, "source"):
             raise _Failed(f"VM {cfg.vm!r} is not running on the source ({cfg.vmm_dir}/{cfg.vm} does not exist)")
         if r.vm_exists(cfg.dst_prefix, "destination"):
@@ -476,6 +501,7 @@ def run_migration(cfg: MigrateConfig, *, scenario: dict[str, Any] | None = None,
         stats["total_time_s"] = round(t_done - t_cmd, 6)
         stats["command_s"] = round((ctl.t_end or t_done) - ctl.t_start, 6)
         stats["completion_resolution_s"] = cfg.poll_interval_s
+        stats["downtime_s"] = None
         if probe is not None:
             time.sleep(max(0.2, 10 * cfg.probe.interval_s))  # let answers resume before judging the gap
             probe.stop(signal.SIGINT)  # ping prints "N packets transmitted" on SIGINT
@@ -486,8 +512,7 @@ def run_migration(cfg: MigrateConfig, *, scenario: dict[str, Any] | None = None,
                 pd = lines_downtime([t for t, _ in probe.lines], t_cmd, time.monotonic())
             stats["downtime_s"] = pd.pop("downtime_s")
             stats["probe"] = {"kind": cfg.probe.kind, **pd}
-        else:
-            stats["downtime_s"] = None
+            guest_continues = bool(pd.get("recovered"))
         src_after = r.counters(cfg.src_prefix, cfg.src_iface, "source")
         dst_after = r.counters(cfg.dst_prefix, cfg.dst_iface, "destination")
         if src_before and src_after:
@@ -495,12 +520,12 @@ def run_migration(cfg: MigrateConfig, *, scenario: dict[str, Any] | None = None,
         if dst_before and dst_after:
             stats["dst_ibytes"] = dst_after[0] - dst_before[0]
         stats["bytes_sent"] = stats.get("src_obytes", stats.get("dst_ibytes"))
-        rec["outcome"] = "completed"
+        outcome = OUTCOME_COMPLETED
     except _Failed as f:
-        rec["outcome"] = f"failed: {f.reason}"
+        outcome = f"failed: {f.reason}"
         r.event("failed", reason=f.reason)
     except BhyveError as e:
-        rec["outcome"] = f"failed: {e}"
+        outcome = f"failed: {e}"
         r.event("failed", reason=str(e))
     finally:
         for proc in (probe, ctl):
@@ -509,15 +534,12 @@ def run_migration(cfg: MigrateConfig, *, scenario: dict[str, Any] | None = None,
                 proc.close()
         if dst is not None:
             if completed and cfg.keep_destination:
-                rec["destination_pid"] = dst.pid
+                options["destination_pid"] = dst.pid
                 r.event("destination_kept", pid=dst.pid)
             else:
                 _cleanup_destination(r, dst)
                 dst.close()
-    rec["stats"] = stats
-    rec["timeline"] = r.timeline
-    rec["commands"] = r.commands
-    return rec
+    return _record(cfg, scenario or Scenario(), r, outcome, started_utc, stats, options, src_host, guest_continues)
 
 
 def _cleanup_destination(r: _Run, dst: _Proc) -> None:
@@ -534,18 +556,3 @@ def _cleanup_destination(r: _Run, dst: _Proc) -> None:
     except subprocess.TimeoutExpired:
         pass
     dst.stop()
-
-
-def write_record(rec: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write the record as JSON, atomically (temp file + rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(rec, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
