@@ -76,7 +76,7 @@ def collect_main(args: argparse.Namespace) -> int:
         seconds=parse_duration(_get(args, "seconds", "60s")), method=_get(args, "method", "content-diff"),
         device=_get(args, "vmm_dev"), read=_get(args, "read", "mmap"), compare=_get(args, "compare", "copy"),
         guest_memory_bytes=parse_size(gm) if gm else None, workload=workload,
-        progress=not _get(args, "no_progress", False),
+        progress=not (_get(args, "no_progress", False) or _get(args, "quiet", False)),
     )
     tr, sha = collect(cfg)
     note = "" if tr.meta.get("complete", True) else " (interrupted)"
