@@ -454,8 +454,10 @@ def calibrate(trace: Trace, max_classes: int = 3, *, kinds: Sequence[str] = DEFA
               windows: Sequence[int] | None = None, progress: bool | None = None) -> DirtyModel:
     """Fit a :class:`DirtyModel` to ``trace``'s working-set curve.
 
-    ``zero_page_fraction`` comes from the trace metadata key of that name when
-    present. ``fit`` is :func:`fit_classes`'s report plus the window lengths in
+    The fitted classes are followed by a rate-zero class holding the pages no
+    fitted class holds, so the classes cover the guest (the first pass sends
+    them all). ``zero_page_fraction`` comes from the trace metadata key of
+    that name when present. ``fit`` is :func:`fit_classes`'s report plus the window lengths in
     intervals; ``source`` records the trace path, its sha256, a summary of its
     metadata and the miglab version.
     """
@@ -471,7 +473,13 @@ def calibrate(trace: Trace, max_classes: int = 3, *, kinds: Sequence[str] = DEFA
     except (TypeError, ValueError):
         raise TraceError(trace.path or "<trace>", f"metadata zero_page_fraction {zpf!r} is not in [0, 1]") from None
     interval_s = float(np.mean(trace.t_end_s - trace.t_start_s))
-    report = {**report, "interval_s": interval_s, "trace_intervals": trace.n_intervals}
+    # The engine sends every class's pages in the first pass, so pages no class holds must
+    # still be a class: rate zero, as sim.workload.spec_model does for never-written memory.
+    untouched = trace.n_pages - sum(c.pages for c in classes)
+    if untouched >= 0.5:
+        classes = (*classes, PageClass(float(untouched), 0.0))
+    report = {**report, "interval_s": interval_s, "trace_intervals": trace.n_intervals,
+              "untouched_pages": max(0.0, float(untouched))}
     source = {
         "trace": trace.path,
         "trace_sha256": trace.sha256,

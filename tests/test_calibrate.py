@@ -196,6 +196,9 @@ def test_calibrate_records_provenance_and_round_trips(tmp_path):
     assert model.source["trace_meta"]["hypervisor"] == "qemu"
     assert model.source["miglab_version"]
     assert model.fit["max_rel_error"] < 0.01 and model.fit["interval_s"] == pytest.approx(0.5)
+    # the classes cover the guest: the fitted ones plus a rate-zero class of untouched pages
+    assert sum(c.pages for c in model.classes) == pytest.approx(65536)
+    assert model.classes[-1].rate_per_page_per_s == 0 and model.fit["untouched_pages"] > 50000
     model.save(tmp_path / "m.json")
     again = DirtyModel.load(tmp_path / "m.json")
     assert again == model or again.to_dict() == json.loads(json.dumps(model.to_dict()))
@@ -300,7 +303,9 @@ def test_cli_calibrate_writes_loadable_model(trace_file, tmp_path, capsys):
     out = tmp_path / "m" / "model.json"
     assert main(["calibrate", str(trace_file), "-o", str(out), "--classes", "2"]) == 0
     model = DirtyModel.load(out)
-    assert len(model.classes) == 2 and model.n_pages == 32768
+    assert model.n_pages == 32768 and len(model.classes) == 3  # two fitted + the untouched pages
+    assert model.classes[-1].rate_per_page_per_s == 0.0
+    assert sum(c.pages for c in model.classes) == pytest.approx(32768)
     printed = capsys.readouterr().out
     assert "rate/page/s" in printed and "max relative error" in printed and str(out) in printed
 
