@@ -1,0 +1,554 @@
+"""Named parameter sweeps: many :func:`sim.simulate` runs into one tidy Parquet table.
+
+A sweep is a named comparison in the shape of QEMU guestperf's: a ``[base]``
+scenario, a ``[vary]`` table of dotted field paths each with a list of values
+(crossed), and optionally ``[[variants]]``, named groups of overrides that go
+together (a strategy with its settings), crossed with ``[vary]``::
+
+    name = "downtime-limit-vs-bandwidth"
+
+    [base.workload]
+    kind = "synthetic"
+    spec = "hotcold:hot=48MiB,rate=4000"
+
+    [vary]
+    "strategy.downtime_limit_s" = ["100ms", "300ms", "1s"]
+    "link.bandwidth_Bps" = ["1Gbit/s", "10Gbit/s"]
+    seed = [0, 1, 2]
+
+    [[variants]]
+    name = "qemu"
+    "strategy.stop_rule" = "qemu"
+
+    [[variants]]
+    name = "bhyve"
+    "strategy.stop_rule" = "bhyve"
+
+Any scenario field can be varied; values take the same unit strings as a
+scenario file. ``[vary.strategy]`` with ``downtime_limit_s = [...]`` is the
+same as the quoted dotted key.
+
+Runs execute in a local process pool (or on a dask.distributed cluster given
+its scheduler address). Finished runs are checkpointed in batches as Parquet
+part files in ``OUT.parts/``; a re-run skips every run whose key (scenario id
+and miglab version) is already in the checkpoint or in the existing output
+table, so an interrupted sweep loses nothing and an extended sweep only runs
+what is new. At the end the table is assembled in sweep order, written
+atomically, and the checkpoint is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import hashlib
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import __version__
+from .errors import ConfigError, MiglabError
+from .scenario import Scenario, load_toml, with_fields
+
+log = logging.getLogger(__name__)
+
+#: Columns every sweep table has before the flattened scenario fields.
+ID_COLUMNS: tuple[str, ...] = ("sweep", "variant", "scenario_id")
+#: Provenance columns added to every row.
+PROVENANCE_COLUMNS: tuple[str, ...] = ("miglab_version", "trace_sha256")
+
+_SWEEP_KEYS = {"name", "description", "base", "vary", "variants"}
+_CHECKPOINT_ROWS = 500
+_CHECKPOINT_INTERVAL_S = 10.0
+
+
+# --------------------------------------------------------------------------- ids
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into dotted keys: ``{"link": {"rtt_s": 0}}`` -> ``{"link.rtt_s": 0}``."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    return h.hexdigest()
+
+
+def scenario_id(scenario: Scenario, input_sha256: str = "") -> str:
+    """A stable 16-hex-digit id of a scenario (and the content of its trace/model file, if given).
+
+    Two scenarios get the same id exactly when their canonical JSON (and input
+    file hash) are equal, so the id survives re-ordering a sweep, renaming it,
+    or moving the output.
+    """
+    payload = scenario.to_json() + "\n" + input_sha256
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class _InputHashes:
+    """sha256 of trace/model files, read once per path."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, scenario: Scenario) -> str:
+        w = scenario.workload
+        if w.kind not in ("trace", "model") or not w.path:
+            return ""
+        if w.path not in self._cache:
+            self._cache[w.path] = _file_sha256(w.path)
+        return self._cache[w.path]
+
+
+# --------------------------------------------------------------------------- sweep definition
+@dataclass(frozen=True)
+class Sweep:
+    """A named cross product of scenarios (see the module docstring for the TOML form)."""
+
+    name: str
+    base: dict[str, Any] = field(default_factory=dict)
+    vary: dict[str, list[Any]] = field(default_factory=dict)
+    variants: tuple[tuple[str, dict[str, Any]], ...] = ()
+    description: str = ""
+    source: str = "sweep"
+
+    def __post_init__(self) -> None:
+        # Validate everything up front: a bad sweep must fail before any run or output.
+        self.scenarios()
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Sweep:
+        """Read a sweep TOML file; any problem raises one ConfigError naming the file."""
+        return cls.from_dict(load_toml(path), source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "sweep") -> Sweep:
+        """Build from the parsed TOML/JSON form (keys name, description, base, vary, variants)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: a sweep must be a table")
+        unknown = sorted(set(data) - _SWEEP_KEYS)
+        if unknown:
+            raise ConfigError(f"{source}: unknown sweep key {unknown[0]!r} (known: {', '.join(sorted(_SWEEP_KEYS))})")
+        name = data.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{source}: a sweep needs a non-empty string 'name'")
+        if any(c in name for c in "/\\\n"):
+            raise ConfigError(f"{source}: sweep name {name!r} must not contain slashes or newlines")
+        base = data.get("base", {})
+        if not isinstance(base, dict):
+            raise ConfigError(f"{source}: [base] must be a table")
+        vary_raw = data.get("vary", {})
+        if not isinstance(vary_raw, dict):
+            raise ConfigError(f"{source}: [vary] must be a table")
+        vary: dict[str, list[Any]] = {}
+        for key, values in _flatten_vary(vary_raw).items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{source}: [vary] {key!r} must be a non-empty list of values")
+            vary[key] = values
+        variants_raw = data.get("variants", [])
+        if not isinstance(variants_raw, list) or not all(isinstance(v, dict) for v in variants_raw):
+            raise ConfigError(f"{source}: variants must be an array of tables ([[variants]])")
+        variants: list[tuple[str, dict[str, Any]]] = []
+        for i, v in enumerate(variants_raw):
+            v = dict(v)
+            vname = v.pop("name", f"v{i}")
+            if not isinstance(vname, str) or not vname:
+                raise ConfigError(f"{source}: variant {i} needs a string name")
+            overrides = flatten(v)
+            if not overrides:
+                raise ConfigError(f"{source}: variant {vname!r} overrides nothing")
+            clash = sorted(set(overrides) & set(vary))
+            if clash:
+                raise ConfigError(f"{source}: {clash[0]!r} is set both in variant {vname!r} and in [vary]")
+            variants.append((vname, overrides))
+        names = [n for n, _ in variants]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"{source}: variant name {dupes[0]!r} is used twice")
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise ConfigError(f"{source}: description must be a string")
+        return cls(name=name, base=base, vary=vary, variants=tuple(variants), description=description,
+                   source=source)
+
+    def base_scenario(self) -> Scenario:
+        return Scenario.from_dict(self.base, source=f"{self.source}: [base]")
+
+    def scenarios(self) -> list[tuple[dict[str, Any], Scenario]]:
+        """Every run: ``(config, scenario)``, variants outermost, then [vary] keys in file order.
+
+        ``config`` holds the sweep's labels for the run: ``variant`` (if the
+        sweep has variants) and the varied values as written in the file.
+        """
+        try:
+            return self._scenarios()
+        except ConfigError as e:
+            # unit parsers do not know which file they parse; every error must name it
+            if self.source in str(e):
+                raise
+            raise ConfigError(f"{self.source}: {e}") from None
+
+    def _scenarios(self) -> list[tuple[dict[str, Any], Scenario]]:
+        base = self.base_scenario()
+        variants = self.variants or (("", {}),)
+        keys = list(self.vary)
+        runs: list[tuple[dict[str, Any], Scenario]] = []
+        for vname, overrides in variants:
+            where = f"{self.source}: variant {vname!r}" if vname else self.source
+            vbase = with_fields(base, overrides, where) if overrides else base
+            for combo in itertools.product(*(self.vary[k] for k in keys)):
+                changes = dict(zip(keys, combo, strict=True))
+                scenario = with_fields(vbase, changes, f"{self.source}: [vary]") if changes else vbase
+                config: dict[str, Any] = {"variant": vname} if self.variants else {}
+                config.update(changes)
+                runs.append((config, scenario))
+        return runs
+
+    def __len__(self) -> int:
+        return len(self.variants or ((),)) * _product_len(self.vary.values())
+
+
+def _product_len(lists: Iterable[list[Any]]) -> int:
+    n = 1
+    for values in lists:
+        n *= len(values)
+    return n
+
+
+def _flatten_vary(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Like :func:`flatten`, but a list (even of tables) is a leaf: the list of values."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten_vary(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+# --------------------------------------------------------------------------- one run
+def run_metrics(scenario: Scenario) -> dict[str, Any]:
+    """Simulate one scenario; return its flat summary metrics plus provenance columns."""
+    from .engine import simulate
+
+    result = simulate(scenario)
+    metrics = {k: v for k, v in result.summary().items() if v is None or isinstance(v, bool | int | float | str)}
+    metrics["miglab_version"] = result.miglab_version or __version__
+    metrics["trace_sha256"] = result.trace_sha256
+    return metrics
+
+
+def _simulate_chunk(items: list[tuple[str, Scenario]]) -> list[tuple[str, dict[str, Any]]]:
+    """Worker entry point (process pool or dask): run a chunk of scenarios."""
+    return [(key, run_metrics(scenario)) for key, scenario in items]
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C goes to the whole process group; only the parent should react (and checkpoint).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# --------------------------------------------------------------------------- checkpoint
+class _Checkpoint:
+    """Completed rows, flushed in batches to atomically written Parquet part files."""
+
+    def __init__(self, parts_dir: Path, rows_per_part: int, interval_s: float) -> None:
+        self.dir = parts_dir
+        self.rows_per_part = rows_per_part
+        self.interval_s = interval_s
+        self.pending: list[dict[str, Any]] = []
+        self.last_flush = time.monotonic()
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        self.pending.extend(rows)
+        if len(self.pending) >= self.rows_per_part or time.monotonic() - self.last_flush >= self.interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.pending:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
+        _write_parquet_atomic(pd.DataFrame(self.pending), self.dir / name)
+        log.debug("checkpointed %d runs to %s", len(self.pending), self.dir / name)
+        self.pending = []
+
+
+def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, engine="pyarrow", index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def parts_dir_for(out: Path) -> Path:
+    """Where the checkpoint of a sweep writing ``out`` lives."""
+    return out.with_name(out.name + ".parts")
+
+
+def _read_existing(out: Path) -> pd.DataFrame:
+    """Rows already finished: the existing output table plus every checkpoint part."""
+    frames = []
+    sources = [out] if out.exists() else []
+    parts = parts_dir_for(out)
+    if parts.is_dir():
+        sources += sorted(parts.glob("part-*.parquet"))
+    for path in sources:
+        try:
+            frames.append(pd.read_parquet(path, engine="pyarrow"))
+        except Exception as e:  # a torn or foreign file must not kill a resume; it is re-run instead
+            log.warning("ignoring unreadable %s (%s)", path, e)
+    frames = [f for f in frames if not f.empty and {"scenario_id", "miglab_version"} <= set(f.columns)]
+    if not frames:
+        return pd.DataFrame(columns=["scenario_id", "miglab_version"])
+    return pd.concat(frames, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- execution
+def _chunks(items: Sequence[tuple[str, Scenario]], size: int) -> Iterator[list[tuple[str, Scenario]]]:
+    for i in range(0, len(items), size):
+        yield list(items[i:i + size])
+
+
+def _chunk_size(n: int, workers: int) -> int:
+    # ~8 chunks per worker: balanced load, little per-task overhead, frequent progress.
+    return max(1, min(64, n // max(1, workers * 8)))
+
+
+def _execute_inline(chunks: Iterable[list[tuple[str, Scenario]]]) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    for chunk in chunks:
+        yield _simulate_chunk(chunk)
+
+
+def _execute_pool(chunks: list[list[tuple[str, Scenario]]], jobs: int) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    # forkserver: safe with the threads tqdm and dask start, and cheap after the first fork.
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                      else "spawn")
+    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_ignore_sigint)
+    try:
+        futures = [pool.submit(_simulate_chunk, c) for c in chunks]
+        for fut in cf.as_completed(futures):
+            yield fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _execute_dask(chunks: list[list[tuple[str, Scenario]]], scheduler: str,
+                  connect_timeout_s: float) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise ConfigError("--scheduler needs dask.distributed (pip install 'miglab[lab]')") from None
+    try:
+        client = Client(scheduler, timeout=f"{connect_timeout_s}s", set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise ConfigError(f"--scheduler {scheduler}: cannot connect ({e})") from None
+    try:
+        futures = client.map(_simulate_chunk, chunks, pure=False)
+        try:
+            with client.as_current():  # as_completed looks the client up; do not make it the global default
+                for fut in as_completed(futures):
+                    yield fut.result()
+        finally:
+            client.cancel(futures)
+    finally:
+        client.close()
+
+
+def run_sweep(sweep: Sweep, out: str | Path, jobs: int | None = None, scheduler: str | None = None,
+              progress: bool = True, *, checkpoint_rows: int = _CHECKPOINT_ROWS,
+              checkpoint_interval_s: float = _CHECKPOINT_INTERVAL_S,
+              connect_timeout_s: float = 10.0) -> pd.DataFrame:
+    """Run every scenario of ``sweep`` not already finished; write and return the full table.
+
+    ``jobs`` is the local process count (default: all cores; 1 runs in this
+    process); ``scheduler`` (``tcp://host:port``) runs on that dask.distributed
+    cluster instead, whose workers must be able to import ``sim`` and read any
+    trace/model files at the same paths. Completed runs are checkpointed to
+    ``OUT.parts/`` every ``checkpoint_rows`` runs or ``checkpoint_interval_s``
+    seconds and on interrupt; a re-run resumes from there. Connecting to the
+    scheduler gives up after ``connect_timeout_s``.
+
+    The table has one row per scenario of the sweep, in sweep order: columns
+    ``sweep``, ``variant``, ``scenario_id``, the flattened scenario fields
+    (dotted names), the summary metrics of :meth:`sim.Result.summary`, and
+    ``miglab_version``/``trace_sha256``.
+    """
+    out = Path(out)
+    if out.suffix != ".parquet":
+        raise ConfigError(f"{out}: the output of a sweep must be a .parquet file")
+    if out.exists() and not out.is_file():
+        raise ConfigError(f"{out}: exists and is not a file")
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, not {jobs}")
+    if checkpoint_rows < 1:
+        raise ConfigError(f"--checkpoint-every must be at least 1, not {checkpoint_rows}")
+    jobs = jobs or os.cpu_count() or 1
+
+    input_sha = _InputHashes()
+    plan: list[tuple[str, dict[str, Any], Scenario]] = []
+    seen: set[str] = set()
+    for config, scenario in sweep.scenarios():
+        sid = scenario_id(scenario, input_sha(scenario))
+        if sid in seen:
+            log.warning("%s: duplicate scenario %s (%s) runs once", sweep.source, sid, config)
+            continue
+        seen.add(sid)
+        plan.append((sid, config, scenario))
+
+    done = _read_existing(out)
+    done = done[done["miglab_version"] == __version__]
+    done_ids = set(done["scenario_id"])
+    todo = [(sid, scenario) for sid, _, scenario in plan if sid not in done_ids]
+    log.info("sweep %s: %d runs, %d already done, %d to run", sweep.name, len(plan), len(plan) - len(todo), len(todo))
+
+    rows_meta = {sid: _config_columns(sweep, sid, config, scenario) for sid, config, scenario in plan}
+    checkpoint = _Checkpoint(parts_dir_for(out), checkpoint_rows, checkpoint_interval_s)
+    if todo:
+        # In-process runs go one by one, so an interrupt loses nothing that finished.
+        size = 1 if scheduler is None and jobs == 1 else _chunk_size(len(todo), jobs)
+        chunks = list(_chunks(todo, size))
+        if scheduler is not None:
+            results = _execute_dask(chunks, scheduler, connect_timeout_s)
+        elif jobs == 1:
+            results = _execute_inline(chunks)
+        else:
+            results = _execute_pool(chunks, min(jobs, len(chunks)))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc=sweep.name, unit="run",
+                   disable=not progress, smoothing=0.05)
+        try:
+            for chunk_result in results:
+                checkpoint.add({**rows_meta[sid], **metrics} for sid, metrics in chunk_result)
+                bar.update(len(chunk_result))
+        finally:
+            # Runs on success, error and Ctrl-C alike: nothing finished is lost.
+            checkpoint.flush()
+            bar.close()
+            if hasattr(results, "close"):
+                results.close()
+
+    table = _assemble(out, [sid for sid, _, _ in plan], rows_meta)
+    _write_parquet_atomic(table, out)
+    _remove_parts(parts_dir_for(out))
+    return table
+
+
+def _config_columns(sweep: Sweep, sid: str, config: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
+    row: dict[str, Any] = {"sweep": sweep.name, "variant": config.get("variant", ""), "scenario_id": sid}
+    sc = scenario.to_dict()
+    sc.pop("schema_version", None)
+    row.update(flatten(sc))
+    return row
+
+
+def _assemble(out: Path, order: list[str], rows_meta: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    done = _read_existing(out)
+    done = done[done["miglab_version"] == __version__]
+    done = done.drop_duplicates("scenario_id", keep="last").set_index("scenario_id", drop=False)
+    missing = [sid for sid in order if sid not in done.index]
+    if missing:
+        raise MiglabError(f"{out}: {len(missing)} runs are missing after the sweep (first {missing[0]})")
+    table = done.loc[order].reset_index(drop=True)
+    # The sweep's labels may have changed since a run was checkpointed (renamed sweep or variant):
+    # the current definition wins for config columns.
+    meta = pd.DataFrame([rows_meta[sid] for sid in order])
+    for col in meta.columns:
+        table[col] = meta[col].to_numpy()
+    first = [c for c in ID_COLUMNS] + [c for c in meta.columns if c not in ID_COLUMNS]
+    last = [c for c in PROVENANCE_COLUMNS if c in table.columns]
+    rest = [c for c in table.columns if c not in first and c not in last]
+    return table[first + rest + last]
+
+
+def _remove_parts(parts: Path) -> None:
+    if not parts.is_dir():
+        return
+    for p in parts.iterdir():
+        if p.is_file() and (p.name.startswith("part-") or p.name.startswith(".part-")):
+            p.unlink(missing_ok=True)
+    try:
+        parts.rmdir()
+    except OSError:
+        log.warning("%s: left in place (holds files miglab did not write)", parts)
+
+
+# --------------------------------------------------------------------------- CLI
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    sweep = Sweep.from_toml(args.sweep)
+    out = Path(args.output) if args.output else Path("results/sweeps") / f"{sweep.name}.parquet"
+    if out.suffix != ".parquet":
+        raise ConfigError(f"{out}: the output of a sweep must be a .parquet file")
+    if args.dry_run:
+        input_sha = _InputHashes()
+        for config, scenario in sweep.scenarios():
+            print(scenario_id(scenario, input_sha(scenario)), json.dumps(config, default=str))
+        return 0
+    if args.fresh:
+        _remove_parts(parts_dir_for(out))
+        out.unlink(missing_ok=True)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def _terminate(signum: int, frame: Any) -> None:  # turn SIGTERM into an orderly stop that checkpoints
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        table = run_sweep(sweep, out, jobs=args.jobs, scheduler=args.scheduler, progress=not args.quiet,
+                          checkpoint_rows=args.checkpoint_every)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"{out}: {len(table)} runs")
+    return 0
+
+
+def register(groups: dict[str, Any]) -> None:
+    """Add ``miglab sweep`` to the CLI."""
+    p = groups[""].add_parser("sweep", help="run a named cross product of scenarios into a Parquet table",
+                              description="Run every scenario of SWEEP.toml (resumable) into one Parquet table.")
+    p.add_argument("sweep", metavar="SWEEP.toml", help="sweep definition: name, [base], [vary], [[variants]]")
+    p.add_argument("-o", "--output", metavar="OUT.parquet",
+                   help="output table (default results/sweeps/NAME.parquet); checkpoint in OUT.parquet.parts/")
+    p.add_argument("-j", "--jobs", type=int, default=None, help="local worker processes (default: all cores)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on this dask.distributed cluster")
+    p.add_argument("--checkpoint-every", type=int, default=_CHECKPOINT_ROWS, metavar="RUNS",
+                   help=f"checkpoint after this many finished runs (default {_CHECKPOINT_ROWS}; also every "
+                        f"{_CHECKPOINT_INTERVAL_S:g} s and on interrupt)")
+    p.add_argument("--fresh", action="store_true", help="discard finished runs and the checkpoint first")
+    p.add_argument("--dry-run", action="store_true", help="list the runs (scenario id and labels) and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sweep)
+
+
+__all__ = ["Sweep", "run_sweep", "run_metrics", "scenario_id", "flatten", "parts_dir_for"]
