@@ -97,7 +97,7 @@ def test_live_migration_completes_with_exact_argv_and_measurements(fake):
     assert s.downtime_s == pytest.approx(0.05)  # echo requests 10..14 unanswered, 10 ms apart
     assert o["probe"]["recovered"] is True and o["probe"]["resolution_s"] == 0.01 and rec.guest_continues
     assert 0.3 <= s.total_time_s < 10 and o["command_s"] <= s.total_time_s + 0.1
-    assert s.dirty_sync_count == 4
+    assert s.dirty_sync_count == 4 and o["source_wired"] is True
     assert rec.host.kernel and rec.guest_side == "destination"
     events = [text.split()[0] for _, text in rec.events]
     assert events.index("destination_listening") < events.index("migrate_command_started") \
@@ -149,7 +149,7 @@ def test_destination_that_never_listens(fake):
     fake.modes(bhyve="hang")
     rec = rn.run_migration(cfg(dst_ready_timeout_s=0.5), env=fake.env)
     assert rec.outcome == "failed: destination bhyve was not listening on port 24983 after 0.5 s"
-    assert not fake.calls("bhyvectl", "hostA")  # nothing was sent
+    assert not [c for c in fake.calls("bhyvectl", "hostA") if "--get-memmap" not in c["argv"]]  # nothing was sent
     assert not fake.alive()
 
 
@@ -158,6 +158,13 @@ def test_missing_source_vm(fake):
     rec = rn.run_migration(cfg(), env=fake.env)
     assert rec.outcome == f"failed: VM '{VM}' is not running on the source (vmm/{VM} does not exist)"
     assert not fake.calls("bhyve")
+
+
+def test_unwired_source_memory_is_refused(fake):
+    fake.modes(memmap="unwired")
+    rec = rn.run_migration(cfg(), env=fake.env)
+    assert rec.outcome.startswith(f"failed: VM '{VM}' memory is not wired on the source (start it with bhyve -S)")
+    assert rec.options["source_wired"] is False and not fake.calls("bhyve")
 
 
 def test_keep_destination_leaves_the_guest_running(fake):

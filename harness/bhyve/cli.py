@@ -179,8 +179,12 @@ def migrate_scenario(args: argparse.Namespace, warm: bool):
         link = dataclasses.replace(link, rtt_s=parse_duration(args.rtt))
     st = dataclasses.replace(sc.strategy, kind="stopcopy" if warm else "precopy", stop_rule="bhyve",
                              bhyve_rounds=4)
+    host = sc.host
+    if hasattr(host, "hypervisor"):  # the engine's bhyve copy mechanics (chunks, per-page sends, wired only)
+        host = dataclasses.replace(host, hypervisor="bhyve")
     name = _get(args, "name") or sc.name or str(_get(args, "vm", ""))
-    return dataclasses.replace(sc, workload=Workload(**dataclasses.asdict(wl)), link=link, strategy=st, name=name)
+    return dataclasses.replace(sc, workload=Workload(**dataclasses.asdict(wl)), link=link, host=host, strategy=st,
+                               name=name)
 
 
 def migrate_main(args: argparse.Namespace) -> int:

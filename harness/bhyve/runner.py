@@ -407,6 +407,18 @@ def _host_info(r: _Run, prefix: Sequence[str], where: str) -> HostInfo:
     return HostInfo(**fields)
 
 
+def _source_wired(r: _Run) -> bool | None:
+    """Whether the source VM's system memory is wired (``bhyvectl --get-memmap`` flags); None if unknown."""
+    cp = r.run("source", remote(r.cfg.src_prefix, [r.cfg.bhyvectl, f"--vm={r.cfg.vm}", "--get-memmap"]))
+    if cp.returncode != 0:
+        return None
+    # show_memmap() prints the flags as "%cwired" with a NUL first delimiter: strip NULs before splitting.
+    sysmem = [ln.replace("\x00", "").split() for ln in cp.stdout.splitlines() if "sysmem" in ln.split()]
+    if not sysmem:
+        return None
+    return all("wired" in toks[-1].split("/") for toks in sysmem)
+
+
 def _record(cfg: MigrateConfig, scenario: Scenario, r: _Run, outcome: str, started_utc: str,
             stats: dict[str, Any], options: dict[str, Any], src_host: HostInfo | None,
             guest_continues: bool | None) -> RunRecord:
@@ -455,6 +467,11 @@ def run_migration(cfg: MigrateConfig, *, scenario: Scenario | None = None,
         options["destination_host"] = dataclasses.asdict(_host_info(r, cfg.dst_prefix, "destination"))
         if not r.vm_exists(cfg.src_prefix, "source"):
             raise _Failed(f"VM {cfg.vm!r} is not running on the source ({cfg.vmm_dir}/{cfg.vm} does not exist)")
+        wired = _source_wired(r)
+        options["source_wired"] = wired
+        if wired is False:
+            raise _Failed(f"VM {cfg.vm!r} memory is not wired on the source (start it with bhyve -S): "
+                          "the migration patch supports wired memory only")
         if r.vm_exists(cfg.dst_prefix, "destination"):
             raise _Failed(f"VM {cfg.vm!r} already exists on the destination; "
                           f"destroy it first (bhyvectl --vm={cfg.vm} --destroy)")
