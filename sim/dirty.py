@@ -213,14 +213,16 @@ class ExactPages:
         pages, _ = self.source.window(g0, g1)
         if len(pages) == 0:
             return 0.0
-        pages = np.unique(pages)
-        new = int(len(pages) - np.count_nonzero(self.pending[pages]))
+        # Counting before and after is cheaper than de-duplicating the page list (a sort or hash).
+        before = np.count_nonzero(self.pending)
         self.pending[pages] = True
-        return float(new)
+        return float(np.count_nonzero(self.pending) - before)
 
     def dirtied_count(self, g0: float, g1: float) -> float:
         pages, _ = self.source.window(g0, g1)
-        return float(len(np.unique(pages)))
+        seen = np.zeros(self.n_pages, dtype=bool)
+        seen[pages] = True
+        return float(np.count_nonzero(seen))
 
     def take(self, k: float) -> np.ndarray:
         """Remove and return the next ``k`` pending pages in scan order."""

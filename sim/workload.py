@@ -27,6 +27,7 @@ Common keys: ``rate`` (required except idle), ``span`` (default: all memory).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,28 @@ def zipf_weights(n: int, s: float) -> np.ndarray:
     return w / w.sum()
 
 
+_ZIPF_EXACT = 1 << 16
+
+
+def _zipf_mass(a: np.ndarray, b: np.ndarray, s: float) -> np.ndarray:
+    """Sum of i**-s for i in [a, b) per bin, without materialising every rank.
+
+    Ranks below 2**16 are summed exactly; beyond, the midpoint-rule integral of
+    x**-s over [a - 1/2, b - 1/2] is accurate to far better than 1e-9 relative.
+    """
+    head = np.concatenate([[0.0], np.cumsum(np.arange(1, _ZIPF_EXACT + 1, dtype=np.float64) ** -s)])
+
+    def prefix(n: np.ndarray) -> np.ndarray:  # sum_{i=1}^{n-1} i**-s
+        n = np.asarray(n, dtype=np.float64)
+        small = np.minimum(n - 1, _ZIPF_EXACT).astype(np.int64)
+        lo, hi = _ZIPF_EXACT + 0.5, np.maximum(n - 0.5, _ZIPF_EXACT + 0.5)
+        tail = np.log(hi / lo) if s == 1 else (hi ** (1 - s) - lo ** (1 - s)) / (1 - s)
+        return head[small] + np.where(n - 1 > _ZIPF_EXACT, tail, 0.0)
+
+    return prefix(b) - prefix(a)
+
+
+@functools.lru_cache(maxsize=256)
 def spec_model(spec: WorkloadSpec, n_pages: int, page_size: int = 4096) -> DirtyModel:
     """The exact page-class model of a synthetic pattern (expected-value mode)."""
     r, span = spec.rate_pages_per_s, spec.span_pages
@@ -134,14 +157,11 @@ def spec_model(spec: WorkloadSpec, n_pages: int, page_size: int = 4096) -> Dirty
         # while the head (where the rate falls fastest) gets fine bins.
         edges = np.unique(np.geomspace(1, span + 1, ZIPF_BINS + 1).astype(np.int64))
         edges[0], edges[-1] = 1, span + 1
-        ranks = np.arange(1, span + 1, dtype=np.float64)
-        w = ranks ** -spec.s
-        w /= w.sum()
-        csum = np.concatenate([[0.0], np.cumsum(w)])
-        for a, b in zip(edges[:-1], edges[1:], strict=True):
-            pages = b - a
-            share = csum[b - 1] - csum[a - 1]
-            classes.append(PageClass(float(pages), r * share / pages))
+        mass = _zipf_mass(edges[:-1], edges[1:], spec.s)
+        mass /= mass.sum()
+        for a, b, share in zip(edges[:-1], edges[1:], mass, strict=True):
+            pages = float(b - a)
+            classes.append(PageClass(pages, r * share / pages))
     elif spec.pattern == "idle":
         pass
     used = sum(c.pages for c in classes)
