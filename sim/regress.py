@@ -44,13 +44,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from . import __version__
+from .atomic import atomic_open
 from .errors import ConfigError
 from .scenario import Scenario, load_toml
 from .units import parse_duration, parse_size
@@ -165,6 +165,8 @@ def run_suite(suite: Suite, progress: bool = False) -> dict[str, Any]:
     for name, scenario in tqdm(suite.scenarios, desc=suite.name, unit="scenario", disable=not progress):
         # NaN (e.g. no expected downtime) is not JSON and never equals itself: store it as null
         metrics = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in run_metrics(scenario).items()}
+        # the version is recorded once per document (a notice, not a failure, when it differs)
+        metrics.pop("miglab_version", None)
         scenarios[name] = {"scenario_id": scenario_id(scenario), "scenario": scenario.to_dict(),
                            "metrics": metrics}
     return _baseline_doc("simulated", suite.name, scenarios)
@@ -271,19 +273,17 @@ def _check_doc(doc: Any, where: str) -> None:
 
 
 def write_baseline(doc: dict[str, Any], path: str | Path) -> None:
-    """Write a baseline atomically (sorted keys, so diffs in review are small)."""
+    """Write a baseline atomically (sorted keys, so diffs in review are small).
+
+    Real-run baselines get a ``created`` date; simulated ones do not, so that
+    re-running ``--update-baseline`` without a change leaves the file as it was.
+    """
     path = Path(path)
-    doc = {**doc, "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=True, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if doc.get("kind") == "real":
+        doc = {**doc, "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()}
+    with atomic_open(path) as f:
+        json.dump(doc, f, indent=1, sort_keys=True, allow_nan=False)
+        f.write("\n")
 
 
 # --------------------------------------------------------------------------- comparison
@@ -637,15 +637,8 @@ def _looks_like_record(path: Path) -> bool:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        f.write(text)
 
 
 def register(groups: dict[str, Any]) -> None:

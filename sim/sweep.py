@@ -48,7 +48,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
+from .atomic import atomic_path
 from .errors import ConfigError, MiglabError
 from .scenario import Scenario, load_toml, with_fields
 
@@ -300,15 +300,8 @@ class _Checkpoint:
 
 
 def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_parquet(tmp, engine="pyarrow", index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def parts_dir_for(out: Path) -> Path:

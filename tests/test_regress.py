@@ -298,3 +298,14 @@ def test_exact_comparison_sees_the_last_bit():
     report = compare_simulated(current, baseline)
     assert report.failed and [r.metric for r in report.rows if r.failed] == ["downtime_s"]
     assert not compare_simulated(current, baseline, rtol=1e-9).failed
+
+
+def test_project_suite_matches_committed_baseline(tmp_path):
+    """The project's own simulated suite (what .ci/run checks). On failure: if the change is intended, run
+    ``miglab regress --suite results/baselines/sim-suite.toml --baseline results/baselines/sim.json
+    --update-baseline`` and commit the new baseline with the change."""
+    root = Path(__file__).resolve().parent.parent / "results" / "baselines"
+    md = tmp_path / "report.md"
+    code = main(["regress", "--suite", str(root / "sim-suite.toml"), "--baseline", str(root / "sim.json"), "-q",
+                 "--markdown", str(md)])
+    assert code == 0, md.read_text() if md.exists() else "no report"
