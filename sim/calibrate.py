@@ -320,7 +320,8 @@ def fit_classes(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequ
     no extra classes. Classes whose rates are within a factor 1.5 are merged,
     and classes under half a page dropped. Rates at the upper bound mean "dirty
     in every interval": only a lower bound on the rate is observable. A class
-    still linear over the longest window (``rate * T_max < 0.02``) determines
+    still linear over the longest window (``rate * T_max < 0.02``; for a
+    sweep, one that never wraps, ``rate * T_max < 1``) determines
     only ``pages * rate``; if it is not already the largest class it is spread
     over the pages no other class holds, as the cold remainder (noted in the
     report).
@@ -392,7 +393,9 @@ def fit_classes(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequ
         others = sum(c.pages for c in classes[:-1])
         largest = max(c.pages for c in classes)
         free = n_pages - others
-        if slow.rate_per_page_per_s * t_max < LINEAR_REGIME_X and slow.pages < largest and free > slow.pages:
+        # A sweep stays linear until it wraps (rate x T = 1), a poisson class bends at once.
+        linear_x = 1.0 if slow.kind == "sweep" else LINEAR_REGIME_X
+        if slow.rate_per_page_per_s * t_max < linear_x and slow.pages < largest and free > slow.pages:
             classes[-1] = PageClass(free, slow.pages * slow.rate_per_page_per_s / free, slow.kind)
             notes.append(f"the slowest class stays linear over the trace ({slow.pages:.0f} pages at "
                          f"{slow.rate_per_page_per_s:.3g}/s); only its write rate is determined, so it is "

@@ -173,6 +173,17 @@ def test_fit_linear_class_becomes_cold_remainder():
     assert report["max_rel_error"] < 0.001 and any("linear" in n for n in report["notes"])
 
 
+def test_fit_of_sweep_that_never_wraps_keeps_its_write_rate():
+    # a sweep with a 200 s cycle over a 60 s trace is a straight line: pages x rate is all there is to fit
+    model = DirtyModel(10**6, 4096, (PageClass(5000, 3.0), PageClass(100000, 1 / 200, "sweep")))
+    t = np.geomspace(0.5, 60, 28)
+    (hot, slow), report = fit_classes(t, model.working_set(t), model.n_pages)
+    assert hot.pages == pytest.approx(5000, rel=0.01) and hot.rate_per_page_per_s == pytest.approx(3.0, rel=0.02)
+    assert slow.pages * slow.rate_per_page_per_s == pytest.approx(500, rel=0.02)
+    assert slow.pages > 0.9 * (10**6 - 5000)  # spread over the free pages, not an arbitrary 100000
+    assert report["max_rel_error"] < 0.01
+
+
 def test_fit_rejects_bad_input():
     with pytest.raises(ConfigError):
         fit_classes([1.0, 2.0], [1.0], 100)
