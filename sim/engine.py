@@ -168,6 +168,10 @@ class Migration:
         normal = pages - zero - xbz
         delta = self.sc.workload.xbzrle_delta_fraction * self.page_size
         wire = normal * self.page_wire + zero * (self.header + ZERO_PAGE_WIRE_BYTES) + xbz * (self.header + delta)
+        if self.bhyve:
+            # Every bhyve pass first sends the whole page list, one byte per guest page
+            # (usr.sbin/bhyve/migration.c, live_migrate_send).
+            wire += self.n_pages
         seconds = wire / rate_Bps + (pages - zero) * self.per_page_s
         if self.bhyve:
             seconds += math.ceil(pages / max(self.sc.host.bhyve_chunk_pages, 1)) * self.sc.host.bhyve_chunk_pause_s
