@@ -350,6 +350,9 @@ def fit_classes(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequ
         rep = _report((), t, d, {}, ["the trace dirties no pages"])
         return (), rep
 
+    if m < 4:
+        notes.append(f"only {m} window length(s): a class's pages and rate are barely determined; "
+                     "use a trace of more intervals")
     weight = 1.0 / np.maximum(d, 1.0)
     t_min, t_max = float(t[0]), float(t[-1])
     log_bounds = (math.log(1e-3 / t_max), math.log(20.0 / t_min))

@@ -189,7 +189,8 @@ def plot_trace(trace: Trace, path: str | os.PathLike[str], *, max_classes: int =
             ax_w.plot(t_line, fitted / mib, "-", label=f"fit: {desc}\n(max rel. error "
                                                         f"{100 * report['max_rel_error']:.2f} %)")
         ax_w.set_xscale("log")
-        ax_w.set_yscale("log")
+        if (pages > 0).any():
+            ax_w.set_yscale("log")
         ax_w.set_xlabel("window T (s)")
         ax_w.set_ylabel("distinct pages dirtied (MiB)")
         ax_w.set_title("working-set curve")
