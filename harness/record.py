@@ -145,12 +145,13 @@ class MigrationStats:
     xbzrle_bytes: int = 0
 
     @classmethod
-    def from_query_migrate(cls, info: dict[str, Any], max_throttle_pct: float = 0.0) -> MigrationStats:
+    def from_query_migrate(cls, info: dict[str, Any], max_throttle_pct: float = 0.0,
+                           last_expected_downtime_s: float | None = None) -> MigrationStats:
         """Map QEMU's final ``query-migrate`` (times in ms) onto seconds and simulator names.
 
-        ``throttle_pct`` is the highest auto-converge throttle seen: QEMU drops
-        the field once the migration has completed, so the runner passes the
-        maximum over its timeline.
+        QEMU drops ``cpu-throttle-percentage`` and ``expected-downtime`` once
+        the migration has completed, so the runner passes the highest throttle
+        and the last expected downtime from its timeline.
         """
         ram = info.get("ram", {})
         xb = info.get("xbzrle-cache", {})
@@ -161,7 +162,8 @@ class MigrationStats:
                    dirty_sync_count=int(ram.get("dirty-sync-count", 0)),
                    postcopy_requests=int(ram.get("postcopy-requests", 0)),
                    throttle_pct=max(float(info.get("cpu-throttle-percentage", 0)), max_throttle_pct),
-                   expected_downtime_s=_ms(info, "expected-downtime"), mbps=float(ram.get("mbps", 0.0)),
+                   expected_downtime_s=_ms(info, "expected-downtime") if "expected-downtime" in info
+                   else last_expected_downtime_s, mbps=float(ram.get("mbps", 0.0)),
                    precopy_bytes=int(ram.get("precopy-bytes", 0)), postcopy_bytes=int(ram.get("postcopy-bytes", 0)),
                    downtime_bytes=int(ram.get("downtime-bytes", 0)),
                    xbzrle_cache_miss=int(xb.get("cache-miss", 0)), xbzrle_bytes=int(xb.get("bytes", 0)))
@@ -169,12 +171,20 @@ class MigrationStats:
 
 @dataclass(frozen=True)
 class WorkloadRate:
-    """What the in-guest workload achieved, from its once-a-second console lines (pages/s)."""
+    """What the in-guest workload achieved, from its once-a-second console lines.
 
-    configured_pages_s: float | None = None
-    before_pages_s: float | None = None
-    during_pages_s: float | None = None
-    after_pages_s: float | None = None
+    ``unit`` is ``pages/s`` for the synthetic patterns and ``ops/s`` for redis.
+    ``before`` is the mean over the warm-up before migrating, ``during`` while
+    the migration ran (on the source, then on the destination for post-copy),
+    ``after`` on the destination (or on the source when the migration did not
+    complete) over ``lines_after`` lines.
+    """
+
+    unit: str = "pages/s"
+    configured: float | None = None
+    before: float | None = None
+    during: float | None = None
+    after: float | None = None
     lines_after: int = 0
 
 
@@ -185,6 +195,7 @@ class MemoryCheck:
     pages_compared: int
     pages_differing: int
     first_differing: tuple[int, ...] = ()
+    nonzero_pages: int = 0  # pages of the source that are not all zero: each must have crossed the link
 
 
 @dataclass(frozen=True)
@@ -195,7 +206,9 @@ class RunRecord:
     ``"cancelled: did not converge"``. ``options`` holds runner settings that
     are not part of the scenario (timeout, whether memory was verified, the
     ``max-bandwidth`` actually set, ...). ``events`` are ``(t_s, text)`` marks
-    such as the switch to post-copy.
+    such as the switch to post-copy. ``guest_continues`` says whether the
+    guest's workload kept printing progress afterwards on ``guest_side``
+    (``destination`` after a completed migration, ``source`` otherwise).
     """
 
     scenario: Scenario
@@ -207,6 +220,7 @@ class RunRecord:
     raw_query_migrate: dict[str, Any] = field(default_factory=dict)
     workload_rate: WorkloadRate = field(default_factory=WorkloadRate)
     guest_continues: bool | None = None
+    guest_side: str = ""
     memory_check: MemoryCheck | None = None
     events: tuple[tuple[float, str], ...] = ()
     options: dict[str, Any] = field(default_factory=dict)

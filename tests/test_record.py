@@ -43,8 +43,8 @@ def _record() -> RunRecord:
     return RunRecord(scenario=_scenario(), outcome=OUTCOME_COMPLETED, host=HostInfo.collect(None),
                      timeline=polls, stats=MigrationStats.from_query_migrate(QUERY_MIGRATE_DONE, 20.0),
                      raw_query_migrate=QUERY_MIGRATE_DONE,
-                     workload_rate=WorkloadRate(5000.0, 4999.0, 4100.5, 4998.0, 7),
-                     guest_continues=True, memory_check=MemoryCheck(131072, 0, ()),
+                     workload_rate=WorkloadRate("pages/s", 5000.0, 4999.0, 4100.5, 4998.0, 7),
+                     guest_continues=True, guest_side="destination", memory_check=MemoryCheck(131072, 0, ()),
                      events=((0.05, "postcopy started"),), options={"timeout_s": 60.0})
 
 
