@@ -31,6 +31,7 @@ def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--model", metavar="FILE", help="a calibrated model from `miglab calibrate`")
     src.add_argument("--workload", metavar="SPEC", help="synthetic spec, e.g. uniform:rate=30MiB/s")
     p.add_argument("--scenario", metavar="TOML", help="start from a scenario file; flags override it")
+    p.add_argument("--preset", metavar="NAME", help="a named variant, e.g. bhyve-upb, bhyve-threshold, bhyve-rounds-8")
     p.add_argument("--memory", metavar="SIZE", help="guest memory, e.g. 4GiB (models rescale to it)")
     p.add_argument("--scaling", choices=["absolute", "proportional"], help="how a model grows with memory")
     p.add_argument("--mode", choices=["expected", "sampled"], help="model mode: expected values or page-exact samples")
@@ -54,6 +55,10 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     """Build the Scenario the flags describe (flags override --scenario, --set overrides both)."""
     sc = Scenario.from_toml(args.scenario) if args.scenario else Scenario()
     ch: dict[str, Any] = {}
+    if args.preset:
+        from .presets import preset
+
+        ch.update(preset(args.preset))
     sources = [x for x in ("trace", "model", "workload") if getattr(args, x)]
     if len(sources) > 1:
         raise ConfigError(f"give only one of --trace, --model, --workload (got {', '.join('--' + s for s in sources)})")

@@ -68,6 +68,19 @@ class TraceDirt:
         self.ends = trace.t_end_s - self.t0
         self.looped = False
         self._all: np.ndarray | None = None
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _interval(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded pages of interval ``i`` and their instants; short rounds revisit the same intervals."""
+        hit = self._cache.get(i)
+        if hit is None:
+            pages = self.trace.pages(i)
+            s, e = self.starts[i], self.ends[i]
+            hit = (pages, s + _unit_hash(pages, i, self.seed) * (e - s))
+            if len(self._cache) >= 8:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[i] = hit
+        return hit
 
     def _all_pages(self) -> np.ndarray:
         if self._all is None:
@@ -95,9 +108,8 @@ class TraceDirt:
             a = int(np.searchsorted(self.ends, max(lo, 0.0), side="right"))
             b = int(np.searchsorted(self.starts, hi, side="left"))
             for i in range(a, b):
-                pages = self.trace.pages(i)
+                pages, t = self._interval(i)
                 s, e = self.starts[i], self.ends[i]
-                t = s + _unit_hash(pages, i, self.seed) * (e - s)
                 if s < lo or e > hi:
                     keep = (t >= lo) & (t < hi)
                     pages, t = pages[keep], t[keep]

@@ -252,3 +252,20 @@ def test_more_bandwidth_never_means_more_rounds_under_qemu_rule(sc, factor):
     if slow.converged:
         assert fast.converged
         assert fast.rounds <= slow.rounds
+
+
+def test_bhyve_what_if_presets():
+    from sim.presets import preset
+
+    base = closed_form_scenario()
+    upb = simulate(base.replace(**preset("bhyve-upb")))
+    eight = simulate(base.replace(**preset("bhyve-rounds-8")))
+    thr = simulate(base.replace(**preset("bhyve-threshold")))
+    post = simulate(base.replace(**preset("bhyve-postcopy")))
+    assert upb.rounds == 4 and eight.rounds == 8 and post.postcopy_faults > 0
+    # Fixed rounds overshoot: more rounds than needed send more without cutting downtime below the threshold rule's.
+    assert eight.bytes_sent > upb.bytes_sent
+    assert thr.converged and thr.downtime_s <= 0.3 + 1e-9
+    # bhyve sends each pass's page list and every zero page; QEMU elides zero pages.
+    z = base.replace(**{"workload.zero_page_fraction": 0.5})
+    assert simulate(z.replace(**preset("bhyve-upb"))).bytes_sent > simulate(z.replace(**preset("qemu"))).bytes_sent
