@@ -61,6 +61,7 @@ import numpy as np
 
 from harness.guest import GuestImage, GuestWorkload, parse_workload
 from harness.link import ShapedLink, cleanup_stale
+from harness.qmp import QMPError
 from harness.record import (
     OUTCOME_COMPLETED,
     OUTCOME_NOT_CONVERGED,
@@ -357,6 +358,13 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
                     outcome = f"failed: migration still {status} {CANCEL_WAIT_S:.0f} s after migrate_cancel"
                     break
                 time.sleep(max(0.0, next_poll - time.monotonic()))
+        except QMPError as e:
+            # The source itself went away (or stopped answering): the run failed, and says why.
+            final = {}
+            code = src.proc.returncode if src.proc else "?"
+            src_exit = "" if src.is_running() else f"source QEMU exited (status {code}): "
+            outcome = f"failed: {src_exit}{e}"
+            events.append((round(time.monotonic() - t_start, 4), outcome))
         finally:
             if bar is not None:
                 bar.close()
@@ -367,7 +375,9 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
             dst_exit = f"destination QEMU exited (status {dst.proc.returncode if dst.proc else '?'})"
             events.append((round(t_end - t_start, 4), dst_exit))
 
-        if status == "completed":
+        if outcome.startswith("failed: ") and outcome != "failed: not started":
+            pass  # already decided in the loop
+        elif status == "completed":
             outcome = OUTCOME_COMPLETED
         elif status == "cancelled" and dst_exit:
             outcome = f"failed: {dst_exit}"
@@ -399,6 +409,8 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
             except MiglabError as e:
                 log.warning("source check failed: %s", e)
                 guest_continues = False
+        else:
+            guest_side, guest_continues = "source", False  # the source is gone and the guest with it
         t_after = t_end
         after = (dst_rates if guest_side == "destination" else src_rates).mean(t_after)
         lines_after = len((dst_rates if guest_side == "destination" else src_rates).since(t_after))

@@ -213,3 +213,22 @@ def test_never_converging_precopy_is_cancelled_at_timeout(image, clean_host) -> 
     assert any("timeout" in text for _, text in rec.events)
     assert rec.timeline[-1].status == "cancelled"
     assert rec.timeline[-1].t_s >= 4.0
+
+
+@pytest.mark.vm
+def test_source_killed_is_recorded_and_interrupt_cleans_up(image, clean_host) -> None:
+    def kill_source(poll: Poll, run: MigrationRun) -> None:
+        if poll.transferred_bytes > 4 * MiB and run.src.pid is not None:
+            os.kill(run.src.pid, signal.SIGKILL)
+
+    s = _scenario(**{"link.bandwidth_Bps": "100Mbit/s"})
+    rec = run_migration(s, MigrateOptions(image=image, warmup_s=0.5, on_poll=kill_source))
+    assert rec.outcome.startswith("failed: source QEMU exited"), rec.outcome
+    assert rec.guest_side == "source" and rec.guest_continues is False
+
+    def interrupt(poll: Poll, run: MigrationRun) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_migration(s, MigrateOptions(image=image, warmup_s=0.5, on_poll=interrupt))
+    # clean_host checks that QEMU, RAM files, namespaces and forwarders are gone
