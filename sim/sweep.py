@@ -134,10 +134,12 @@ class Sweep:
     variants: tuple[tuple[str, dict[str, Any]], ...] = ()
     description: str = ""
     source: str = "sweep"
+    _runs: tuple[tuple[dict[str, Any], Scenario], ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Validate everything up front: a bad sweep must fail before any run or output.
-        self.scenarios()
+        # Validate everything up front (a bad sweep must fail before any run or output) and keep the result:
+        # building 10,000 scenarios takes seconds.
+        object.__setattr__(self, "_runs", tuple(self._checked_scenarios()))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Sweep:
@@ -203,6 +205,9 @@ class Sweep:
         ``config`` holds the sweep's labels for the run: ``variant`` (if the
         sweep has variants) and the varied values as written in the file.
         """
+        return [(dict(config), scenario) for config, scenario in self._runs]
+
+    def _checked_scenarios(self) -> list[tuple[dict[str, Any], Scenario]]:
         try:
             return self._scenarios()
         except ConfigError as e:

@@ -309,3 +309,47 @@ def test_project_suite_matches_committed_baseline(tmp_path):
     code = main(["regress", "--suite", str(root / "sim-suite.toml"), "--baseline", str(root / "sim.json"), "-q",
                  "--markdown", str(md)])
     assert code == 0, md.read_text() if md.exists() else "no report"
+
+
+# --------------------------------------------------------------------------- the example CI workflow
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _workflow_commands() -> list[list[str]]:
+    import re
+    import shlex
+
+    yaml = pytest.importorskip("yaml")
+    flow = yaml.safe_load((EXAMPLES / "ci-migration-regression.yml").read_text())
+    commands = []
+    for step in flow["jobs"]["migration"]["steps"]:
+        script = step.get("run", "").replace("\\\n", " ")
+        for line in script.splitlines():
+            line = line.strip()
+            if line.startswith("miglab "):
+                line = re.sub(r"\$\(.*?\)|\$\{?\w+\}?", "x", line)
+                commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def test_example_workflow_uses_real_miglab_commands():
+    from harness.cli import build_parser
+
+    commands = _workflow_commands()
+    verbs = [c[0] for c in commands]
+    assert verbs.count("regress") == 2 and "migrate" in verbs and "harness" in verbs
+    parser = build_parser()
+    for argv in commands:
+        args = parser.parse_args(argv)  # SystemExit (a failed test) on an unknown flag
+        assert callable(args.func)
+    regress = [parser.parse_args(c) for c in commands if c[0] == "regress"]
+    assert regress[0].markdown and regress[0].json and not regress[0].update_baseline
+    assert regress[1].update_baseline
+
+
+def test_example_scenarios_are_valid_and_named_after_their_files():
+    files = sorted((EXAMPLES / "ci" / "migration").glob("*.toml"))
+    assert len(files) >= 3
+    for f in files:
+        s = Scenario.from_toml(f)
+        assert s.name == f.stem and s.workload.kind == "synthetic" and s.strategy.kind in ("precopy", "postcopy")
