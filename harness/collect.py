@@ -230,6 +230,8 @@ def collect(workload: str, *, memory_bytes: int = 512 << 20, interval_s: float =
                 t_snap = time.monotonic()
                 np.copyto(cur, live)
                 pages = changed_pages(prev, cur)
+                # a guest that died during the interval did not run all of it: keep only complete intervals
+                vm.check_alive()
                 c.scan_s.append(time.monotonic() - t_snap)
                 prev, cur = cur, prev
                 c.t_start_s.append(c.t_end_s[-1] if c.t_end_s else 0.0)
@@ -242,7 +244,6 @@ def collect(workload: str, *, memory_bytes: int = 512 << 20, interval_s: float =
                     if m:
                         c.console_rates.append(float(m.group("rate")))
                         c.console_lines.append(line)
-                vm.check_alive()
                 if calc_pending and t_snap - t_zero > calc_window[1] + 0.5:
                     calc_pending = _finish_dirty_rate(vm, c, calc_window)
                 bar.update(1)

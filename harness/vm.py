@@ -253,7 +253,14 @@ class VM:
                 if time.monotonic() > deadline:
                     raise VMError(f"{self.config.name}: QEMU did not create its QMP socket within 15 s")
                 time.sleep(0.02)
-            self._qmp.connect(timeout_s=10.0)
+            while True:  # short attempts, so a QEMU that dies right after creating the socket is noticed
+                try:
+                    self._qmp.connect(timeout_s=0.5)
+                    break
+                except MiglabError:
+                    self.check_alive()
+                    if time.monotonic() > deadline:
+                        raise
         except MiglabError as e:
             self.check_alive()
             raise VMError(f"{self.config.name}: {e}") from None
@@ -354,7 +361,7 @@ class VM:
             for line in self.console.new_lines():
                 if rx.search(line):
                     return line
-                if line.startswith(("miglab-load error", "miglab-redis error", "Kernel panic")):
+                if line.startswith(("miglab-load error", "miglab-redis error", "miglab-init: workload", "Kernel panic")):
                     raise VMError(f"{self.config.name}: guest reported: {line.strip()}")
             self.check_alive()
             if time.monotonic() > deadline:
