@@ -17,8 +17,8 @@ which pages must be resent -- is the content question.
 
 Metadata beside the page lists: method and blind spot, hypervisor and QEMU
 version, host, guest memory and workload (spec and resolved parameters),
-interval, collection time, the fraction of all-zero pages in the last
-snapshot, QEMU's page-sampling ``calc-dirty-rate`` over the first seconds
+interval, collection time, the fraction of all-zero pages at the start (and
+at the end), QEMU's page-sampling ``calc-dirty-rate`` over the first seconds
 with the content-diff rate over the same window as a cross-check, and the
 workload's own achieved rate parsed from the guest console.
 
@@ -72,7 +72,8 @@ class Collection:
     console_rates: list[float] = field(default_factory=list)
     console_lines: list[str] = field(default_factory=list)
     dirty_rate_check: dict[str, Any] | None = None
-    zero_page_fraction: float | None = None
+    zero_page_fraction: float | None = None  # at the start of the collection
+    zero_page_fraction_end: float | None = None
 
 
 def changed_pages(prev: np.ndarray, cur: np.ndarray, page_size: int = PAGE_SIZE_BYTES,
@@ -125,8 +126,8 @@ def _meta(vm_cfg: VMConfig, wl: GuestWorkload, interval_s: float, seconds: float
         "qemu_version_line": qemu.version_line if qemu else None,
         "accel": "tcg",
         "host": _host_meta(),
-        "method": METHOD,
-        "method_blind_spot": BLIND_SPOT,
+        "collector": METHOD,
+        "blind_spot": BLIND_SPOT,
         "guest_memory_bytes": vm_cfg.memory_bytes,
         "guest_smp": vm_cfg.smp,
         "guest_kernel": vm.image.kernel_version if vm is not None and vm.image else None,
@@ -141,11 +142,12 @@ def _meta(vm_cfg: VMConfig, wl: GuestWorkload, interval_s: float, seconds: float
         "interval_s": interval_s,
         "requested_seconds": seconds,
         "collected_seconds": (c.t_end_s[-1] - c.t_start_s[0]) if c.t_end_s else 0.0,
-        "collected_at_utc": started_utc,
+        "collected_at": started_utc,
         "complete": complete,
         "stopped_reason": reason,
         "mean_dirty_pages_per_interval": float(counts.mean()) if len(counts) else None,
         "zero_page_fraction": c.zero_page_fraction,
+        "zero_page_fraction_end": c.zero_page_fraction_end,
         "scan_s_mean": float(scan.mean()) if len(scan) else None,
         "scan_s_max": float(scan.max()) if len(scan) else None,
         "qemu_dirty_rate_check": c.dirty_rate_check,
@@ -214,6 +216,7 @@ def collect(workload: str, *, memory_bytes: int = 512 << 20, interval_s: float =
             np.copyto(prev, cur)
             t_zero = time.monotonic()
             np.copyto(prev, live)
+            c.zero_page_fraction = zero_page_fraction(prev)
             calc_pending = False
             calc_window = (0.0, min(dirty_rate_calc_s, seconds))
             try:
@@ -249,14 +252,13 @@ def collect(workload: str, *, memory_bytes: int = 512 << 20, interval_s: float =
                 bar.update(1)
                 bar.set_postfix(dirty=len(pages), rate=f"{len(pages) / interval_s:.0f}/s")
                 if time.monotonic() - last_checkpoint > CHECKPOINT_S:
-                    c.zero_page_fraction = zero_page_fraction(prev)
                     _save(out_path, cfg, wl, interval_s, seconds, c, vm, started_utc, False, "checkpoint")
                     last_checkpoint = time.monotonic()
                 if delay < -interval_s:
                     log.warning("collector fell behind by %.2f s (scan %.2f s)", -delay, c.scan_s[-1])
             if calc_pending:
                 _finish_dirty_rate(vm, c, calc_window, wait_s=calc_window[1] + 5.0)
-            c.zero_page_fraction = zero_page_fraction(prev)
+            c.zero_page_fraction_end = zero_page_fraction(prev)
             complete, reason = True, "completed"
     except KeyboardInterrupt:
         reason = "interrupted"

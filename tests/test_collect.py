@@ -72,10 +72,10 @@ def test_collector_dirty_count_matches_configured_rate(tmp_path, guest_image):
     assert per_s.mean() == pytest.approx(rate, rel=0.10), t.counts
     assert np.allclose(t.t_end_s - t.t_start_s, interval, atol=0.1)
     m = t.meta
-    assert m["method"] == "content-diff" and "unchanged" in m["method_blind_spot"]
+    assert m["collector"] == "content-diff" and "unchanged" in m["blind_spot"]
     assert m["hypervisor"] == "qemu" and int(m["qemu_version"].split(".")[0]) >= 9
     assert m["workload_achieved_rate"] == pytest.approx(rate, rel=0.02)
-    assert 0.0 < m["zero_page_fraction"] < 1.0
+    assert 0.0 < m["zero_page_fraction"] < 1.0 and 0.0 < m["zero_page_fraction_end"] < 1.0
     assert m["qemu_dirty_rate_check"]["qemu_dirty_rate_MiBps"] is not None
     assert trace_fmt.load(out).sha256 == t.sha256
 
