@@ -110,7 +110,9 @@ def main() -> int:
         tr256 = None  # only the file remains
         loaded = measure("load (read + validate)", lambda: load(path))
         measure(f"load + Trace.bitmap for all {k} intervals",
-                lambda: [load(path).bitmap(i) for i in range(k)][-1], memory=False)
+                lambda: (lambda t: [t.bitmap(i) for i in range(k)][-1])(load(path)), memory=False)
+        measure(f"Trace.bitmap for all {k} intervals (loaded)",
+                lambda: [loaded.bitmap(i) for i in range(k)][-1], memory=False)
         measure(f"interval_bitmaps, all {k} intervals ({k * n256 / 8 / MiB:.0f} MiB of bitmaps)",
                 lambda: interval_bitmaps(loaded))
         measure(f"working_set_curve, {g256} GiB x {k} (all k)",
