@@ -27,3 +27,18 @@ def guest_image():
     from harness.guest import build_guest
 
     return build_guest()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_namespaces():
+    """After every test: no network namespace of this process (``miglab-<role>-<our pid>-*``) survives."""
+    yield
+    import os
+    import shutil
+
+    if shutil.which("ip") is None:
+        return
+    from harness.link import list_namespaces
+
+    ours = [ns for ns in list_namespaces() if f"-{os.getpid()}-" in ns]
+    assert not ours, f"network namespaces left behind: {ours}"
