@@ -452,8 +452,9 @@ def _report(classes: tuple[PageClass, ...], t: np.ndarray, d: np.ndarray, criter
 # ---------------------------------------------------------------------------
 # Calibration
 # ---------------------------------------------------------------------------
-_META_SUMMARY_KEYS = ("hypervisor", "host", "method", "collector", "guest_memory", "memory", "workload",
-                      "collected_at", "collection_time", "miglab_version")
+# The metadata keys of traces/README.md worth carrying into a model's provenance.
+_META_SUMMARY_KEYS = ("hypervisor", "host", "collector", "guest_memory_bytes", "workload", "collected_at",
+                      "interval_s", "zero_page_fraction", "miglab_version")
 
 
 def calibrate(trace: Trace, max_classes: int = 3, *, kinds: Sequence[str] = DEFAULT_KINDS,
