@@ -234,7 +234,10 @@ def load_records(spec: str | Iterable[str], metrics: Iterable[str]) -> dict[str,
             except ConfigError:
                 name = hashlib.sha256(json.dumps(sc, sort_keys=True).encode()).hexdigest()[:16]
         entry = scenarios.setdefault(name, {"scenario": sc, "metrics": {m: [] for m in metrics}, "failed": 0,
-                                            "records": 0})
+                                            "records": 0, "first": str(path)})
+        if entry["scenario"] != sc:
+            raise ConfigError(f"{path}: scenario {name!r} differs from the one in {entry['first']} "
+                              "(repetitions of a scenario must be the same scenario)")
         entry["records"] += 1
         stats = _record_stats(record)
         if not _record_ok(record):
@@ -245,6 +248,8 @@ def load_records(spec: str | Iterable[str], metrics: Iterable[str]) -> dict[str,
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ConfigError(f"{path}: metric {m!r} is missing or not a number ({value!r})")
             entry["metrics"][m].append(float(value))
+    for entry in scenarios.values():
+        del entry["first"]
     return _baseline_doc("real", "", scenarios)
 
 
@@ -476,6 +481,10 @@ def compare_real(current: dict[str, Any], baseline: dict[str, Any], metrics: Ite
             rows.append(Comparison(name, "(scenario)", "—", "new", "new (no baseline)", False))
             continue
         c, b = cur[name], base[name]
+        if c.get("scenario") and b.get("scenario") and c["scenario"] != b["scenario"]:
+            changed = sorted(k for k, v in _flat(c["scenario"]).items() if _flat(b["scenario"]).get(k) != v)
+            rows.append(Comparison(name, "(definition)", "baseline's", "changed: " + ", ".join(changed[:3]),
+                                   "CHANGED (update the baseline)", True))
         if c.get("failed"):
             rows.append(Comparison(name, "(outcome)", f"{b.get('failed', 0)} failed", f"{c['failed']} failed",
                                    "FAILED RUNS", True))
@@ -516,6 +525,16 @@ def compare_real(current: dict[str, Any], baseline: dict[str, Any], metrics: Ite
                  f"{' (Holm-corrected over the report)' if holm else ''} AND median increase > floor "
                  f"({', '.join(f'{m} {_fmt(floors.get(m, 0.0), m)}' for m in metrics)})")
     return Report("real", tuple(rows), tuple(notes))
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _holm_levels(pvalues: list[float], alpha: float) -> list[float]:

@@ -213,6 +213,22 @@ def test_improvement_and_missing_scenarios():
     assert not rows[("new", "(scenario)")].failed
 
 
+def test_changed_scenario_definition_fails_and_mixed_repetitions_are_refused(tmp_path, capsys):
+    rng = np.random.default_rng(10)
+    write_records(tmp_path / "base", "a", _samples(rng, 5, DOWNTIME_MEDIAN_S))
+    for k, d in enumerate(_samples(rng, 5, DOWNTIME_MEDIAN_S)):
+        sc = Scenario(name="a").replace(**{"strategy.downtime_limit_s": "100ms"})
+        RunRecord(scenario=sc, outcome="completed",
+                  stats=MigrationStats(downtime_s=d, total_time_s=TOTAL_MEDIAN_S)).save(tmp_path / "cur" / f"{k}.json")
+    md = tmp_path / "r.md"
+    assert main(["regress", str(tmp_path / "cur"), "--baseline", str(tmp_path / "base"), "--markdown", str(md)]) == 1
+    assert "strategy.downtime_limit_s" in md.read_text() and "CHANGED" in md.read_text()
+    # one name, two different scenarios among the repetitions: refused
+    (tmp_path / "cur" / "0.json").rename(tmp_path / "base" / "odd.json")
+    assert main(["regress", str(tmp_path / "cur"), "--baseline", str(tmp_path / "base")]) == 2
+    assert "differs from the one in" in capsys.readouterr().err
+
+
 def test_load_records_groups_by_scenario_name(tmp_path):
     write_records(tmp_path, "x", [0.1] * 5)
     write_records(tmp_path / "more", "y", [0.2] * 6)
