@@ -270,7 +270,8 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
 
     with contextlib.ExitStack() as stack:
         link = stack.enter_context(ShapedLink(scenario.link.bandwidth_Bps, scenario.link.rtt_s))
-        options_record["link_id"] = link.id
+        options_record["link"] = {"id": link.id, "tbf": link.tbf_args(), "delay_each_way_s": link.rtt_s / 2,
+                                  "delay": "user-space forwarder" if link.rtt_s > 0 else "none"}
         common = dict(memory_bytes=mem, workload=workload, smp=opts.smp, keep_logs_in=opts.keep_logs_in)
         src = stack.enter_context(VM(VMConfig(name="src", netns=link.src_ns, **common), opts.image))
         dst = stack.enter_context(VM(VMConfig(name="dst", netns=link.dst_ns, incoming=True,

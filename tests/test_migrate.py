@@ -182,6 +182,25 @@ def test_postcopy_completes_with_page_requests(image, clean_host) -> None:
 
 
 @pytest.mark.vm
+def test_hybrid_switches_to_postcopy_after_one_pass(image, clean_host) -> None:
+    # The first pass leaves ~48 MiB dirty (30 MB/s over a 48 MiB span), far above the
+    # 300 ms x 50 MB/s threshold, so the migration is still in pre-copy when pass 2 opens.
+    s = _scenario(**{"strategy.kind": "hybrid", "strategy.postcopy_after_rounds": 1,
+                     "workload.spec": "uniform:rate=30MB/s,span=48MiB,total=64MiB"})
+    rec = run_migration(s, MigrateOptions(image=image, warmup_s=1.0))
+    assert rec.outcome == OUTCOME_COMPLETED, rec.outcome
+    assert rec.guest_side == "destination" and rec.guest_continues
+    switch = [t for t, text in rec.events if text.startswith("migrate-start-postcopy after 1 passes")]
+    assert len(switch) == 1
+    before = [p for p in rec.timeline if p.t_s <= switch[0]]
+    after = [p for p in rec.timeline if p.t_s > switch[0]]
+    assert before[-1].dirty_sync_count == 2  # the second sync opened pass 2: one pass was complete
+    assert all(p.status == "active" for p in before[1:])
+    assert any(p.status == "postcopy-active" for p in after)
+    assert rec.stats.precopy_bytes > 48 * MiB and rec.stats.postcopy_bytes > 0
+
+
+@pytest.mark.vm
 def test_destination_killed_during_precopy(image, clean_host) -> None:
     killed: list[int] = []
 
