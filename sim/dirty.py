@@ -133,26 +133,15 @@ class SampledDirt:
         self.rng = np.random.default_rng([seed, 0xD1127])
         self.time_scale = time_scale
         self.looped = False
-        sizes = np.array([int(round(c.pages)) for c in model.classes], dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
 
     def window(self, g0: float, g1: float) -> tuple[np.ndarray, np.ndarray]:
+        from .calibrate import sample_dirty_pages  # geometric-skip sampler: no O(class size) draws
+
         T = (g1 - g0) * self.time_scale
-        out_p, out_t = [], []
-        for k, c in enumerate(self.model.classes):
-            n = int(self.offsets[k + 1] - self.offsets[k])
-            if n == 0 or c.rate_per_page_per_s == 0 or T <= 0:
-                continue
-            p = float(c.dirtied(T)) / c.pages
-            m = int(self.rng.binomial(n, min(1.0, p)))
-            if m == 0:
-                continue
-            idx = self.rng.choice(n, size=m, replace=False) if m < n else np.arange(n)
-            out_p.append(idx.astype(np.int64) + self.offsets[k])
-            out_t.append(g0 + self.rng.random(m) * (g1 - g0))
-        if not out_p:
+        if T <= 0:
             return np.zeros(0, np.int64), np.zeros(0)
-        return np.concatenate(out_p), np.concatenate(out_t)
+        pages = sample_dirty_pages(self.model, T, self.rng)
+        return pages, g0 + self.rng.random(len(pages)) * (g1 - g0)
 
 
 class ExpectedPages:
