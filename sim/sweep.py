@@ -26,7 +26,9 @@ together (a strategy with its settings), crossed with ``[vary]``::
 
 Any scenario field can be varied; values take the same unit strings as a
 scenario file. ``[vary.strategy]`` with ``downtime_limit_s = [...]`` is the
-same as the quoted dotted key.
+same as the quoted dotted key. Trace and model paths are taken as written
+(relative to the working directory), as in scenario files; their content hash
+is part of each run's ``scenario_id``, so a changed trace means new runs.
 
 Runs execute in a local process pool (or on a dask.distributed cluster given
 its scheduler address). Finished runs are checkpointed in batches as Parquet
