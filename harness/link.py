@@ -219,7 +219,10 @@ class ShapedLink:
               "via", MID_SRC_IP])
         _run(["ip", "-n", self.dst_ns, "route", "add", f"{SRC_IP.rsplit('.', 1)[0]}.0/{PREFIX_LEN}",
               "via", MID_DST_IP])
-        _run([*netns_exec(self.mid_ns), "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        # Routing through the middle (used when there is no delay). /proc/sys/net belongs to the
+        # writer's namespace; Python instead of sysctl(8), which minimal hosts lack.
+        _run([*netns_exec(self.mid_ns), sys.executable, "-c",
+              "open('/proc/sys/net/ipv4/ip_forward', 'w').write('1')"])
         for ns in (self.src_ns, self.dst_ns):
             _run(["tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", *self.tbf_args()])
         self._up = True

@@ -60,13 +60,11 @@ def clean_host():
     assert _children(os.getpid()) == []
 
 
-@pytest.fixture(scope="module")
-def image():
+@pytest.fixture
+def image(guest_image):
     if os.geteuid() != 0:
         pytest.skip("real migrations need root (namespaces)")
-    from harness.guest import ensure_guest
-
-    return ensure_guest()
+    return guest_image
 
 
 # -- no VM -------------------------------------------------------------------------
