@@ -27,6 +27,8 @@ deps:
 test: $(STAMP) deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+	$(BIN)/miglab regress --suite results/baselines/sim-suite.toml --baseline results/baselines/sim.json -q \
+		--markdown results/scratch/sim-regress.md
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not vm"
@@ -35,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest -q benchmarks
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) results/demo .pytest_cache

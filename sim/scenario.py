@@ -250,13 +250,16 @@ def _coerce(name: str, tp: Any, value: Any, where: str) -> Any:
         return value
     if tp in (int, float):
         if isinstance(value, str):
-            if name.endswith("_Bps"):
-                value = parse_bandwidth(value)
-            elif name.endswith("_s"):
-                value = parse_duration(value)
-            elif name.endswith("_bytes"):
-                value = parse_size(value)
-            else:
+            try:
+                if name.endswith("_Bps"):
+                    value = parse_bandwidth(value)
+                elif name.endswith("_s"):
+                    value = parse_duration(value)
+                elif name.endswith("_bytes"):
+                    value = parse_size(value)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {name}: {e}") from None
+            if isinstance(value, str):
                 try:
                     value = float(value)
                 except ValueError:
