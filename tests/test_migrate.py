@@ -107,6 +107,26 @@ def test_bad_input_is_one_line_exit_2(argv: list[str], needle: str, tmp_path: Pa
     assert not out.exists()
 
 
+def test_cli_flags_map_onto_the_scenario() -> None:
+    from harness.cli import build_parser
+    from harness.migrate import scenario_from_args
+
+    args = build_parser().parse_args([
+        "migrate", "--workload", "zipf:rate=4000,s=1.2", "--memory", "256MiB", "--strategy", "hybrid",
+        "--postcopy-after", "2", "--bandwidth", "200Mbit/s", "--rtt", "10ms", "--downtime-limit", "50ms",
+        "--auto-converge", "--xbzrle-cache", "64MiB", "--max-bandwidth", "20MiB/s", "--timeout", "90s",
+        "-o", "results/c/zipf-hybrid.json"])
+    s = scenario_from_args(args)
+    assert (s.workload.kind, s.workload.spec, s.workload.memory_bytes) == ("synthetic", "zipf:rate=4000,s=1.2",
+                                                                         256 * MiB)
+    assert s.link.bandwidth_Bps == pytest.approx(25e6) and s.link.rtt_s == pytest.approx(0.010)
+    assert s.link.migration_cap_Bps == 20 * MiB
+    st = s.strategy
+    assert (st.kind, st.postcopy_after_rounds, st.auto_converge, st.xbzrle_cache_bytes) == ("hybrid", 2, True, 64 * MiB)
+    assert st.downtime_limit_s == pytest.approx(0.05) and st.timeout_s == pytest.approx(90.0)
+    assert s.name == "zipf-hybrid"
+
+
 def test_postcopy_downtime_slip_is_corrected_only_when_the_guest_ran() -> None:
     from harness.migrate import SUBMS_DOWNTIME_S, _fix_postcopy_downtime, _Rates
 
