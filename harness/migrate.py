@@ -223,12 +223,13 @@ def compare_memory(src_path: Path, dst_path: Path, page_size: int = PAGE_SIZE_BY
                        nonzero_pages=nonzero)
 
 
-def _progress_bar(enabled: bool, total: int) -> Any:
+def _progress_bar(enabled: bool) -> Any:
+    """Bytes sent so far (no total: zero pages are skipped, so RAM size is not a bound)."""
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="migrating", leave=False,
+    return tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="migrating", leave=False,
                 file=sys.stderr)
 
 
@@ -297,7 +298,7 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
         dst.qmp.migrate_incoming(f"tcp:{link.dst_ip}:{MIGRATION_PORT}")
         host_addr, port = link.forward(MIGRATION_PORT)
 
-        bar = _progress_bar(opts.progress, mem)
+        bar = _progress_bar(opts.progress)
         postcopy_requested = False
         cancelled_for_timeout = False
         dst_dead_since: float | None = None
@@ -320,9 +321,10 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
                     events.append((poll.t_s, f"status {poll.status}"))
                     status = poll.status
                 if bar is not None:
-                    bar.total = max(poll.total_bytes, poll.transferred_bytes, 1)
                     bar.n = poll.transferred_bytes
-                    bar.set_postfix_str(f"{status} sync={poll.dirty_sync_count} {poll.mbps:.0f} Mbit/s", refresh=True)
+                    bar.set_postfix_str(f"{status} pass {max(poll.dirty_sync_count, 1)}, "
+                                        f"{format_bytes(poll.remaining_bytes)} left in pass, {poll.mbps:.0f} Mbit/s",
+                                        refresh=True)
                 if status in FINAL_STATUSES:
                     final = info
                     break
