@@ -1,0 +1,113 @@
+"""Benchmarks for the QEMU harness: guest boot, RAM scan, collector accuracy.
+
+Not part of ``make test`` (it boots several guests). Run as root on a host with QEMU >= 9::
+
+    .venv/bin/python benchmarks/bench_harness.py [--boots 3] [--memory 512MiB]
+
+1. Boot: from launching QEMU to the QMP connection, to the init script's first
+   console line, and to the workload's first progress line (median of ``--boots``).
+2. RAM scan of a live guest: copying guest RAM out of the shm file and comparing
+   it with the previous copy page by page (``harness.collect.changed_pages``).
+3. Collector accuracy: ``uniform`` at several rates (each page written once per
+   cycle, so every write should be a changed page): measured changed pages per
+   second against the configured rate, and the idle guest's background.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harness.collect import changed_pages, collect
+from harness.guest import build_guest
+from harness.vm import VM, VMConfig
+from sim.units import parse_size
+
+
+def bench_boot(memory: int, boots: int) -> None:
+    rows = []
+    for _ in range(boots):
+        t0 = time.monotonic()
+        with VM(VMConfig(memory_bytes=memory, workload="uniform:rate=1000,span=16MiB", name="bench")) as vm:
+            t_qmp = time.monotonic() - t0
+            vm.wait_for_console(r"^miglab-init: up")
+            t_init = time.monotonic() - t0
+            vm.wait_for_workload()
+            t_load = time.monotonic() - t0
+        rows.append((t_qmp, t_init, t_load))
+    med = [statistics.median(c) for c in zip(*rows, strict=True)]
+    print(f"boot ({boots}x, {memory >> 20} MiB): QMP {med[0]:.2f} s, init's first line {med[1]:.2f} s, "
+          f"workload's first progress line {med[2]:.2f} s (includes its first 1 s of running)")
+
+
+def bench_scan(memory: int, reps: int = 10) -> None:
+    with VM(VMConfig(memory_bytes=memory, workload="hotcold:hot=64MiB,rate=5000", name="bench")) as vm:
+        vm.wait_for_workload()
+        live = vm.ram_view()
+        prev = np.empty(memory, dtype=np.uint8)
+        cur = np.empty(memory, dtype=np.uint8)
+        np.copyto(prev, live)
+        np.copyto(cur, live)
+        copy_s, cmp_s = [], []
+        for _ in range(reps):
+            time.sleep(0.2)
+            t = time.perf_counter()
+            np.copyto(cur, live)
+            t1 = time.perf_counter()
+            changed_pages(prev, cur)
+            t2 = time.perf_counter()
+            copy_s.append(t1 - t)
+            cmp_s.append(t2 - t1)
+            prev, cur = cur, prev
+        del live
+    print(f"RAM scan of {memory >> 20} MiB (median of {reps}): copy {statistics.median(copy_s):.3f} s, "
+          f"compare {statistics.median(cmp_s):.3f} s, total {statistics.median(copy_s) + statistics.median(cmp_s):.3f} s")
+
+
+def bench_accuracy(memory: int, rates: list[int], seconds: float) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        idle = collect("idle", memory_bytes=memory, interval_s=0.5, seconds=seconds, out=Path(d) / "idle.npz",
+                       progress=False)
+        background = float(np.mean(idle.counts)) / 0.5
+        print(f"idle guest (init forks a date/echo once a second): {background:.0f} changed pages/s")
+        for rate in rates:
+            # a span the run does not wrap (each write a new page) where the guest has room for it
+            span_mib = min(max(64, int(rate * (seconds + 2) * 4096 / 2**20) + 1), int(memory * 0.55) >> 20)
+            if span_mib * 2**20 / 4096 / rate < 0.5:
+                print(f"uniform rate {rate}/s: skipped, the guest is too small for a span that outlasts an interval")
+                continue
+            t = collect(f"uniform:rate={rate},span={span_mib}MiB", memory_bytes=memory, interval_s=0.5,
+                        seconds=seconds, out=Path(d) / f"u{rate}.npz", progress=False)
+            per_s = float(np.mean(t.counts)) / 0.5
+            wraps = span_mib * 2**20 / 4096 / rate < seconds
+            print(f"uniform rate {rate:>6}/s (span {span_mib} MiB{', wraps' if wraps else ''}): measured "
+                  f"{per_s:8.0f}/s ({(per_s / rate - 1) * 100:+.1f} %); workload achieved "
+                  f"{t.meta['workload_achieved_rate']:.1f}/s; qemu page-sampling "
+                  f"{t.meta['qemu_dirty_rate_check'].get('qemu_dirty_rate_MiBps')} MiB/s vs content-diff "
+                  f"{t.meta['qemu_dirty_rate_check'].get('content_diff_unique_rate_MiBps', float('nan')):.1f} MiB/s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--boots", type=int, default=3)
+    ap.add_argument("--memory", default="512MiB")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rates", default="1000,5000,20000")
+    a = ap.parse_args()
+    memory = parse_size(a.memory)
+    t = time.monotonic()
+    build_guest()
+    print(f"build-guest (cached): {time.monotonic() - t:.2f} s")
+    if a.boots:
+        bench_boot(memory, a.boots)
+        bench_scan(memory)
+    bench_accuracy(memory, [int(r) for r in a.rates.split(",")], a.seconds)
+
+
+if __name__ == "__main__":
+    main()
