@@ -30,6 +30,7 @@ VERB_MODULES: tuple[str, ...] = (
     "harness.collect",
     "harness.link",
     "harness.migrate",
+    "harness.validate",
 )
 
 

@@ -1,0 +1,377 @@
+"""Fit the host constants to measured migrations, and judge them on runs they never saw.
+
+The simulator's :class:`~sim.scenario.Host` (and the link's per-page header)
+hold the constants that a trace cannot tell: what a switchover costs, how much
+of the link the migration stream really gets, what each page costs the
+sender, and how much the guest slows while it is being migrated (TCG). This
+module fits them by minimising the prediction error of :func:`sim.simulate`
+against measured runs.
+
+Pure computation (``sim`` never imports ``harness``): a measured run comes in
+as an :class:`Observation` -- the scenario the simulator should replay (its
+workload the run's trace) and the measured metrics, named like
+:meth:`sim.result.Result.summary` -- and the harness builds those from its
+RunRecords (:mod:`harness.validate`).
+
+How:
+
+* ``link.header_bytes_per_page`` and ``host.setup_s`` are read off the training
+  runs directly: QEMU's ``ram.transferred`` is normal pages x (page + header) +
+  zero pages x (1 + header) (+ a little stream framing), and ``setup-time`` is
+  measured. Medians over the training runs.
+* ``host.dirty_rate_factor`` is the workload's own rate while pre-copy ran
+  over its rate before (median; the guest prints its rate every second).
+* ``host.switchover_s``, ``host.throughput_efficiency`` and
+  ``host.page_send_cost_s`` are fit with Nelder-Mead
+  (:func:`scipy.optimize.minimize`) on the pre-copy runs, minimising a robust
+  (soft-L1) loss of log-ratio errors of total time and bytes and the
+  downtime error relative to max(measured, 20 ms);
+  ``host.postcopy_queue_bytes`` -- how much push data a page request waits
+  behind in socket and link buffers, which sets the fault stall -- is then
+  fit alone on the post-copy and hybrid runs (post-copy requests at half
+  weight, plus time, bytes, downtime). Staging keeps a model gap of one
+  strategy from dragging the constants another strategy depends on. Each scenario is simulated
+  once per evaluation (repetitions share it), so a fit costs a few hundred
+  simulations of a few milliseconds each.
+* Splits are by scenario (:func:`assign_folds`): repetitions of one scenario
+  are never split between training and judging, so a constant is never tuned
+  on the scenario that judges it. :func:`cross_validate` gives every run a
+  held-out prediction (k folds); :func:`train_heldout` is the simple split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .engine import simulate
+from .errors import ConfigError
+from .scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+#: The measured metrics compared, with the simulator's names (post-copy requests are the sim's faults).
+METRICS: tuple[str, ...] = ("total_time_s", "downtime_s", "bytes_sent", "dirty_sync_count", "postcopy_requests")
+#: Constants fit by the optimiser (dotted scenario paths).
+FIT_PARAMS: tuple[str, ...] = ("host.switchover_s", "host.throughput_efficiency", "host.page_send_cost_s",
+                               "host.postcopy_queue_bytes")
+#: Constants read off the training runs directly.
+DIRECT_PARAMS: tuple[str, ...] = ("link.header_bytes_per_page", "host.setup_s", "host.dirty_rate_factor")
+DOWNTIME_FLOOR_S = 0.020
+REQUESTS_FLOOR = 10.0
+QUEUE_REF_BYTES = 256 * 1024
+DEFAULT_MAXFEV = 160
+_INT_FIELDS = ("link.header_bytes_per_page", "host.postcopy_queue_bytes")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measured run in the simulator's terms.
+
+    ``group`` is the unit of splitting (the scenario's name: its repetitions
+    share it). ``scenario`` is what :func:`sim.simulate` replays, with the
+    host constants left at their defaults (the fit sets them). ``measured``
+    maps :data:`METRICS` (and ``setup_time_s``, ``normal_pages``,
+    ``duplicate_pages``, ``normal_bytes``) to numbers; a metric QEMU did not
+    report is absent. ``hints`` may carry ``rate_ratio`` (the workload's rate
+    while migrating over its rate before) to start the optimiser.
+    """
+
+    run_id: str
+    group: str
+    scenario: Scenario
+    measured: dict[str, float]
+    completed: bool = True
+    xbzrle: bool = False
+    hints: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HostFit:
+    """Constants fit on ``train_groups`` (dotted paths -> value) and how well they fit there."""
+
+    constants: dict[str, float]
+    train_groups: tuple[str, ...]
+    n_train_runs: int
+    loss: float
+    evaluations: int
+    start: dict[str, float] = field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The ``host.json`` shape that ``--host`` reads (``constants``, plus the fit's provenance)."""
+        return {"constants": host_json_constants(self.constants),
+                "fit": {"train_scenarios": list(self.train_groups), "train_runs": self.n_train_runs,
+                        "loss": self.loss, "evaluations": self.evaluations,
+                        "start": host_json_constants(self.start)}}
+
+
+def host_json_constants(constants: dict[str, float]) -> dict[str, Any]:
+    """Dotted constants as ``host.json`` keys (``host.`` dropped; ``link.`` kept), ints where the field is int."""
+    out: dict[str, Any] = {}
+    for k, v in constants.items():
+        key = k[len("host."):] if k.startswith("host.") else k
+        out[key] = int(round(v)) if k in _INT_FIELDS else float(v)
+    return out
+
+
+# --------------------------------------------------------------------------- prediction
+def predict(scenario: Scenario, constants: dict[str, float] | None = None) -> dict[str, float]:
+    """Simulate ``scenario`` with ``constants`` applied; return the compared metrics."""
+    sc = scenario.replace(**_coerced(constants)) if constants else scenario
+    r = simulate(sc)
+    return {"total_time_s": float(r.total_time_s), "downtime_s": float(r.downtime_s),
+            "bytes_sent": float(r.bytes_sent), "dirty_sync_count": float(r.dirty_sync_count),
+            "postcopy_requests": float(r.postcopy_faults), "converged": float(r.converged),
+            "rounds": float(r.rounds), "expected_downtime_s": float(r.expected_downtime_s)}
+
+
+def _coerced(constants: dict[str, float]) -> dict[str, Any]:
+    return {k: int(round(v)) if k in _INT_FIELDS else float(v) for k, v in constants.items()}
+
+
+# --------------------------------------------------------------------------- splits
+def _hash(group: str) -> str:
+    return hashlib.sha256(group.encode()).hexdigest()
+
+
+def assign_folds(groups: Iterable[str], folds: int) -> dict[str, int]:
+    """Deterministic, balanced folds: groups sorted by their sha256, dealt round-robin."""
+    if folds < 2:
+        raise ConfigError(f"need at least 2 folds, not {folds}")
+    uniq = sorted(set(groups), key=_hash)
+    return {g: i % folds for i, g in enumerate(uniq)}
+
+
+def train_heldout(groups: Iterable[str], heldout_every: int = 3) -> tuple[set[str], set[str]]:
+    """The simple split: every ``heldout_every``-th group (by hash order) is held out, the rest trains."""
+    f = assign_folds(groups, heldout_every)
+    return {g for g, k in f.items() if k != 0}, {g for g, k in f.items() if k == 0}
+
+
+# --------------------------------------------------------------------------- fitting
+def direct_estimates(observations: Sequence[Observation]) -> dict[str, float]:
+    """Header bytes per page and setup time, read off the runs (medians)."""
+    headers, setups = [], []
+    for o in observations:
+        m = o.measured
+        pages = m.get("normal_pages", 0) + m.get("duplicate_pages", 0)
+        if not o.xbzrle and pages > 0 and "normal_bytes" in m and "bytes_sent" in m:
+            headers.append((m["bytes_sent"] - m["normal_bytes"] - m.get("duplicate_pages", 0)) / pages)
+        if m.get("setup_time_s") is not None and math.isfinite(m.get("setup_time_s", math.nan)):
+            setups.append(m["setup_time_s"])
+    out = {}
+    if headers:
+        out["link.header_bytes_per_page"] = float(max(0.0, round(float(np.median(headers)))))
+    if setups:
+        out["host.setup_s"] = float(max(0.0, np.median(setups)))
+    return out
+
+
+def _soft_l1(e: float) -> float:
+    return 2.0 * (math.sqrt(1.0 + e * e) - 1.0)
+
+
+def run_errors(pred: dict[str, float], measured: dict[str, float]) -> dict[str, float]:
+    """The dimensionless errors the fit minimises (log ratios; downtime against max(measured, 20 ms))."""
+    e: dict[str, float] = {}
+    converged = pred.get("converged", 1.0) >= 0.5
+    for k in ("total_time_s", "bytes_sent"):
+        m = measured.get(k)
+        if m is None or not m > 0:
+            continue
+        p = pred.get(k, math.nan)
+        e[k] = math.log(p / m) if converged and p > 0 and math.isfinite(p) else 2.0
+    m = measured.get("downtime_s")
+    if m is not None and math.isfinite(m):
+        p = pred.get("downtime_s", math.nan)
+        e["downtime_s"] = (p - m) / max(m, DOWNTIME_FLOOR_S) if converged and math.isfinite(p) else 2.0
+        e["downtime_s"] = max(-5.0, min(5.0, e["downtime_s"]))
+    m = measured.get("postcopy_requests")
+    if m is not None and (m > 0 or pred.get("postcopy_requests", 0) > 0):
+        # Half weight: requests also depend on how the guest touches pages, which no host constant models.
+        p = pred.get("postcopy_requests", 0.0)
+        e["postcopy_requests"] = 0.5 * math.log((p + REQUESTS_FLOOR) / (m + REQUESTS_FLOOR))
+    return e
+
+
+def _unique_scenarios(obs: Sequence[Observation]) -> tuple[list[Scenario], list[int]]:
+    keys: dict[str, int] = {}
+    scs: list[Scenario] = []
+    idx = []
+    for o in obs:
+        k = o.scenario.to_json()
+        if k not in keys:
+            keys[k] = len(scs)
+            scs.append(o.scenario)
+        idx.append(keys[k])
+    return scs, idx
+
+
+def _params_from_x(x: np.ndarray) -> dict[str, float]:
+    return {"host.switchover_s": float(min(max(x[0], 0.0), 2.0)),
+            "host.throughput_efficiency": float(min(max(math.exp(x[1]), 0.05), 1.5)),
+            "host.page_send_cost_s": float(min(max(x[2], 0.0), 1000.0) * 1e-6)}
+
+
+def _x_from_params(p: dict[str, float]) -> np.ndarray:
+    return np.array([p["host.switchover_s"], math.log(p["host.throughput_efficiency"]),
+                     p["host.page_send_cost_s"] * 1e6])
+
+
+def start_values(observations: Sequence[Observation]) -> dict[str, float]:
+    """Starting point: achieved stream rate over link rate, no per-page cost, 20 ms switchover."""
+    eff = []
+    for o in observations:
+        m = o.measured
+        if o.completed and not o.xbzrle and m.get("total_time_s", 0) > 0 and m.get("bytes_sent", 0) > 0:
+            eff.append(m["bytes_sent"] / m["total_time_s"] / o.scenario.link.bandwidth_Bps)
+    return {"host.switchover_s": 0.02,
+            "host.throughput_efficiency": float(min(max(np.median(eff), 0.1), 1.2)) if eff else 0.9,
+            "host.page_send_cost_s": 0.0}
+
+
+def slowdown_estimate(observations: Sequence[Observation]) -> float | None:
+    """The guest's dirty-rate factor while pre-copy runs: median (rate during) / (rate before) of the runs."""
+    r = [o.hints["rate_ratio"] for o in observations
+         if o.completed and o.scenario.strategy.kind == "precopy" and math.isfinite(o.hints.get("rate_ratio", math.nan))
+         and o.hints["rate_ratio"] > 0]
+    return float(min(max(np.median(r), 0.05), 2.0)) if r else None
+
+
+def _loss(obs: Sequence[Observation], scs: list[Scenario], idx: list[int], params: dict[str, float]) -> float:
+    preds = [predict(s, params) for s in scs]
+    total = 0.0
+    for o, i in zip(obs, idx, strict=True):
+        total += sum(_soft_l1(e) for e in run_errors(preds[i], o.measured).values())
+    return total / max(len(obs), 1)
+
+
+def fit(observations: Sequence[Observation], *, maxfev: int | None = None,
+        on_eval: Callable[[int, float], None] | None = None) -> HostFit:
+    """Fit the host constants on ``observations`` (completed runs only) and return them.
+
+    Each constant is fit on the runs whose mechanism it describes, in stages,
+    so a model gap in one strategy cannot drag a constant that another
+    strategy's runs depend on:
+
+    1. direct: header bytes per page and setup time (:func:`direct_estimates`),
+       and the guest's slow-down while pre-copy runs (:func:`slowdown_estimate`,
+       from the workload's own rate lines);
+    2. Nelder-Mead on switchover cost, link efficiency and per-page cost over
+       the pre-copy runs (all runs if there are none), at most ``maxfev``
+       simulator evaluations (default :data:`DEFAULT_MAXFEV`);
+    3. a bounded 1-D search on ``postcopy_queue_bytes`` over the post-copy
+       and hybrid runs, with the constants of 1 and 2 fixed.
+    """
+    from scipy.optimize import minimize, minimize_scalar
+
+    maxfev = maxfev or DEFAULT_MAXFEV
+    train = [o for o in observations if o.completed]
+    if not train:
+        raise ConfigError("no completed runs to fit the host constants on")
+    direct = direct_estimates(train)
+    slow = slowdown_estimate(train)
+    if slow is not None:
+        direct["host.dirty_rate_factor"] = slow
+    start = {**start_values(train), **direct, "host.postcopy_queue_bytes": float(QUEUE_REF_BYTES)}
+    n_eval = 0
+
+    def prepared(obs: list[Observation]) -> tuple[list[Scenario], list[int]]:
+        return _unique_scenarios([Observation(o.run_id, o.group, o.scenario.replace(**_coerced(direct)), o.measured)
+                                  for o in obs])
+
+    pre = [o for o in train if o.scenario.strategy.kind == "precopy"] or train
+    scs, idx = prepared(pre)
+
+    def loss(x: np.ndarray) -> float:
+        nonlocal n_eval
+        n_eval += 1
+        value = _loss(pre, scs, idx, _params_from_x(x))
+        if on_eval is not None:
+            on_eval(n_eval, value)
+        return value
+
+    x = _x_from_params(start)
+    steps = np.array([0.03, 0.15, 2.0])
+    res = None
+    # Restarts with a fresh simplex: the loss has flat steps (whole rounds), where a simplex can collapse early.
+    for scale in (1.0, 0.3, 0.1):
+        simplex = np.vstack([x] + [x + np.eye(len(steps))[i] * steps[i] * scale for i in range(len(steps))])
+        r = minimize(loss, x, method="Nelder-Mead",
+                     options={"maxfev": maxfev // 3, "initial_simplex": simplex, "xatol": 1e-4, "fatol": 1e-6})
+        if res is None or r.fun <= res.fun:
+            res, x = r, r.x
+    assert res is not None
+    constants = {**_params_from_x(res.x), **direct}
+    total_loss = float(res.fun) * len(pre)
+    post = [o for o in train if o.scenario.strategy.kind in ("postcopy", "hybrid")]
+    if post:
+        pscs, pidx = prepared(post)
+
+        def qloss(lq: float) -> float:
+            nonlocal n_eval
+            n_eval += 1
+            return _loss(post, pscs, pidx, {**constants, "host.postcopy_queue_bytes": math.exp(lq) * QUEUE_REF_BYTES})
+
+        q = minimize_scalar(qloss, bounds=(math.log(1 / 64), math.log(256)), method="bounded",
+                            options={"xatol": 0.05, "maxiter": 30})
+        constants["host.postcopy_queue_bytes"] = float(round(math.exp(q.x) * QUEUE_REF_BYTES))
+        total_loss += float(q.fun) * len(post)
+    value = total_loss / (len(pre) + len(post)) if pre is not train else total_loss / len(train)
+    groups = tuple(sorted({o.group for o in train}))
+    log.info("host fit on %d runs: loss %.4f after %d evaluations: %s", len(train), value, n_eval, constants)
+    return HostFit(constants=constants, train_groups=groups, n_train_runs=len(train), loss=value,
+                   evaluations=n_eval, start=start)
+
+
+@dataclass(frozen=True)
+class FoldFit:
+    """One cross-validation fold: constants fit on the other folds' scenarios, judged on ``heldout_groups``."""
+
+    fold: int
+    fit: HostFit
+    heldout_groups: tuple[str, ...]
+
+
+def cross_validate(observations: Sequence[Observation], folds: int = 3, *, maxfev: int | None = None,
+                   progress: Callable[[str], None] | None = None) -> list[FoldFit]:
+    """k-fold by scenario: fold k's constants never saw fold k's scenarios."""
+    assignment = assign_folds((o.group for o in observations), folds)
+    out = []
+    for k in range(folds):
+        held = tuple(sorted(g for g, f in assignment.items() if f == k))
+        train = [o for o in observations if assignment[o.group] != k]
+        if not held or not any(o.completed for o in train):
+            continue
+        if progress is not None:
+            progress(f"fold {k + 1}/{folds}")
+        out.append(FoldFit(k, fit(train, maxfev=maxfev), held))
+    return out
+
+
+def evaluate(observations: Sequence[Observation], constants: dict[str, float]) -> dict[str, float]:
+    """Median absolute relative error per metric of ``constants`` on ``observations`` (completed runs)."""
+    errs: dict[str, list[float]] = {m: [] for m in METRICS}
+    cache: dict[str, dict[str, float]] = {}
+    for o in observations:
+        if not o.completed:
+            continue
+        key = o.scenario.to_json()
+        if key not in cache:
+            cache[key] = predict(o.scenario, constants)
+        p = cache[key]
+        for m in METRICS:
+            meas = o.measured.get(m)
+            if meas is None or not math.isfinite(meas) or not math.isfinite(p.get(m, math.nan)):
+                continue
+            if m == "dirty_sync_count":
+                errs[m].append(float(p[m] != meas))
+            elif meas > 0:
+                errs[m].append(abs(p[m] - meas) / meas)
+    return {m: float(np.median(v)) if v else math.nan for m, v in errs.items()}
