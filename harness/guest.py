@@ -56,6 +56,7 @@ The guest never exits: when a workload ends, init reports it and sleeps.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import logging
@@ -574,10 +575,23 @@ def build_guest(cache: Path | None = None, *, force: bool = False, with_redis: b
     out = root / key
     manifest_path = out / "manifest.json"
     if manifest_path.exists() and not force:
-        manifest = json.loads(manifest_path.read_text())
-        log.info("guest %s already built in %s", key, out)
-        return GuestImage(out / "vmlinux", out / "initramfs.cpio", manifest["kernel_version"], key, manifest)
+        return _cached(out, key)
+    # one builder at a time (parallel test runs, a collector and a migration starting together)
+    with open(root / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if manifest_path.exists() and not force:  # built by whoever held the lock
+            return _cached(out, key)
+        return _build(root, out, key, kpkg, versions, busybox, with_redis)
 
+
+def _cached(out: Path, key: str) -> GuestImage:
+    manifest = json.loads((out / "manifest.json").read_text())
+    log.info("guest %s already built in %s", key, out)
+    return GuestImage(out / "vmlinux", out / "initramfs.cpio", manifest["kernel_version"], key, manifest)
+
+
+def _build(root: Path, out: Path, key: str, kpkg: str, versions: dict[str, str], busybox: Path,
+           with_redis: bool) -> GuestImage:
     t0 = time.monotonic()
     debs = _download(versions, root / "debs")
     with tempfile.TemporaryDirectory(prefix="miglab-guest-", dir=root) as tmpd:
