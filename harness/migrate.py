@@ -145,6 +145,11 @@ class _Rates:
         r = [rate for host_t, _, rate in self.samples if t_from <= host_t < t_to and rate is not None]
         return float(np.mean(r)) if r else None
 
+    def interval(self) -> float:
+        """Median host time between progress lines seen before (1 s if too few)."""
+        t = [h for h, _, _ in self.samples]
+        return float(np.median(np.diff(t))) if len(t) >= 3 else 1.0
+
     def since(self, t_from: float) -> list[tuple[float, float, float | None]]:
         return [s for s in self.samples if s[0] >= t_from]
 
@@ -401,14 +406,15 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
                                    f"memory compared: {memory_check.pages_differing} pages differ"))
                     dst.qmp.cont()
                 _wait_status(dst, ("running",), DEST_START_TIMEOUT_S)
-                guest_continues = _watch(dst, dst_rates, opts.watch_after_s)
+                guest_continues = _watch(dst, dst_rates, opts.watch_after_s, src_rates.interval())
             except MiglabError as e:
                 outcome = f"failed: destination did not run on: {e}"
                 guest_continues = False
         elif src.is_running():
             guest_side = "source"
             try:
-                guest_continues = src.qmp.status() == "running" and _watch(src, src_rates, opts.watch_after_s)
+                guest_continues = src.qmp.status() == "running" and _watch(src, src_rates, opts.watch_after_s,
+                                                                              src_rates.interval())
             except MiglabError as e:
                 log.warning("source check failed: %s", e)
                 guest_continues = False
@@ -477,17 +483,25 @@ def _wait_status(vm: VM, wanted: tuple[str, ...], timeout_s: float) -> str:
         time.sleep(0.05)
 
 
-def _watch(vm: VM, rates: _Rates, seconds: float) -> bool:
-    """Watch ``vm``'s console for ``seconds``: does the workload keep printing, with guest time moving on?"""
+def _watch(vm: VM, rates: _Rates, seconds: float, line_interval_s: float = 1.0) -> bool:
+    """Does the workload on ``vm`` keep printing progress, with guest time moving on?
+
+    Watches for ``seconds``, or longer when the workload's lines come slower
+    (redis's reporter forks ``redis-cli`` and ``awk``: ~2 s a line under TCG),
+    and wants at least two new lines with increasing guest time.
+    """
     assert vm.console is not None
     t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
+    deadline = t0 + max(seconds, 3.0 * line_interval_s + 0.5)
+    while time.monotonic() < deadline:
         time.sleep(0.1)
         rates.feed(vm.console)
         vm.check_alive()
+        if len(rates.since(t0)) >= 3 and time.monotonic() - t0 >= seconds:
+            break
     fresh = rates.since(t0)
     guest_t = [g for _, g, _ in fresh]
-    return len(fresh) >= max(2, int(seconds) - 1) and all(b > a for a, b in zip(guest_t, guest_t[1:], strict=False))
+    return len(fresh) >= 2 and all(b > a for a, b in zip(guest_t, guest_t[1:], strict=False))
 
 
 # -- CLI ---------------------------------------------------------------------------
