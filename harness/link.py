@@ -40,15 +40,18 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -115,17 +118,29 @@ def delete_namespace(ns: str) -> None:
 
 
 def cleanup_stale() -> list[str]:
-    """Delete ``miglab-*-<pid>-<hex>`` namespaces whose creating process is gone; return their names.
+    """Clean up after runners that died without cleaning up (SIGKILL); return what was removed.
 
-    A runner killed with SIGKILL cannot clean up; its pid in the name lets a
-    later run recognise the leftovers without touching a live run's link.
+    Namespaces ``miglab-<role>-<pid>-<hex>`` whose creating pid is gone are
+    deleted, with the guests still running in them; then that dead runner's
+    guest RAM files ``/dev/shm/miglab-<pid>-*`` and run directories
+    ``<tmp>/miglab-<pid>-*`` (the naming of :mod:`harness.vm`) go too. The pid
+    in the names keeps a live run's link and files out of reach.
     """
-    removed = []
+    removed: list[str] = []
+    dead: set[str] = set()
     for ns in list_namespaces():
         m = re.fullmatch(r"miglab-[a-z]+-(\d+)-[0-9a-f]+", ns)
         if m and not os.path.exists(f"/proc/{m.group(1)}"):
             delete_namespace(ns)
             removed.append(ns)
+            dead.add(m.group(1))
+    for pid in sorted(dead):
+        for path in [*Path("/dev/shm").glob(f"miglab-{pid}-*"), *Path(tempfile.gettempdir()).glob(f"miglab-{pid}-*")]:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(str(path))
     return removed
 
 
@@ -556,6 +571,15 @@ def register(groups: dict[str, Any]) -> None:
     p = groups["harness"].add_parser("link", help="build a shaped link (namespaces + tbf + delay) and measure it")
     _add_measure_args(p)
     p.set_defaults(func=_measure_cmd)
+    c = groups["harness"].add_parser("cleanup", help="remove namespaces, guests and RAM files of miglab runs "
+                                     "that were killed (their pid is gone)")
+    c.set_defaults(func=_cleanup_cmd)
+
+
+def _cleanup_cmd(args: argparse.Namespace) -> int:
+    for item in cleanup_stale():
+        print(f"removed {item}")
+    return 0
 
 
 def _add_measure_args(p: argparse.ArgumentParser) -> None:

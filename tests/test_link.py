@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -85,10 +86,17 @@ def test_cleanup_stale_removes_only_dead_owners() -> None:
         dead_pid -= 1
     stale = f"miglab-src-{dead_pid}-abc123"
     subprocess.run(["ip", "netns", "add", stale], check=True)
+    ram = Path(f"/dev/shm/miglab-{dead_pid}-0badc0de")
+    ram.write_bytes(b"\0" * 4096)
+    live_ram = Path(f"/dev/shm/miglab-{os.getpid()}-keepme")
+    live_ram.write_bytes(b"\0")
     try:
         with ShapedLink(bandwidth_Bps=10e6) as link:
             removed = linkmod.cleanup_stale()
-            assert stale in removed
+            assert stale in removed and str(ram) in removed
+            assert not ram.exists() and live_ram.exists()
             assert sorted(_ours(link)) == sorted(link.namespaces)
     finally:
         subprocess.run(["ip", "netns", "del", stale], capture_output=True)
+        ram.unlink(missing_ok=True)
+        live_ram.unlink(missing_ok=True)
