@@ -55,16 +55,23 @@ def postcopy(env: simpy.Environment, m: Migration) -> Generator:
 
 
 def background_push(env: simpy.Environment, m: Migration, state: dict, done: simpy.Event) -> Generator:
-    """Stream pending pages; fault replies share the link and come first."""
+    """Stream pending pages; fault replies share the link and come first. Zero pages are elided as in pre-copy."""
+    from .engine import ZERO_PAGE_WIRE_BYTES
+
     per_page_s = m.page_wire / m.switch_rate_Bps + m.per_page_s
+    zero_page_s = (m.header + ZERO_PAGE_WIRE_BYTES) / m.switch_rate_Bps
     bubble = m.sc.strategy.bubble_pages if m.sc.strategy.prepaging == "bubbling" else 0
     push_ptr = 0
     while not done.triggered:
         dt = state["dt"]
         yield env.timeout(dt)
-        budget = max(dt / per_page_s - state["fault_pages"], 0.0)
-        state["fault_pages"] = 0.0
         pages = m.pages
+        pending = pages.count()
+        zero_share = min(1.0, m.zero_left / pending) if pending > 0 else 0.0
+        avg_page_s = (1 - zero_share) * per_page_s + zero_share * zero_page_s
+        budget = max((dt - state["fault_pages"] * per_page_s) / avg_page_s, 0.0)
+        state["fault_pages"] = 0.0
+        bubbled = 0.0
         if isinstance(pages, ExpectedPages):
             faults_by_class = state.pop("faults_by_class", None)
             if bubble and faults_by_class is not None and faults_by_class.sum() > 0:
@@ -72,8 +79,8 @@ def background_push(env: simpy.Environment, m: Migration, state: dict, done: sim
                 want = np.minimum(faults_by_class * bubble, pages.pending)
                 take = want * min(1.0, budget / want.sum()) if want.sum() > 0 else want
                 pages.pending -= take
-                budget -= take.sum()
-            pushed = pages.send(budget)
+                bubbled = float(take.sum())
+            pushed = pages.send(budget - bubbled)
         else:
             assert isinstance(pages, ExactPages)
             faults = state.pop("fault_list", np.zeros(0, np.int64))
@@ -83,11 +90,14 @@ def background_push(env: simpy.Environment, m: Migration, state: dict, done: sim
                 near = near[near < m.n_pages]
                 near = near[pages.pending[near]][: int(budget)]
                 pages.pending[near] = False
-                budget -= len(near)
+                bubbled = float(len(near))
                 pages.scan_pos = push_ptr
-            pushed = pages.send(budget)
+            pushed = pages.send(budget - bubbled)
             push_ptr = pages.scan_pos
-        m.pc_bytes += pushed * m.page_wire
+        moved = pushed + bubbled
+        zero = zero_share * moved
+        m.zero_left -= zero
+        m.pc_bytes += (moved - zero) * m.page_wire + zero * (m.header + ZERO_PAGE_WIRE_BYTES)
         m.mark()
         if m.pages.count() <= 0.5:
             m.pages.clear()

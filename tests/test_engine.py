@@ -238,7 +238,8 @@ def test_completed_migrations_send_all_nonzero_memory_and_pause_at_least_the_swi
     if not r.converged:
         return
     z = sc.workload.zero_page_fraction or 0.0
-    assert r.bytes_sent >= sc.workload.memory_bytes * (1 - z) * (1 - 1e-9)
+    # Expected-value mode moves fractional pages; the push stops with under half a page pending.
+    assert r.bytes_sent >= sc.workload.memory_bytes * (1 - z) - sc.workload.page_size_bytes / 2
     assert r.downtime_s >= sc.host.switchover_s
     assert r.total_time_s >= r.downtime_s
 
