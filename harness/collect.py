@@ -314,6 +314,12 @@ def _main_thread() -> bool:
 # ---------------------------------------------------------------------------
 
 def _cmd_collect(args: argparse.Namespace) -> int:
+    if args.hypervisor == "bhyve":
+        from harness.bhyve import collect_main
+
+        return collect_main(args)
+    if not args.workload:
+        raise ConfigError("--workload SPEC is required with --hypervisor qemu")
     try:
         memory = parse_size(args.memory)
     except ConfigError as e:
@@ -336,8 +342,11 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def register(groups: dict) -> None:
-    p = groups["trace"].add_parser("collect", help="boot a QEMU guest running a workload and record its dirty pages")
-    p.add_argument("--workload", required=True, metavar="SPEC",
+    p = groups["trace"].add_parser("collect", help="record a guest's dirty pages: boot a QEMU guest running a "
+                                   "workload, or watch a running bhyve VM (--hypervisor bhyve)")
+    p.add_argument("--hypervisor", choices=("qemu", "bhyve"), default="qemu",
+                   help="qemu: boot a guest here (default); bhyve: read /dev/vmm/NAME on this FreeBSD host")
+    p.add_argument("--workload", metavar="SPEC",
                    help="e.g. hotcold:hot=64MiB,rate=5000 | zipf:rate=5000,s=1.1 | redis:keys=100000,value=1KiB")
     p.add_argument("--memory", default="512MiB", help="guest RAM (default 512MiB)")
     p.add_argument("--interval", default="0.5s", help="diff interval (default 0.5s)")
@@ -345,4 +354,7 @@ def register(groups: dict) -> None:
     p.add_argument("--smp", type=int, default=1, help="guest vCPUs (default 1)")
     p.add_argument("-o", "--output", required=True, metavar="PATH", help="trace file to write (.npz)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    from harness.bhyve import add_collect_arguments
+
+    add_collect_arguments(p)
     p.set_defaults(func=_cmd_collect)
