@@ -72,8 +72,12 @@ def dominated_by(df: pd.DataFrame, point: pd.Series | dict[str, Any], x: str, y:
     return df[mask]
 
 
-def savefig(fig: Any, out_dir: str | os.PathLike[str] | None, name: str) -> Path | None:
-    """Write ``fig`` as ``out_dir/name.png`` atomically; return the path (None if ``out_dir`` is None)."""
+def savefig(fig: Any, out_dir: str | os.PathLike[str] | None, name: str, *, palette: bool = True) -> Path | None:
+    """Write ``fig`` as ``out_dir/name.png`` atomically; return the path (None if ``out_dir`` is None).
+
+    With ``palette`` the image is reduced to 256 colours, which makes line plots about three
+    times smaller without a visible change (the figures are committed).
+    """
     if out_dir is None:
         return None
     path = Path(out_dir) / f"{name}.png"
@@ -82,6 +86,13 @@ def savefig(fig: Any, out_dir: str | os.PathLike[str] | None, name: str) -> Path
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
+        if palette:
+            from PIL import Image
+
+            with Image.open(tmp) as im:
+                small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+            small.save(tmp, format="PNG", optimize=True)
+        os.chmod(tmp, 0o644)  # mkstemp made it private; a figure is for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -161,7 +161,7 @@ def test_beyond_14GiB(tmp_path: Path, small_trace: Path) -> None:
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 2 * 2 * 2 * 4  # laws x sizes x bandwidths x strategies
     pc = runs[runs["strategy"] == "post-copy"]
-    assert pc["converged"].all() and np.allclose(pc["transfer_x"], 1.0, rtol=1e-6)
+    assert pc["converged"].all() and (pc["transfer_x"] <= 1.0 + 1e-9).all(), "post-copy sends each page once"
     prop = pc[pc["law"] == "proportional"].sort_values("memory_gib")
     for _, g in prop.groupby("bandwidth"):
         assert np.all(np.diff(g["postcopy_stall_s"]) > 0), "a bigger, proportionally busier guest stalls more"
@@ -195,18 +195,27 @@ def test_validation_without_a_report(tmp_path: Path) -> None:
 
 
 def write_report(directory: Path) -> pd.DataFrame:
-    """A small tidy prediction/measurement table in the layout `miglab validate` writes."""
+    """A small report in the layout harness/validate.py documents (table.csv, spread.csv, report.md)."""
     rng = np.random.default_rng(7)
     rows = []
-    for scenario, strategy in [("uniform-precopy", "precopy"), ("hotcold-postcopy", "postcopy")]:
+    for scenario, kind in [("uniform__1G__precopy-300ms", "precopy"), ("hotcold__1G__postcopy", "postcopy")]:
         for rep in range(3):
-            for metric, value in [("downtime_s", 0.12), ("total_time_s", 9.0), ("bytes_sent", 6e8)]:
-                measured = value * (1 + 0.2 * rng.standard_normal())
-                rows.append({"scenario": scenario, "strategy": strategy, "repetition": rep, "metric": metric,
-                             "predicted": value, "measured": measured, "error": value - measured})
+            for metric, value in [("downtime_s", 0.12), ("total_time_s", 9.0), ("bytes_sent", 6e8), ("converged", 1)]:
+                measured = value * (1 + 0.2 * rng.standard_normal()) if metric != "converged" else 1.0
+                for model, bias in [("miglab", 1.0), ("geometric", 1.5)]:
+                    predicted = value * bias if metric != "converged" else 1.0
+                    err = predicted - measured
+                    rows.append({"scenario": scenario, "strategy": scenario.rsplit("__", 1)[1], "strategy_kind": kind,
+                                 "repetition": rep, "model": model, "metric": metric, "predicted": predicted,
+                                 "measured": measured, "error": err, "abs_error": abs(err),
+                                 "rel_error": err / measured, "abs_rel_error": abs(err / measured)})
     table = pd.DataFrame(rows)
     directory.mkdir(parents=True)
-    table.to_csv(directory / "validation.csv", index=False)
+    table.to_csv(directory / "table.csv", index=False)
+    spread = (table[table["model"] == "miglab"].groupby(["scenario", "metric"])["measured"]
+              .agg(median="median", min="min", max="max").reset_index())
+    spread["spread_rel"] = (spread["max"] - spread["min"]) / spread["median"]
+    spread.to_csv(directory / "spread.csv", index=False)
     (directory / "report.md").write_text("# Validation report\n\nsynthetic test data\n")
     return table
 
@@ -224,10 +233,14 @@ def test_validation_reads_the_latest_report(tmp_path: Path) -> None:
     nb = run_notebook("validation", tmp_path, validation_root=str(root), out_dir=str(out))
     text = outputs_text(nb)
     assert str(root / "new") in text and "synthetic test data" in text
-    assert_png(out / "predicted-vs-measured.png")
-    assert_png(out / "error-distribution.png")
+    for fig in ("predicted-vs-measured", "predicted-vs-measured-models", "error-distribution"):
+        assert_png(out / f"{fig}.png")
     summary = pd.read_csv(out / "error-summary.csv")
-    d = table[(table["metric"] == "downtime_s") & (table["strategy"] == "precopy")]
+    assert "converged" not in set(summary["metric"])
+    d = table[(table["metric"] == "downtime_s") & (table["strategy_kind"] == "precopy") & (table["model"] == "miglab")]
     expected = ((d["predicted"] - d["measured"]).abs() / d["measured"].abs()).median()
-    got = summary[(summary["metric"] == "downtime_s") & (summary["strategy"] == "precopy")]["median_abs_rel_error"]
+    got = summary[(summary["metric"] == "downtime_s") & (summary["strategy"] == "precopy")
+                  & (summary["model"] == "miglab")]["median_abs_rel_error"]
     assert got.iloc[0] == pytest.approx(expected, rel=1e-5)
+    by_model = pd.read_csv(out / "error-by-model.csv").set_index("metric")
+    assert (by_model["geometric"] > by_model["miglab"]).all(), "the biased baseline must show a larger error"
