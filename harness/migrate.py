@@ -590,9 +590,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 def register(groups: dict[str, Any]) -> None:
     """``miglab migrate``: one real QEMU migration over a shaped link, recorded as JSON."""
-    # conflict_handler="resolve": the bhyve backend's own tests add its flags to this parser a second time.
     p = groups[""].add_parser("migrate", help="run a real migration over a shaped link (QEMU) or between "
-                              "two FreeBSD hosts (bhyve) and record it", conflict_handler="resolve")
+                              "two FreeBSD hosts (bhyve) and record it")
     p.add_argument("--hypervisor", choices=("qemu", "bhyve"), default="qemu",
                    help="qemu: two local TCG guests in namespaces (default); bhyve: see the bhyve flags below")
     p.add_argument("--scenario", help="scenario TOML to start from (flags override its fields)")

@@ -51,6 +51,12 @@ class Workload:
     to touch ``1 + read_write_ratio`` times as many distinct pages as it
     writes, the extra reads drawn from the same page distribution. This is a
     documented modelling assumption, not a measurement.
+
+    ``cpu_utilization`` is the share of its vCPU time the workload needs to
+    hold its dirty rate. Throttling (auto-converge) only slows dirtying once
+    it takes away more than the spare time: a paced workload using 20 % of a
+    vCPU is untouched by a 30 % throttle (measured under TCG here), a
+    CPU-bound one (1.0) slows in proportion.
     """
 
     kind: WorkloadKind = "synthetic"
@@ -65,6 +71,7 @@ class Workload:
     xbzrle_delta_fraction: float = 0.1
     trace_seconds: float = 60.0
     interval_s: float = 0.5
+    cpu_utilization: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -344,6 +351,8 @@ def validate(obj: Any, where: str = "scenario") -> None:
             raise ConfigError(f"{where}: zero_page_fraction must lie in [0, 1]")
         if obj.read_write_ratio < 0:
             raise ConfigError(f"{where}: read_write_ratio must not be negative")
+        if not 0 < obj.cpu_utilization <= 1:
+            raise ConfigError(f"{where}: cpu_utilization must lie in (0, 1]")
         if obj.kind in ("trace", "model") and not obj.path:
             raise ConfigError(f"{where}: a {obj.kind} workload needs a path")
     elif isinstance(obj, Host):

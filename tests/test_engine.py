@@ -270,3 +270,17 @@ def test_bhyve_what_if_presets():
     # bhyve sends each pass's page list and every zero page; QEMU elides zero pages.
     z = base.replace(**{"workload.zero_page_fraction": 0.5})
     assert simulate(z.replace(**preset("bhyve-upb"))).bytes_sent > simulate(z.replace(**preset("qemu"))).bytes_sent
+
+
+def test_throttle_only_bites_once_it_exceeds_the_workloads_spare_cpu():
+    sc = Scenario(workload=Workload(spec="random:rate=40MiB/s,span=1GiB", memory_bytes=2 * 2**30),
+                  link=Link(bandwidth_Bps=50 * MiB),
+                  strategy=Strategy(timeout_s=300, downtime_limit_s=0.05, auto_converge=True))
+    cpu_bound = simulate(sc)
+    light = simulate(sc.replace(**{"workload.cpu_utilization": 0.2}))
+    assert cpu_bound.converged and cpu_bound.throttle_pct_max >= 20
+    assert light.total_time_s > cpu_bound.total_time_s
+    # Until the throttle passes 80 % the light workload keeps its pace: the migration is the unthrottled one.
+    plain = simulate(sc.replace(**{"strategy.auto_converge": False, "workload.cpu_utilization": 0.2}))
+    assert light.throttle_pct_max <= 80
+    assert light.bytes_sent == plain.bytes_sent and light.total_time_s == plain.total_time_s
