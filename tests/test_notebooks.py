@@ -176,7 +176,8 @@ def test_beyond_14GiB(tmp_path: Path, small_trace: Path) -> None:
     assert row["fails_from_gib"] / row["converges_up_to_gib"] < 64 / 4 / 2, "the bisection narrows the bracket"
 
     def converged(gib: float) -> bool:
-        memory, bandwidth = int(round(gib * 2**30)), parse_bandwidth("10Gbit/s")
+        # sizes are whole MiB (grid and bisection), and 6 significant digits of GiB below 100 GiB pin the MiB
+        memory, bandwidth = int(round(gib * 1024)) * 2**20, parse_bandwidth("10Gbit/s")
         sc = Scenario().replace(**{
             "workload.kind": "model", "workload.path": str(models / "hotcold-128M.json"),
             "workload.memory_bytes": memory, "workload.scaling": "proportional", "link.bandwidth_Bps": bandwidth,
