@@ -34,29 +34,30 @@ VERB_MODULES: tuple[str, ...] = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage dump)."""
+
     def error(self, message: str) -> None:  # argparse's usage dump is noise for a one-line error
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="miglab", description="Simulate and measure live migration of virtual machines.")
+    parser = Parser(prog="miglab", description="Simulate and measure live migration of virtual machines.")
     parser.add_argument("--version", action="version", version=f"miglab {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (repeat for debug)")
-    top = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
+    top = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=Parser)
     trace = top.add_parser("trace", help="collect, synthesise, inspect and plot dirty-page traces")
-    trace_sub = trace.add_subparsers(dest="trace_verb", required=True, metavar="ACTION", parser_class=_Parser)
+    trace_sub = trace.add_subparsers(dest="trace_verb", required=True, metavar="ACTION", parser_class=Parser)
     harness = top.add_parser("harness", help="build the guest and manage the harness")
-    harness_sub = harness.add_subparsers(dest="harness_verb", required=True, metavar="ACTION", parser_class=_Parser)
+    harness_sub = harness.add_subparsers(dest="harness_verb", required=True, metavar="ACTION", parser_class=Parser)
     groups = {"": top, "trace": trace_sub, "harness": harness_sub}
     for name in VERB_MODULES:
         importlib.import_module(name).register(groups)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``miglab``; return the exit code (0 ok, 1 the run's outcome was bad, 2 user error)."""
-    parser = build_parser()
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse, set up logging and dispatch to ``args.func``, turning user errors into one line and exit 2."""
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed its one line (or --help / --version)
@@ -73,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``miglab``; return the exit code (0 ok, 1 the run's outcome was bad, 2 user error)."""
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":
