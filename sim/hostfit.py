@@ -21,11 +21,11 @@ How:
   measured. Medians over the training runs.
 * ``host.dirty_rate_factor`` is the workload's own rate while pre-copy ran
   over its rate before (median; the guest prints its rate every second).
-* ``host.switchover_s``, ``host.throughput_efficiency`` and
-  ``host.page_send_cost_s`` are fit with Nelder-Mead
-  (:func:`scipy.optimize.minimize`) on the pre-copy runs, minimising a robust
-  (soft-L1) loss of log-ratio errors of total time and bytes and the
-  downtime error relative to max(measured, 20 ms);
+* ``host.throughput_efficiency`` and ``host.page_send_cost_s`` are fit with
+  Nelder-Mead (:func:`scipy.optimize.minimize`) on the pre-copy runs,
+  minimising a robust (soft-L1) loss of the log-ratio errors of total time
+  and bytes; then ``host.switchover_s`` alone on their downtime error
+  relative to max(measured, 20 ms);
   ``host.postcopy_queue_bytes`` -- how much push data a page request waits
   behind in socket and link buffers, which sets the fault stall -- is then
   fit alone on the post-copy and hybrid runs (post-copy requests at half
@@ -214,14 +214,12 @@ def _unique_scenarios(obs: Sequence[Observation]) -> tuple[list[Scenario], list[
 
 
 def _params_from_x(x: np.ndarray) -> dict[str, float]:
-    return {"host.switchover_s": float(min(max(x[0], 0.0), 2.0)),
-            "host.throughput_efficiency": float(min(max(math.exp(x[1]), 0.05), 1.5)),
-            "host.page_send_cost_s": float(min(max(x[2], 0.0), 1000.0) * 1e-6)}
+    return {"host.throughput_efficiency": float(min(max(math.exp(x[0]), 0.05), 1.5)),
+            "host.page_send_cost_s": float(min(max(x[1], 0.0), 1000.0) * 1e-6)}
 
 
 def _x_from_params(p: dict[str, float]) -> np.ndarray:
-    return np.array([p["host.switchover_s"], math.log(p["host.throughput_efficiency"]),
-                     p["host.page_send_cost_s"] * 1e6])
+    return np.array([math.log(p["host.throughput_efficiency"]), p["host.page_send_cost_s"] * 1e6])
 
 
 def start_values(observations: Sequence[Observation]) -> dict[str, float]:
@@ -244,11 +242,13 @@ def slowdown_estimate(observations: Sequence[Observation]) -> float | None:
     return float(min(max(np.median(r), 0.05), 2.0)) if r else None
 
 
-def _loss(obs: Sequence[Observation], scs: list[Scenario], idx: list[int], params: dict[str, float]) -> float:
+def _loss(obs: Sequence[Observation], scs: list[Scenario], idx: list[int], params: dict[str, float],
+          metrics: Sequence[str] | None = None) -> float:
     preds = [predict(s, params) for s in scs]
     total = 0.0
     for o, i in zip(obs, idx, strict=True):
-        total += sum(_soft_l1(e) for e in run_errors(preds[i], o.measured).values())
+        total += sum(_soft_l1(e) for k, e in run_errors(preds[i], o.measured).items()
+                     if metrics is None or k in metrics)
     return total / max(len(obs), 1)
 
 
@@ -263,11 +263,13 @@ def fit(observations: Sequence[Observation], *, maxfev: int | None = None,
     1. direct: header bytes per page and setup time (:func:`direct_estimates`),
        and the guest's slow-down while pre-copy runs (:func:`slowdown_estimate`,
        from the workload's own rate lines);
-    2. Nelder-Mead on switchover cost, link efficiency and per-page cost over
-       the pre-copy runs (all runs if there are none), at most ``maxfev``
-       simulator evaluations (default :data:`DEFAULT_MAXFEV`);
-    3. a bounded 1-D search on ``postcopy_queue_bytes`` over the post-copy
-       and hybrid runs, with the constants of 1 and 2 fixed.
+    2. Nelder-Mead on link efficiency and per-page cost over the pre-copy
+       runs (all runs if there are none), on total time and bytes only, at
+       most ``maxfev`` simulator evaluations (default :data:`DEFAULT_MAXFEV`);
+    3. a bounded 1-D search on ``switchover_s`` over the same runs, on
+       downtime only (the fixed cost is what downtime adds to the final copy);
+    4. a bounded 1-D search on ``postcopy_queue_bytes`` over the post-copy
+       and hybrid runs, with the constants of 1-3 fixed.
     """
     from scipy.optimize import minimize, minimize_scalar
 
@@ -288,17 +290,19 @@ def fit(observations: Sequence[Observation], *, maxfev: int | None = None,
 
     pre = [o for o in train if o.scenario.strategy.kind == "precopy"] or train
     scs, idx = prepared(pre)
+    rate_metrics = ("total_time_s", "bytes_sent")
 
     def loss(x: np.ndarray) -> float:
         nonlocal n_eval
         n_eval += 1
-        value = _loss(pre, scs, idx, _params_from_x(x))
+        value = _loss(pre, scs, idx, {**_params_from_x(x), "host.switchover_s": start["host.switchover_s"]},
+                      rate_metrics)
         if on_eval is not None:
             on_eval(n_eval, value)
         return value
 
     x = _x_from_params(start)
-    steps = np.array([0.03, 0.15, 2.0])
+    steps = np.array([0.15, 2.0])
     res = None
     # Restarts with a fresh simplex: the loss has flat steps (whole rounds), where a simplex can collapse early.
     for scale in (1.0, 0.3, 0.1):
@@ -309,7 +313,15 @@ def fit(observations: Sequence[Observation], *, maxfev: int | None = None,
             res, x = r, r.x
     assert res is not None
     constants = {**_params_from_x(res.x), **direct}
-    total_loss = float(res.fun) * len(pre)
+
+    def sloss(sw: float) -> float:
+        nonlocal n_eval
+        n_eval += 1
+        return _loss(pre, scs, idx, {**constants, "host.switchover_s": sw}, ("downtime_s",))
+
+    sw = minimize_scalar(sloss, bounds=(0.0, 0.5), method="bounded", options={"xatol": 5e-4, "maxiter": 40})
+    constants["host.switchover_s"] = float(sw.x) if sw.fun <= sloss(0.0) else 0.0
+    total_loss = _loss(pre, scs, idx, constants) * len(pre)
     post = [o for o in train if o.scenario.strategy.kind in ("postcopy", "hybrid")]
     if post:
         pscs, pidx = prepared(post)
