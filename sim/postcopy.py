@@ -2,9 +2,11 @@
 
 Two cooperating SimPy processes share the pending set:
 
-* ``background_push`` streams pending pages at the link rate, in address order
-  (``linear``) or, with ``bubbling`` (Hines & Gopalan, VEE 2009), pushing the
-  ``bubble_pages`` pages after each faulting page first;
+* ``background_push`` streams pending pages at the link rate: in address order
+  (``linear``); carrying on from the page last requested by a fault
+  (``follow``, what QEMU does without postcopy-preempt); or, with
+  ``bubbling`` (Hines & Gopalan, VEE 2009), pushing the ``bubble_pages`` pages
+  after each faulting page first;
 * ``run_guest`` advances the destination guest. When it touches a page still
   pending, ``serve_fault`` stalls its vCPU for one round trip plus the page's
   transfer time, queued behind ``postcopy_queue_bytes`` of push data already in
@@ -60,7 +62,8 @@ def background_push(env: simpy.Environment, m: Migration, state: dict, done: sim
 
     per_page_s = m.page_wire / m.switch_rate_Bps + m.per_page_s
     zero_page_s = (m.header + ZERO_PAGE_WIRE_BYTES) / m.switch_rate_Bps
-    bubble = m.sc.strategy.bubble_pages if m.sc.strategy.prepaging == "bubbling" else 0
+    prepaging = m.sc.strategy.prepaging
+    bubble = m.sc.strategy.bubble_pages if prepaging == "bubbling" else 0
     push_ptr = 0
     while not done.triggered:
         dt = state["dt"]
@@ -74,7 +77,13 @@ def background_push(env: simpy.Environment, m: Migration, state: dict, done: sim
         bubbled = 0.0
         if isinstance(pages, ExpectedPages):
             faults_by_class = state.pop("faults_by_class", None)
-            if bubble and faults_by_class is not None and faults_by_class.sum() > 0:
+            if prepaging == "follow" and faults_by_class is not None and faults_by_class.sum() > 0:
+                # The scan continues where the guest faults: the step's push goes to the faulting classes.
+                want = pages.pending * (faults_by_class > 0)
+                take = want * min(1.0, budget / want.sum()) if want.sum() > 0 else want
+                pages.pending -= take
+                bubbled = float(take.sum())
+            elif bubble and faults_by_class is not None and faults_by_class.sum() > 0:
                 # Pre-page around faults: part of the budget goes to the classes that fault.
                 want = np.minimum(faults_by_class * bubble, pages.pending)
                 take = want * min(1.0, budget / want.sum()) if want.sum() > 0 else want
@@ -92,6 +101,8 @@ def background_push(env: simpy.Environment, m: Migration, state: dict, done: sim
                 pages.pending[near] = False
                 bubbled = float(len(near))
                 pages.scan_pos = push_ptr
+            elif prepaging == "follow" and len(faults):
+                pages.scan_pos = int(faults[-1] + 1) % m.n_pages
             pushed = pages.send(budget - bubbled)
             push_ptr = pages.scan_pos
         moved = pushed + bubbled
@@ -109,6 +120,7 @@ def run_guest(env: simpy.Environment, m: Migration, state: dict, done: simpy.Eve
     """Advance the destination guest; every touch of a missing page goes through serve_fault."""
     stall = fault_stall_s(m)
     factor = m.sc.host.dirty_rate_factor
+    state["stalled_until"] = env.now
     while not done.triggered:
         dt = state["dt"]
         pages = m.pages
@@ -116,57 +128,68 @@ def run_guest(env: simpy.Environment, m: Migration, state: dict, done: simpy.Eve
             touch = m.touch_source
             assert isinstance(touch, ExpectedPages)
             mu = touch.lam * factor
-            # Per guest-second, pending pages of class k are first-touched at rate mu_k * P_k.
+            # Per guest-second, pending pages of class k are first-touched at rate mu_k * P_k; each stalls
+            # the vCPU, so of dt seconds the guest runs dt / (1 + stall * rate).
             fault_rate = float((mu * pages.pending).sum())
-            dg = dt / (1.0 + stall * fault_rate)
-            by_class = np.minimum(pages.pending, pages.pending * -np.expm1(-mu * dg))
+            run_s = dt / (1.0 + stall * fault_rate)
+            by_class = np.minimum(pages.pending, pages.pending * -np.expm1(-mu * run_s))
             pages.pending -= by_class
             faults = float(by_class.sum())
             state["faults_by_class"] = by_class
+            m.g += run_s * factor
         else:
-            faults, dg = serve_fault_batch(m, state, dt, stall, factor)
-        m.g += dg
+            faults, run_s = serve_fault(env, m, state, dt, stall, factor)
         m.pc_faults += faults
-        m.pc_stall_s += dt - dg
+        m.pc_stall_s += dt - run_s
         m.pc_bytes += faults * m.page_wire
         state["fault_pages"] += faults
         yield env.timeout(dt)
 
 
-def serve_fault_batch(m: Migration, state: dict, dt: float, stall: float, factor: float) -> tuple[float, float]:
-    """Page-exact: the touches of one step, in time order; each missing page stalls the vCPU.
+def serve_fault(env: simpy.Environment, m: Migration, state: dict, dt: float, stall: float,
+                factor: float) -> tuple[float, float]:
+    """Page-exact: serve the faults of one step's touches, in time order.
 
-    Returns (faults, guest seconds run). The guest gets through its touches
-    until the step's wall time is used up by running plus stalls.
+    Each touch of a missing page stalls the single vCPU for ``stall`` seconds;
+    a stall that outlasts the step carries into the next ones. Returns
+    (faults, seconds the guest ran) and advances the guest clock.
     """
     pages = m.pages
     assert isinstance(pages, ExactPages)
+    busy = max(state["stalled_until"] - env.now, 0.0)
+    if busy >= dt or factor <= 0:
+        return 0.0, 0.0
     g0 = m.g
-    touched, times = m.touch_source.window(g0, g0 + dt * factor)
-    if len(touched) == 0:
-        return 0.0, dt * factor
+    g_max = g0 + (dt - busy) * factor
+    touched, times = m.touch_source.window(g0, g_max)
     order = np.argsort(times, kind="stable")
     touched, times = touched[order], times[order]
-    missing = pages.pending[touched]
     # First touch only: a page faulted earlier in this batch has arrived.
     _, first = np.unique(touched, return_index=True)
     is_first = np.zeros(len(touched), dtype=bool)
     is_first[first] = True
-    fault = missing & is_first
+    fault = pages.pending[touched] & is_first
     fault_times = times[fault]
-    n_before = np.arange(len(fault_times))
-    wall_at = (fault_times - g0) / max(factor, 1e-12) + n_before * stall
-    fits = wall_at < dt
-    k = int(fits.sum())
-    if k < len(fault_times):
-        g_end = float(fault_times[k]) if k < len(fault_times) else g0 + dt * factor
-        g_end = max(g0, min(g_end, g0 + dt * factor))
+    # Wall offset (within the step) at which fault j is taken: running time plus the stalls before it.
+    starts = busy + (fault_times - g0) / factor + np.arange(len(fault_times)) * stall
+    k = int(np.count_nonzero(starts < dt))
+    if k:
+        last_end = float(starts[k - 1]) + stall
+        g_last = float(fault_times[k - 1])
     else:
-        g_end = g0 + max(dt - k * stall, 0.0) * factor
+        last_end, g_last = busy, g0
+    if last_end >= dt:
+        g_end = g_last  # blocked in the k-th fault's stall when the step ends
+        state["stalled_until"] = env.now + last_end
+    else:
+        g_end = g_last + (dt - last_end) * factor
+        if k < len(fault_times):
+            g_end = min(g_end, float(fault_times[k]))
     faulted = touched[fault][:k]
     pages.pending[faulted] = False
     state["fault_list"] = np.concatenate([state.get("fault_list", np.zeros(0, np.int64)), faulted])
-    return float(k), max(g_end - g0, 0.0) / max(factor, 1e-12) if factor > 0 else 0.0
+    m.g = g_end
+    return float(k), (g_end - g0) / factor
 
 
-__all__ = ["postcopy", "fault_stall_s", "math"]
+__all__ = ["postcopy", "fault_stall_s", "serve_fault", "math"]

@@ -33,7 +33,7 @@ StopRule = Literal["qemu", "bhyve", "xen", "simgrid"]
 WorkloadKind = Literal["trace", "model", "synthetic"]
 ScalingLaw = Literal["absolute", "proportional"]
 ModelMode = Literal["expected", "sampled"]
-Prepaging = Literal["linear", "bubbling"]
+Prepaging = Literal["follow", "linear", "bubbling"]
 
 STRATEGIES: tuple[str, ...] = typing.get_args(StrategyKind)
 STOP_RULES: tuple[str, ...] = typing.get_args(StopRule)
@@ -145,7 +145,15 @@ class Strategy:
     checks pending bytes and syncs as soon as they fall below the threshold, so
     a round leaves up to a threshold's worth unsent); ``pass`` is the textbook
     model (send the whole dirty set, then sync), which the geometric closed
-    form assumes. ``max_rounds`` is a guard: ``on_round_limit`` says whether
+    form assumes.
+
+    ``prepaging`` is the post-copy background push order: ``follow`` is QEMU's
+    (without postcopy-preempt the requested page is sent from the same scan
+    state, so the linear scan carries on from the page the guest just asked
+    for, and a hot region arrives right after its first fault); ``linear``
+    pushes in address order regardless of faults; ``bubbling`` pushes the
+    ``bubble_pages`` pages after each fault first (Hines & Gopalan).
+    ``max_rounds`` is a guard: ``on_round_limit`` says whether
     hitting it cancels the migration (QEMU has no forced switchover) or
     switches over anyway (Xen-style).
     """
@@ -163,7 +171,7 @@ class Strategy:
     postcopy_after_rounds: int = 1
     stall_detector: bool = False
     stall_ratio: float = 0.95
-    prepaging: Prepaging = "linear"
+    prepaging: Prepaging = "follow"
     bubble_pages: int = 64
     auto_converge: bool = False
     ac_initial_pct: float = 20.0
