@@ -140,7 +140,7 @@ def run_guest(env: simpy.Environment, m: Migration, state: dict, done: simpy.Eve
         else:
             faults, run_s = serve_fault(env, m, state, dt, stall, factor)
         m.pc_faults += faults
-        m.pc_stall_s += dt - run_s
+        m.pc_stall_s += max(dt - run_s, 0.0)  # float noise must not make a stall negative
         m.pc_bytes += faults * m.page_wire
         state["fault_pages"] += faults
         yield env.timeout(dt)
