@@ -842,7 +842,10 @@ def write_plots(table: Any, out: Path) -> list[Path]:
         for ax, metric in zip(axes[0], metrics, strict=True):
             dm = d[d["metric"] == metric]
             models = [m for m in MODELS if m in set(dm["model"])]
-            data = [np.clip(dm[dm["model"] == m]["rel_error"].to_numpy(dtype=float), -2, 2) for m in models]
+            data = []
+            for m in models:
+                v = dm[dm["model"] == m]["rel_error"].to_numpy(dtype=float)
+                data.append(np.clip(v[np.isfinite(v)], -2, 2))  # measured 0 (e.g. no requests) has no ratio
             ax.boxplot(data, showfliers=True)
             ax.set_xticks(range(1, len(models) + 1), models, rotation=60, fontsize=7)
             ax.axhline(0, color="k", lw=0.6)

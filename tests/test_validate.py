@@ -370,10 +370,11 @@ def test_report_only_cli(filled, capsys, tmp_path):
 @pytest.mark.vm
 @pytest.mark.timeout(600)
 def test_smoke_campaign(tmp_path, guest_image):
-    """Four real migrations (precopy x 2, post-copy, hybrid), judged by the full campaign's host constants.
+    """Four real migrations (pre-copy x 2, post-copy, hybrid), judged by the full campaign's host constants.
 
-    Bounds are the issue's targets plus the noise measured on this machine
-    (``campaigns/smoke.toml`` header): see ``results/validation/full/report.md``.
+    The constants in ``results/validation/full/host.json`` were fit on other workloads, so every
+    prediction here is held-out. Bounds are the issue's targets plus ``SMOKE_MARGIN`` for the noise
+    of a shared 2-core machine (measured below).
     """
     host = REPO / "results" / "validation" / "full" / "host.json"
     out = tmp_path / "smoke"
@@ -384,18 +385,29 @@ def test_smoke_campaign(tmp_path, guest_image):
     table = pd.read_csv(out / "table.csv")
     held = table[(table["model"] == "miglab") & np.isfinite(table["predicted"])]
 
-    def med(metric):
-        return float(held[held["metric"] == metric]["abs_rel_error"].median())
+    def med(frame, metric, column="abs_rel_error"):
+        return float(frame[frame["metric"] == metric][column].median())
 
-    assert med("bytes_sent") <= 0.05 + SMOKE_MARGIN["bytes_sent"]
-    assert med("total_time_s") <= 0.10 + SMOKE_MARGIN["total_time_s"]
-    down = held[held["metric"] == "downtime_s"]
-    assert float(down["abs_error"].median()) <= 0.020 + SMOKE_MARGIN["downtime_s"] or \
-        float(down["abs_rel_error"].median()) <= 0.25 + SMOKE_MARGIN["downtime_s"]
-    syncs = held[(held["metric"] == "dirty_sync_count") & (held["strategy_kind"] == "precopy")]
-    assert float(syncs["abs_error"].max()) <= 1  # off by at most one sync
+    assert med(held, "bytes_sent") <= 0.05 + SMOKE_MARGIN["bytes_sent"]
+    assert med(held, "total_time_s") <= 0.10 + SMOKE_MARGIN["total_time_s"]
+    assert (med(held, "downtime_s", "abs_error") <= 0.020 + SMOKE_MARGIN["downtime_abs_s"]
+            or med(held, "downtime_s") <= 0.25 + SMOKE_MARGIN["downtime_rel"])
+    syncs = held[held["metric"] == "dirty_sync_count"]
+    assert float(syncs["abs_error"].max()) <= SMOKE_MARGIN["dirty_sync_count"]
     assert (held[held["metric"] == "converged"]["error"] == 0).all()
+    # below the baselines on the pre-copy runs they answer
+    pre = held[held["strategy_kind"] == "precopy"]
+    for baseline in ("geometric", "simgrid"):
+        b = table[(table["model"] == baseline) & np.isfinite(table["predicted"])]
+        for metric in ("bytes_sent", "total_time_s"):
+            assert med(pre, metric) < med(b, metric), (baseline, metric)
 
 
-#: Allowance on top of each target for the noise of a shared 2-core machine (measured: see the smoke campaign).
-SMOKE_MARGIN = {"bytes_sent": 0.03, "total_time_s": 0.10, "downtime_s": 0.25}
+#: Allowance on top of each target for the noise of a shared 2-core machine. Measured by running
+#: the smoke campaign with 3 repetitions per scenario (12 migrations) on this host: spread
+#: (max - min) / median of total time 1.7-3.1 %, bytes 0.2 %, downtime 18-50 % (+-10 ms; QEMU
+#: reports whole ms), dirty-sync-count 0, post-copy requests 15-19 %; held-out errors were total
+#: time 0.8 %, bytes 0.2 %, downtime 2.3 ms, syncs exact in 6/6 pre-copy runs. In the full
+#: campaign, on a busier host, the repetition spread of total time reached 5.8 % (75th percentile).
+SMOKE_MARGIN = {"bytes_sent": 0.02, "total_time_s": 0.05, "downtime_abs_s": 0.020, "downtime_rel": 0.25,
+                "dirty_sync_count": 1}
