@@ -467,9 +467,18 @@ def sim_scenario(run: ValidatedRun) -> Scenario:
     from sim.trace import load
 
     t = load(run.trace)
-    return run.record.scenario.replace(**{
+    changes: dict[str, Any] = {
         "workload.kind": "trace", "workload.path": str(run.trace), "workload.spec": "",
-        "workload.memory_bytes": t.memory_bytes, "workload.page_size_bytes": t.page_size})
+        "workload.memory_bytes": t.memory_bytes, "workload.page_size_bytes": t.page_size,
+        # QEMU has no prepaging knob: a requested page moves its background scan (see sim/postcopy.py).
+        "strategy.prepaging": "follow"}
+    # A CPU-bound workload (redis) runs at whatever CPU share its guest gets, so its speed when traced and
+    # when migrated differ. The rate it achieved in the warm-up before migrating is known before the
+    # migration starts; replay the trace at that speed.
+    before, traced = run.record.workload_rate.before, t.meta.get("workload_achieved_rate")
+    if before and traced and run.record.workload_rate.unit == t.meta.get("workload_achieved_rate_unit"):
+        changes["workload.intensity"] = float(before) / float(traced)
+    return run.record.scenario.replace(**changes)
 
 
 def observation(run: ValidatedRun) -> Any:

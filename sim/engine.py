@@ -142,7 +142,7 @@ class Migration:
     def advance_guest(self, dt: float, paused_fraction: float = 0.0) -> None:
         # A throttled vCPU keeps (1 - p) of its time; the workload needs cpu_utilization of it to keep pace.
         throttle = min(1.0, (1.0 - self.throttle_pct / 100.0) / self.sc.workload.cpu_utilization)
-        factor = self.sc.host.dirty_rate_factor * throttle * (1.0 - paused_fraction)
+        factor = self.sc.host.dirty_rate_factor * self.sc.workload.intensity * throttle * (1.0 - paused_fraction)
         self.g += dt * max(factor, 0.0)
 
     # -- rates --------------------------------------------------------------

@@ -119,7 +119,7 @@ def background_push(env: simpy.Environment, m: Migration, state: dict, done: sim
 def run_guest(env: simpy.Environment, m: Migration, state: dict, done: simpy.Event) -> Generator:
     """Advance the destination guest; every touch of a missing page goes through serve_fault."""
     stall = fault_stall_s(m)
-    factor = m.sc.host.dirty_rate_factor
+    factor = m.sc.host.dirty_rate_factor * m.sc.workload.intensity
     state["stalled_until"] = env.now
     while not done.triggered:
         dt = state["dt"]

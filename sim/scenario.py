@@ -52,6 +52,10 @@ class Workload:
     writes, the extra reads drawn from the same page distribution. This is a
     documented modelling assumption, not a measurement.
 
+    ``intensity`` replays the trace or model that much faster: the workload
+    runs at a different speed than when it was recorded (e.g. a CPU-bound
+    program traced on a busier host), as measured before migrating.
+
     ``cpu_utilization`` is the share of its vCPU time the workload needs to
     hold its dirty rate. Throttling (auto-converge) only slows dirtying once
     it takes away more than the spare time: a paced workload using 20 % of a
@@ -72,6 +76,7 @@ class Workload:
     trace_seconds: float = 60.0
     interval_s: float = 0.5
     cpu_utilization: float = 1.0
+    intensity: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -359,6 +364,8 @@ def validate(obj: Any, where: str = "scenario") -> None:
             raise ConfigError(f"{where}: zero_page_fraction must lie in [0, 1]")
         if obj.read_write_ratio < 0:
             raise ConfigError(f"{where}: read_write_ratio must not be negative")
+        if obj.intensity < 0:
+            raise ConfigError(f"{where}: intensity must not be negative")
         if not 0 < obj.cpu_utilization <= 1:
             raise ConfigError(f"{where}: cpu_utilization must lie in (0, 1]")
         if obj.kind in ("trace", "model") and not obj.path:
