@@ -469,9 +469,7 @@ def sim_scenario(run: ValidatedRun) -> Scenario:
     t = load(run.trace)
     changes: dict[str, Any] = {
         "workload.kind": "trace", "workload.path": str(run.trace), "workload.spec": "",
-        "workload.memory_bytes": t.memory_bytes, "workload.page_size_bytes": t.page_size,
-        # QEMU has no prepaging knob: a requested page moves its background scan (see sim/postcopy.py).
-        "strategy.prepaging": "follow"}
+        "workload.memory_bytes": t.memory_bytes, "workload.page_size_bytes": t.page_size}
     # A CPU-bound workload (redis) runs at whatever CPU share its guest gets, so its speed when traced and
     # when migrated differ. The rate it achieved in the warm-up before migrating is known before the
     # migration starts; replay the trace at that speed.

@@ -3,8 +3,8 @@
 Two cooperating SimPy processes share the pending set:
 
 * ``background_push`` streams pending pages at the link rate: in address order
-  (``linear``); carrying on from the page last requested by a fault
-  (``follow``, what QEMU does without postcopy-preempt); or, with
+  (``linear``, the default: it matched real QEMU runs best); carrying on from
+  the page last requested by a fault (``follow``); or, with
   ``bubbling`` (Hines & Gopalan, VEE 2009), pushing the ``bubble_pages`` pages
   after each faulting page first;
 * ``run_guest`` advances the destination guest. When it touches a page still

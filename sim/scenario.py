@@ -33,7 +33,7 @@ StopRule = Literal["qemu", "bhyve", "xen", "simgrid"]
 WorkloadKind = Literal["trace", "model", "synthetic"]
 ScalingLaw = Literal["absolute", "proportional"]
 ModelMode = Literal["expected", "sampled"]
-Prepaging = Literal["follow", "linear", "bubbling"]
+Prepaging = Literal["linear", "follow", "bubbling"]
 
 STRATEGIES: tuple[str, ...] = typing.get_args(StrategyKind)
 STOP_RULES: tuple[str, ...] = typing.get_args(StopRule)
@@ -152,12 +152,13 @@ class Strategy:
     model (send the whole dirty set, then sync), which the geometric closed
     form assumes.
 
-    ``prepaging`` is the post-copy background push order: ``follow`` is QEMU's
-    (without postcopy-preempt the requested page is sent from the same scan
-    state, so the linear scan carries on from the page the guest just asked
-    for, and a hot region arrives right after its first fault); ``linear``
-    pushes in address order regardless of faults; ``bubbling`` pushes the
-    ``bubble_pages`` pages after each fault first (Hines & Gopalan).
+    ``prepaging`` is the post-copy background push order: ``linear`` pushes
+    in address order regardless of faults; ``follow`` carries the scan on from
+    the page the guest last requested (one reading of QEMU without
+    postcopy-preempt); ``bubbling`` pushes the ``bubble_pages`` pages after
+    each fault first (Hines & Gopalan). Against 54 real QEMU post-copy and
+    hybrid runs, ``linear`` predicted the page requests better (held-out
+    median error 20 % against 31 % for ``follow``), so it is the default.
     ``max_rounds`` is a guard: ``on_round_limit`` says whether
     hitting it cancels the migration (QEMU has no forced switchover) or
     switches over anyway (Xen-style).
@@ -176,7 +177,7 @@ class Strategy:
     postcopy_after_rounds: int = 1
     stall_detector: bool = False
     stall_ratio: float = 0.95
-    prepaging: Prepaging = "follow"
+    prepaging: Prepaging = "linear"
     bubble_pages: int = 64
     auto_converge: bool = False
     ac_initial_pct: float = 20.0
