@@ -306,6 +306,7 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
         bar = _progress_bar(opts.progress)
         postcopy_requested = False
         cancelled_for_timeout = False
+        timed_out = False  # cancelled by our timeout (not because the destination died)
         dst_dead_since: float | None = None
         dst_exit = ""
         status = ""
@@ -360,7 +361,7 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
                         break
                     events.append((poll.t_s, "timeout: migrate_cancel"))
                     src.qmp.migrate_cancel()
-                    cancelled_for_timeout = True
+                    cancelled_for_timeout = timed_out = True
                 if cancelled_for_timeout and now - t_start > timeout_s + CANCEL_WAIT_S:
                     final = info
                     outcome = f"failed: migration still {status} {CANCEL_WAIT_S:.0f} s after migrate_cancel"
@@ -387,7 +388,8 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
             pass  # already decided in the loop
         elif status == "completed":
             outcome = OUTCOME_COMPLETED
-        elif status == "cancelled" and dst_exit:
+        elif status == "cancelled" and dst_exit and not timed_out:
+            # After our own timeout cancel the destination exiting is the normal consequence, not the cause.
             outcome = f"failed: {dst_exit}"
         elif status == "cancelled":
             outcome = OUTCOME_NOT_CONVERGED
