@@ -11,7 +11,7 @@ from typing import Any
 
 from .atomic import atomic_open, atomic_path
 from .errors import ConfigError
-from .scenario import STOP_RULES, STRATEGIES, Scenario
+from .scenario import STOP_RULES, STRATEGIES, Scenario, load_json
 from .units import format_bytes, format_duration, parse_bandwidth, parse_duration, parse_size
 
 COMPARE_DEFAULT = ("stopcopy", "precopy", "postcopy", "hybrid")
@@ -111,13 +111,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
 
 def load_host_json(path: str) -> dict[str, Any]:
     """Host constants from `miglab calibrate-host`, as dotted overrides (``host.*`` / ``link.*``)."""
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    d = load_json(path)
     consts = d.get("constants", d) if isinstance(d, dict) else None
     if not isinstance(consts, dict):
         raise ConfigError(f"{path}: expected a JSON object of host constants")

@@ -137,13 +137,9 @@ class DirtyModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DirtyModel:
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        from .scenario import load_json
+
+        d = load_json(path)
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: not a miglab model")
         return cls.from_dict(d, str(path))

@@ -168,7 +168,7 @@ class Sweep:
         if not isinstance(vary_raw, dict):
             raise ConfigError(f"{source}: [vary] must be a table")
         vary: dict[str, list[Any]] = {}
-        for key, values in _flatten_vary(vary_raw).items():
+        for key, values in flatten(vary_raw).items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{source}: [vary] {key!r} must be a non-empty list of values")
             vary[key] = values
@@ -243,18 +243,6 @@ def _product_len(lists: Iterable[list[Any]]) -> int:
     for values in lists:
         n *= len(values)
     return n
-
-
-def _flatten_vary(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Like :func:`flatten`, but a list (even of tables) is a leaf: the list of values."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten_vary(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 # --------------------------------------------------------------------------- one run
