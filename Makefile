@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_TRACE ?= traces/redis-512M.npz
 DEMO_ARGS ?= --bandwidth 100MiB/s --rtt 1ms --downtime-limit 300ms
 
-.PHONY: venv demo test test-fast lint bench deps clean
+.PHONY: venv demo test test-fast lint bench deps notebooks clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Re-render the committed notebook figures (results/notebooks/) with the notebooks' full parameters.
+notebooks: $(STAMP)
+	mkdir -p results/scratch/notebooks
+	for n in round-thresholds beyond-14GiB validation; do \
+		$(BIN)/papermill -k python3 notebooks/$$n.ipynb results/scratch/notebooks/$$n.out.ipynb || exit 1; done
 
 clean:
 	rm -rf $(VENV) results/demo .pytest_cache
