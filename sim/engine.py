@@ -283,9 +283,13 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator:
     total_sent = 0.0
     prev_pending = math.inf
     while True:
-        if st.kind == "hybrid" and round_no >= st.postcopy_after_rounds:
-            return "postcopy"
         pending = m.pages.count()
+        if st.kind == "hybrid" and round_no >= st.postcopy_after_rounds:
+            # QEMU acts on migrate-start-postcopy at its next iteration check, after one more chunk, and
+            # checks for completion first: a pending set that one chunk takes below the threshold
+            # completes as pre-copy instead of switching.
+            if not (m.rule.sync == "iteration" and pending - m.chunk_pages < m.threshold_pages):
+                return "postcopy"
         pages = m.rule.round_pages(pending, m.threshold_pages, m.chunk_pages)
         yield env.process(precopy_round(env, m, round_no, pages))
         total_sent += pages
