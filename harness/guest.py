@@ -175,24 +175,24 @@ def _mib(spec: str, key: str, text: str, memory_bytes: int) -> int:
     return n // (1024 * 1024)
 
 
-def _int(spec: str, key: str, text: str, lo: int, hi: int) -> int:
+def _number(spec: str, key: str, text: str, lo: float, hi: float, kind: type = float) -> float:
+    """``text`` as ``kind`` (int or float) within [lo, hi], or a one-line ConfigError naming the spec."""
     try:
-        v = int(text)
+        v = kind(text)
     except ValueError:
-        raise ConfigError(f"workload spec {spec!r}: {key}={text} is not an integer") from None
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"workload spec {spec!r}: {key}={text} is not {what}") from None
     if not lo <= v <= hi:
         raise ConfigError(f"workload spec {spec!r}: {key}={text} is outside [{lo}, {hi}]")
     return v
+
+
+def _int(spec: str, key: str, text: str, lo: int, hi: int) -> int:
+    return _number(spec, key, text, lo, hi, int)
 
 
 def _float(spec: str, key: str, text: str, lo: float, hi: float) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise ConfigError(f"workload spec {spec!r}: {key}={text} is not a number") from None
-    if not lo <= v <= hi:
-        raise ConfigError(f"workload spec {spec!r}: {key}={text} is outside [{lo}, {hi}]")
-    return v
+    return _number(spec, key, text, lo, hi, float)
 
 
 def parse_workload(spec: str, memory_bytes: int = 512 * 1024 * 1024) -> GuestWorkload:

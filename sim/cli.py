@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -286,4 +285,4 @@ def register(groups: dict[str, Any]) -> None:
     p.set_defaults(func=cmd_synth)
 
 
-__all__ = ["register", "scenario_from_args", "add_scenario_arguments", "math"]
+__all__ = ["register", "scenario_from_args", "add_scenario_arguments"]

@@ -174,10 +174,6 @@ class ExpectedPages:
         self.pending += new
         return float(new.sum())
 
-    def dirtied_count(self, g0: float, g1: float) -> float:
-        """Distinct pages dirtied in a window, regardless of pending."""
-        return float((self.n * self.fraction_dirtied(g1 - g0)).sum())
-
     def send(self, k: float) -> float:
         total = self.pending.sum()
         k = min(k, total)
@@ -218,12 +214,6 @@ class ExactPages:
         before = np.count_nonzero(self.pending)
         self.pending[pages] = True
         return float(np.count_nonzero(self.pending) - before)
-
-    def dirtied_count(self, g0: float, g1: float) -> float:
-        pages, _ = self.source.window(g0, g1)
-        seen = np.zeros(self.n_pages, dtype=bool)
-        seen[pages] = True
-        return float(np.count_nonzero(seen))
 
     def take(self, k: float) -> np.ndarray:
         """Remove and return the next ``k`` pending pages in scan order."""

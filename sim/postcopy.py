@@ -22,7 +22,6 @@ steps; page-exact mode processes each step's touches as a vectorised batch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator
 from typing import TYPE_CHECKING
 
@@ -192,4 +191,4 @@ def serve_fault(env: simpy.Environment, m: Migration, state: dict, dt: float, st
     return float(k), (g_end - g0) / factor
 
 
-__all__ = ["postcopy", "fault_stall_s", "serve_fault", "math"]
+__all__ = ["postcopy", "fault_stall_s", "serve_fault"]
