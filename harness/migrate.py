@@ -52,7 +52,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,7 @@ from harness.record import (
     utc_now,
 )
 from harness.vm import VM, Console, VMConfig, find_qemu
+from sim.atomic import atomic_open
 from sim.errors import ConfigError, MiglabError
 from sim.scenario import Link, Scenario, Strategy, Workload
 from sim.units import format_bytes, format_duration, parse_bandwidth, parse_duration, parse_size
@@ -112,6 +113,9 @@ class MigrateOptions:
     progress: bool = False
     image: GuestImage | None = None
     keep_logs_in: Path | None = None
+    #: Extra source-QEMU arguments, e.g. ``("-trace", "enable=migrat*", "-D", "trace.log")`` to log the
+    #: migration thread's own decisions (pending estimates, thresholds, bitmap syncs).
+    src_extra_args: tuple[str, ...] = ()
     on_poll: Callable[[Poll, MigrationRun], None] | None = field(default=None, compare=False)
 
 
@@ -264,6 +268,8 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
         "poll_interval_s": opts.poll_interval_s, "smp": opts.smp, "capabilities": caps, "parameters": params,
         "workload_argv": list(workload.argv), "qemu": qemu.version_line,
     }
+    if opts.src_extra_args:
+        options_record["src_extra_args"] = list(opts.src_extra_args)
     events: list[tuple[float, str]] = []
     timeline: list[Poll] = []
     src_rates, dst_rates = _Rates(), _Rates()
@@ -279,7 +285,8 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
         options_record["link"] = {"id": link.id, "tbf": link.tbf_args(), "delay_each_way_s": link.rtt_s / 2,
                                   "delay": "user-space forwarder" if link.rtt_s > 0 else "none"}
         common = dict(memory_bytes=mem, workload=workload, smp=opts.smp, keep_logs_in=opts.keep_logs_in)
-        src = stack.enter_context(VM(VMConfig(name="src", netns=link.src_ns, **common), opts.image))
+        src = stack.enter_context(VM(VMConfig(name="src", netns=link.src_ns, extra_args=opts.src_extra_args,
+                                              **common), opts.image))
         dst = stack.enter_context(VM(VMConfig(name="dst", netns=link.dst_ns, incoming=True,
                                               extra_args=("-S",) if opts.verify_memory else (), **common),
                                      src.image))
@@ -564,6 +571,32 @@ def _sigterm_to_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # so every context manager cleans up
 
 
+#: QEMU trace events that show the migration thread's decisions; the per-page and per-write ones are left out
+#: (they would log every page sent).
+QEMU_TRACE_EVENTS = ("migrat*", "-migration_transferred_bytes", "-migration_bitmap_clear_dirty",
+                     "ram_save_iterate_big_wait")
+
+
+def qemu_trace_args(log_path: Path, events: Sequence[str] = QEMU_TRACE_EVENTS) -> tuple[str, ...]:
+    """Source-QEMU arguments that log ``events`` (QEMU's ``-trace`` patterns) to ``log_path``."""
+    args: list[str] = []
+    for e in events:
+        args += ["-trace", f"enable={e}"]
+    # -msg timestamp=on makes the log backend prefix each event with pid@seconds, which qemutrace reads.
+    return (*args, "-D", str(log_path.resolve()), "-msg", "timestamp=on")
+
+
+def _summarise_qemu_trace(log_path: Path) -> None:
+    """Write ``LOG.syncs.csv`` (one row per bitmap sync) beside the log and say where."""
+    from harness.qemutrace import syncs
+
+    table = syncs(log_path)
+    dest = log_path.with_name(log_path.name + ".syncs.csv")
+    with atomic_open(dest) as f:
+        table.to_csv(f, index=False)
+    print(f"QEMU trace: {len(table)} bitmap syncs -> {dest}")
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     if args.hypervisor == "bhyve":
         from harness.bhyve import migrate_main
@@ -573,13 +606,16 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else record_path(args.campaign, scenario.name or "run")
     opts = MigrateOptions(timeout_s=None, verify_memory=args.verify_memory, warmup_s=parse_duration(args.warmup),
                           progress=not args.no_progress and sys.stderr.isatty(),
-                          keep_logs_in=Path(args.keep_logs) if args.keep_logs else None)
+                          keep_logs_in=Path(args.keep_logs) if args.keep_logs else None,
+                          src_extra_args=qemu_trace_args(Path(args.qemu_trace)) if args.qemu_trace else ())
     old = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     try:
         record = run_migration(scenario, opts)
     finally:
         signal.signal(signal.SIGTERM, old)
     record.save(out)
+    if args.qemu_trace:
+        _summarise_qemu_trace(Path(args.qemu_trace))
     s = record.stats
     print(f"{record.outcome}: total {format_duration(s.total_time_s or float('nan'))}, downtime "
           f"{format_duration(s.downtime_s or float('nan'))}, sent {format_bytes(s.bytes_sent)}, "
@@ -616,6 +652,9 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("--campaign", default="scratch", help="results/<campaign>/<name>.json when -o is not given")
     p.add_argument("-o", "--output", help="run record JSON path")
     p.add_argument("--keep-logs", help="copy the guests' console and QEMU logs into this directory")
+    p.add_argument("--qemu-trace", metavar="LOG",
+                   help="write the source QEMU's migration trace events to LOG: every pending estimate and "
+                        "exact check, bitmap sync and bandwidth window (threshold), with host timestamps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from harness.bhyve import add_migrate_arguments
 

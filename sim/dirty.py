@@ -13,10 +13,17 @@ Time inside a dirty source is *guest time*: it advances only while the guest
 runs, and slower when it is throttled or stalled. The engine converts.
 
 Within a trace interval the collector only knows *that* a page changed, not
-when. Each (interval, page) pair gets a fixed pseudo-random instant inside its
-interval, derived from a hash, so that a window covering part of an interval
-takes a consistent, unbiased share of its pages and adjacent windows partition
-it exactly.
+when, nor how often. How often is inferred from the trace itself: a page
+changed in a share f of all intervals is taken as written by a Poisson process
+of rate lambda with lambda x interval = -ln(1 - f), so given that it changed in
+an interval it was written m = lambda I / (1 - exp(-lambda I)) times there on
+average. Each (interval, page) pair gets round(m) writes (stochastically
+rounded) at independent hashed instants. A window covering part of an
+interval then sees a hot page with probability ~ 1 - exp(-lambda w) instead
+of w / I: a page written every 10 ms is in every 50 ms window, not in
+one in ten. Adjacent windows still cover the interval's pages exactly; only a
+page's repeats can fall into several of them. (``within_interval="once"``
+gives every page a single instant, the linear share.)
 """
 
 from __future__ import annotations
@@ -26,8 +33,13 @@ from typing import Protocol
 import numpy as np
 
 from .model import DirtyModel
+from .scenario import WithinInterval
 from .trace import Trace
 
+#: Most writes one page gets in one interval (m stays below ln(2 x intervals) + 1, so this never binds
+#: for traces under ~10^20 intervals); also the stride that keys a page's write instants.
+WRITE_SLOTS = 64
+_WRITES_CACHE: dict[str, np.ndarray] = {}
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 _MIX = np.uint64(0xBF58476D1CE4E5B9)
 
@@ -56,10 +68,15 @@ class DirtSource(Protocol):
 class TraceDirt:
     """Replays a trace; loops it when the migration outlasts it (and says so via ``looped``)."""
 
-    def __init__(self, trace: Trace, seed: int = 0, time_scale: float = 1.0) -> None:
+    def __init__(self, trace: Trace, seed: int = 0, time_scale: float = 1.0,
+                 within_interval: WithinInterval = "poisson") -> None:
+        if within_interval not in ("poisson", "once"):
+            raise ValueError(f"within_interval must be 'poisson' or 'once', not {within_interval!r}")
         self.trace = trace
         self.n_pages = trace.n_pages
         self.seed = seed
+        self.within_interval = within_interval
+        self._writes: np.ndarray | None = None
         # time_scale > 1 plays the trace faster: used to model reads on top of writes.
         self.time_scale = time_scale
         self.t0 = float(trace.t_start_s[0])
@@ -70,13 +87,52 @@ class TraceDirt:
         self._all: np.ndarray | None = None
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
+    def writes_per_interval(self) -> np.ndarray:
+        """Mean writes per interval in which each page changed (>= 1), inferred from how often it changed."""
+        if self._writes is None:
+            key = self.trace.sha256
+            self._writes = _WRITES_CACHE.get(key) if key else None
+        if self._writes is None:
+            n = self.trace.n_intervals
+            count = np.zeros(self.n_pages, np.uint16 if n < 65535 else np.uint32)
+            for i in range(n):
+                count[self.trace.pages(i)] += 1
+            share = np.minimum(count / max(n, 1), 1.0 - 0.5 / max(n, 1))  # a page in every interval: rate unknown
+            lam_i = -np.log1p(-share)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                m = np.where(lam_i > 1e-12, lam_i / -np.expm1(-lam_i), 1.0)
+            self._writes = m.astype(np.float32)
+            if self.trace.sha256:  # a sweep replays one trace thousands of times: infer the rates once
+                while len(_WRITES_CACHE) >= 4:
+                    _WRITES_CACHE.pop(next(iter(_WRITES_CACHE)))
+                _WRITES_CACHE[self.trace.sha256] = self._writes
+        return self._writes
+
     def _interval(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded pages of interval ``i`` and their instants; short rounds revisit the same intervals."""
+        """Decoded pages of interval ``i`` and their write instants; short rounds revisit the same intervals."""
         hit = self._cache.get(i)
         if hit is None:
             pages = self.trace.pages(i)
             s, e = self.starts[i], self.ends[i]
-            hit = (pages, s + _unit_hash(pages, i, self.seed) * (e - s))
+            if self.within_interval == "once":
+                hit = (pages, s + _unit_hash(pages, i, self.seed) * (e - s))
+            else:
+                # Write j of a page is at hash(page x WRITE_SLOTS + j): independent uniform instants, as the
+                # Poisson reading implies. The low bits of write 0's hash round m stochastically, so the
+                # common case (one write) costs one hash per page.
+                m = self.writes_per_interval()[pages].astype(np.float64)
+                u0 = _unit_hash(pages.astype(np.uint64) * np.uint64(WRITE_SLOTS), i, self.seed)
+                whole = np.floor(m)
+                k = np.clip(whole + (np.modf(u0 * 1024.0)[0] < m - whole), 1, WRITE_SLOTS).astype(np.int64)
+                t = s + u0 * (e - s)
+                more = k > 1
+                if more.any():
+                    km = k[more] - 1
+                    rep = np.repeat(pages[more], km)
+                    j = 1 + np.arange(len(rep)) - np.repeat(np.cumsum(km) - km, km)
+                    u = _unit_hash(rep.astype(np.uint64) * np.uint64(WRITE_SLOTS) + j.astype(np.uint64), i, self.seed)
+                    pages, t = np.concatenate([pages, rep]), np.concatenate([t, s + u * (e - s)])
+                hit = (pages, t)
             if len(self._cache) >= 8:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[i] = hit

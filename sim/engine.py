@@ -77,8 +77,9 @@ class Migration:
             trace = _cached_trace(w.path, _mtime(w.path))
             self.trace_sha256 = trace.sha256
             self.page_size = trace.page_size
-            self.pages: ExpectedPages | ExactPages = ExactPages(TraceDirt(trace, sc.seed))
-            self.touch_source: Any = TraceDirt(trace, sc.seed, touch_scale)
+            self.pages: ExpectedPages | ExactPages = ExactPages(TraceDirt(trace, sc.seed,
+                                                                          within_interval=w.within_interval))
+            self.touch_source: Any = TraceDirt(trace, sc.seed, touch_scale, within_interval=w.within_interval)
             zero = trace.meta.get("zero_page_fraction", 0.0)
         else:
             if w.kind == "model":

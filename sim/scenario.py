@@ -34,6 +34,7 @@ WorkloadKind = Literal["trace", "model", "synthetic"]
 ScalingLaw = Literal["absolute", "proportional"]
 ModelMode = Literal["expected", "sampled"]
 Prepaging = Literal["linear", "follow", "bubbling"]
+WithinInterval = Literal["poisson", "once"]
 
 STRATEGIES: tuple[str, ...] = typing.get_args(StrategyKind)
 STOP_RULES: tuple[str, ...] = typing.get_args(StopRule)
@@ -56,6 +57,13 @@ class Workload:
     runs at a different speed than when it was recorded (e.g. a CPU-bound
     program traced on a busier host), as measured before migrating.
 
+    ``within_interval`` is how a trace replay places a page's writes inside
+    an interval, which matters for rounds shorter than the interval:
+    ``poisson`` (default) infers each page's write rate from how many
+    intervals it changed in, so a short window sees hot pages more often than
+    its linear share; ``once`` gives each page one instant (the linear share).
+    See :mod:`sim.dirty`.
+
     ``cpu_utilization`` is the share of its vCPU time the workload needs to
     hold its dirty rate. Throttling (auto-converge) only slows dirtying once
     it takes away more than the spare time: a paced workload using 20 % of a
@@ -77,6 +85,7 @@ class Workload:
     interval_s: float = 0.5
     cpu_utilization: float = 1.0
     intensity: float = 1.0
+    within_interval: WithinInterval = "poisson"
 
 
 @dataclass(frozen=True)

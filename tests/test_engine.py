@@ -152,12 +152,29 @@ def _tiny_trace(tmp_path, seed=3):
 
 
 def _brute_force(lists, t, n_pages, rate_pages_s, rounds, seed):
-    """Pass-semantics pre-copy with Python sets: round i sends what was dirtied during round i-1."""
+    """Pass-semantics pre-copy with Python sets: round i sends what was dirtied during round i-1.
+
+    Write instants as ``sim.dirty`` documents them, computed page by page: a page that changed in a
+    share f of the intervals is written m = L / (1 - e^-L) times per interval it changed in, L = -ln(1 - f)
+    (f capped at 1 - 1/2n), stochastically rounded by the low bits of write 0's hash, at
+    independent hashed instants.
+    """
+    n = len(lists)
+    seen = {}
+    for pages in lists:
+        for p in pages.tolist():
+            seen[p] = seen.get(p, 0) + 1
     events = []  # (instant, page)
     for i, pages in enumerate(lists):
-        u = _unit_hash(np.asarray(pages), i, seed)
-        for p, x in zip(pages.tolist(), u.tolist(), strict=True):
-            events.append((t[i] + x * (t[i + 1] - t[i]), p))
+        for p in pages.tolist():
+            f = min(seen[p] / n, 1 - 0.5 / n)
+            lam = -math.log(1 - f)
+            m = float(np.float32(lam / (1 - math.exp(-lam))))
+            x0 = float(_unit_hash(np.array([p * 64], np.uint64), i, seed)[0])
+            k = max(1, math.floor(m) + (1 if (x0 * 1024.0) % 1.0 < m - math.floor(m) else 0))
+            for j in range(k):
+                x = float(_unit_hash(np.array([p * 64 + j], np.uint64), i, seed)[0])
+                events.append((t[i] + x * (t[i + 1] - t[i]), p))
     period = t[-1] - t[0]
 
     def dirtied(g0, g1):
@@ -284,3 +301,47 @@ def test_throttle_only_bites_once_it_exceeds_the_workloads_spare_cpu():
     plain = simulate(sc.replace(**{"strategy.auto_converge": False, "workload.cpu_utilization": 0.2}))
     assert light.throttle_pct_max <= 80
     assert light.bytes_sent == plain.bytes_sent and light.total_time_s == plain.total_time_s
+
+
+# --------------------------------------------------------------------------- within an interval
+def _hot_and_rare_trace(n=20):
+    """Page 0 changes in every interval (hot); pages 1.. each change in exactly one interval (rare)."""
+    lists = [np.array([0, *range(1 + 50 * i, 51 + 50 * i)]) for i in range(n)]
+    t = np.arange(n + 1) * 0.5
+    return make_trace(lists, t[:-1], t[1:], n_pages=1 + 50 * n), lists, t
+
+
+@pytest.mark.parametrize("mode", ["poisson", "once"])
+def test_adjacent_windows_cover_each_interval_exactly(mode):
+    from sim.dirty import TraceDirt
+
+    tr, lists, t = _hot_and_rare_trace()
+    src = TraceDirt(tr, seed=1, within_interval=mode)
+    for i in (0, 7, 19):
+        edges = np.linspace(t[i], t[i + 1], 8)
+        seen = [src.window(a, b)[0] for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        assert set(np.concatenate(seen).tolist()) == set(lists[i].tolist())
+        if mode == "once":  # a single instant per page: the windows partition the interval
+            assert sum(len(s) for s in seen) == len(lists[i])
+
+
+def test_short_windows_see_hot_pages_more_often_than_their_linear_share():
+    """A page changed in every interval is written several times in each (Poisson, from its frequency):
+    a window of a fifth of an interval finds it about 1 - e^(-L/5) of the time, not a fifth."""
+    from sim.dirty import TraceDirt
+
+    tr, _, t = _hot_and_rare_trace()
+    w = 0.1  # a fifth of the 0.5 s interval
+    starts = np.arange(0.0, t[-1] - w, 0.0137)
+    rates = {}
+    for mode in ("poisson", "once"):
+        src = TraceDirt(tr, seed=1, within_interval=mode)
+        windows = [src.window(a, a + w)[0] for a in starts]
+        rates[mode] = (np.mean([0 in x for x in windows]), np.mean([len(set(x.tolist()) - {0}) for x in windows]))
+    lam = math.log(2 * 20)  # share capped at 1 - 1/(2n)
+    assert rates["once"][0] == pytest.approx(0.2, abs=0.05)
+    assert rates["poisson"][0] == pytest.approx(1 - math.exp(-lam / 5), abs=0.1)  # ~0.52
+    assert rates["poisson"][0] > 2 * rates["once"][0]
+    # rare pages (one change in the whole trace: one write) keep their linear share in both modes
+    assert rates["poisson"][1] == pytest.approx(rates["once"][1], rel=0.05)
+    assert rates["once"][1] == pytest.approx(50 * 0.2, rel=0.1)

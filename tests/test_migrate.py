@@ -14,8 +14,16 @@ import numpy as np
 import pytest
 
 from harness import link as linkmod
+from harness import qemutrace
 from harness.cli import main
-from harness.migrate import MigrateOptions, MigrationRun, compare_memory, migration_parameters, run_migration
+from harness.migrate import (
+    MigrateOptions,
+    MigrationRun,
+    compare_memory,
+    migration_parameters,
+    qemu_trace_args,
+    run_migration,
+)
 from harness.record import OUTCOME_COMPLETED, OUTCOME_NOT_CONVERGED, MigrationStats, Poll, RunRecord
 from sim.errors import ConfigError
 from sim.scenario import Scenario
@@ -153,11 +161,53 @@ def test_trace_workloads_cannot_run_on_a_real_guest() -> None:
         run_migration(s)
 
 
+QEMU_LOG = """\
+5325@1795677012.296652:migrate_set_state new state setup
+5350@1795677012.297951:migration_bitmap_sync_start
+5350@1795677012.298557:migration_bitmap_sync_end dirty_pages 0
+5350@1795677012.298621:migrate_set_state new state active
+5350@1795677018.210000:migrate_transferred transferred 6307884 time_spent 108 bandwidth 58406 switchover_bw 0 max_size 17521900
+5350@1795677018.291433:migration_bitmap_sync_end dirty_pages 16270
+5350@1795677018.291438:migrate_pending_exact exact pending size 83079168 (pre = 83079168 post=0)
+5350@1795677019.700000:migrate_transferred transferred 6307884 time_spent 100 bandwidth 63078 switchover_bw 0 max_size 18923652
+5350@1795677019.707414:migration_bitmap_sync_end dirty_pages 1281
+5350@1795677019.707416:migrate_pending_exact exact pending size 17690624 (pre = 17690624 post=0)
+5350@1795677019.807854:migrate_set_state new state device
+5350@1795677019.807883:migration_bitmap_sync_end dirty_pages 1281
+"""
+
+
+def test_qemu_trace_log_becomes_one_row_per_sync(tmp_path: Path) -> None:
+    log = tmp_path / "q.log"
+    log.write_text("qemu-system-x86_64: some warning\n" + QEMU_LOG)
+    t = qemutrace.syncs(log)
+    assert list(t["sync"]) == [1, 2, 3, 4]
+    assert list(t["state"]) == ["setup", "active", "active", "device"]
+    assert t["t_s"].iloc[1] == pytest.approx(5.994781)
+    assert list(t["pending_bytes"].iloc[1:3]) == [83079168, 17690624] and t["pending_bytes"].isna().iloc[[0, 3]].all()
+    assert list(t["threshold_bytes"].iloc[1:3]) == [17521900, 18923652]
+    assert t["window_bandwidth_Bps"].iloc[2] == 63078000
+    empty = tmp_path / "empty.log"
+    empty.write_text("nothing traced\n")
+    with pytest.raises(ConfigError, match="no QEMU trace events"):
+        qemutrace.syncs(empty)
+    with pytest.raises(ConfigError, match="cannot read"):
+        qemutrace.syncs(tmp_path / "missing.log")
+
+
+def test_qemu_trace_args_enable_the_decision_events(tmp_path: Path) -> None:
+    args = qemu_trace_args(tmp_path / "t.log")
+    assert args[-4:] == ("-D", str((tmp_path / "t.log").resolve()), "-msg", "timestamp=on")
+    assert "enable=migrat*" in args and "enable=-migration_transferred_bytes" in args
+
+
 # -- real guests ---------------------------------------------------------------------
 
 @pytest.mark.vm
 def test_precopy_completes_with_identical_memory(image, clean_host, tmp_path: Path) -> None:
-    rec = run_migration(_scenario(name="precopy"), MigrateOptions(image=image, verify_memory=True, warmup_s=1.5))
+    trace_log = tmp_path / "qemu-trace.log"
+    rec = run_migration(_scenario(name="precopy"), MigrateOptions(image=image, verify_memory=True, warmup_s=1.5,
+                                                                  src_extra_args=qemu_trace_args(trace_log)))
     assert rec.outcome == OUTCOME_COMPLETED, rec.outcome
     assert rec.guest_side == "destination" and rec.guest_continues
     assert rec.workload_rate.lines_after >= 2
@@ -181,6 +231,17 @@ def test_precopy_completes_with_identical_memory(image, clean_host, tmp_path: Pa
     assert rec.timeline[-1].status == "completed"
     # The record survives a JSON round trip.
     assert RunRecord.load(rec.save(tmp_path / "r.json")) == rec
+    # QEMU's own trace: one row per sync, and the stop rule the simulator implements -- every exact check
+    # but the last found pending at or above bandwidth x downtime-limit, the last one below it.
+    syncs = qemutrace.syncs(trace_log)
+    assert len(syncs) == s.dirty_sync_count
+    assert list(syncs["state"].iloc[[0, -1]]) == ["setup", "device"]
+    checks = syncs[syncs["state"] == "active"]
+    assert len(checks) == s.dirty_sync_count - 2 and checks["pending_bytes"].notna().all()
+    assert (checks["pending_bytes"].iloc[:-1] >= checks["threshold_bytes"].iloc[:-1]).all()
+    assert checks["pending_bytes"].iloc[-1] < checks["threshold_bytes"].iloc[-1]
+    assert checks["threshold_bytes"].iloc[-1] == pytest.approx(
+        checks["window_bandwidth_Bps"].iloc[-1] * 0.3, rel=0.01)  # the scenario's 300 ms downtime-limit
 
 
 @pytest.mark.vm
