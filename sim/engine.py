@@ -265,11 +265,15 @@ def postcopy_switch(env: simpy.Environment, m: Migration) -> Generator:
     t0 = env.now
     m.sync_dirty()  # postcopy_start syncs the bitmap to send the discard list
     seconds = sc.host.device_state_bytes / m.switch_rate_Bps
-    downtime = sc.host.switchover_s + seconds + sc.link.rtt_s / 2
-    yield env.timeout(downtime)
+    # QEMU's downtime clock stops once the source has sent the package (postcopy_start); the guest
+    # resumes when it arrives, rtt/2 later.
+    fixed = sc.host.postcopy_switch_s if sc.host.postcopy_switch_s is not None else sc.host.switchover_s
+    downtime = fixed + seconds
+    paused = downtime + sc.link.rtt_s / 2
+    yield env.timeout(paused)
     m.downtime_s = downtime
     m.bytes_sent += sc.host.device_state_bytes
-    m.record(round=len(m.rounds), phase="switchover", t_start_s=t0, duration_s=downtime, pages=0.0, zero_pages=0.0,
+    m.record(round=len(m.rounds), phase="switchover", t_start_s=t0, duration_s=paused, pages=0.0, zero_pages=0.0,
              xbzrle_pages=0.0, bytes=float(sc.host.device_state_bytes), pending_pages_after=m.pages.count(),
              new_dirty_pages=0.0, throttle_pct=m.throttle_pct, threshold_bytes=math.nan)
 

@@ -30,7 +30,9 @@ How:
   behind in socket and link buffers, which sets the fault stall -- is then
   fit alone on the post-copy and hybrid runs (post-copy requests at half
   weight, plus time, bytes, downtime). Staging keeps a model gap of one
-  strategy from dragging the constants another strategy depends on. Each scenario is simulated
+  strategy from dragging the constants another strategy depends on.
+  ``host.postcopy_switch_s`` (the post-copy switchover's fixed cost) is fit
+  last, alone, on the downtime of the post-copy and hybrid runs. Each scenario is simulated
   once per evaluation (repetitions share it), so a fit costs a few hundred
   simulations of a few milliseconds each.
 * Splits are by scenario (:func:`assign_folds`): repetitions of one scenario
@@ -60,7 +62,7 @@ log = logging.getLogger(__name__)
 METRICS: tuple[str, ...] = ("total_time_s", "downtime_s", "bytes_sent", "dirty_sync_count", "postcopy_requests")
 #: Constants fit by the optimiser (dotted scenario paths).
 FIT_PARAMS: tuple[str, ...] = ("host.switchover_s", "host.throughput_efficiency", "host.page_send_cost_s",
-                               "host.postcopy_queue_bytes")
+                               "host.postcopy_queue_bytes", "host.postcopy_switch_s")
 #: Constants read off the training runs directly.
 DIRECT_PARAMS: tuple[str, ...] = ("link.header_bytes_per_page", "host.setup_s", "host.dirty_rate_factor")
 DOWNTIME_FLOOR_S = 0.020
@@ -275,7 +277,9 @@ def fit(observations: Sequence[Observation], *, maxfev: int | None = None,
     3. a bounded 1-D search on ``switchover_s`` over the same runs, on
        downtime only (the fixed cost is what downtime adds to the final copy);
     4. a bounded 1-D search on ``postcopy_queue_bytes`` over the post-copy
-       and hybrid runs, with the constants of 1-3 fixed.
+       and hybrid runs, with the constants of 1-3 fixed;
+    5. a bounded 1-D search on ``postcopy_switch_s`` over the same runs, on
+       downtime only.
     """
     from scipy.optimize import minimize, minimize_scalar
 
@@ -287,7 +291,8 @@ def fit(observations: Sequence[Observation], *, maxfev: int | None = None,
     slow = slowdown_estimate(train)
     if slow is not None:
         direct["host.dirty_rate_factor"] = slow
-    start = {**start_values(train), **direct, "host.postcopy_queue_bytes": float(QUEUE_REF_BYTES)}
+    start = {**start_values(train), **direct, "host.postcopy_queue_bytes": float(QUEUE_REF_BYTES),
+             "host.postcopy_switch_s": 0.0}
     n_eval = 0
 
     def prepared(obs: list[Observation]) -> tuple[list[Scenario], list[int]]:
@@ -340,7 +345,15 @@ def fit(observations: Sequence[Observation], *, maxfev: int | None = None,
         q = minimize_scalar(qloss, bounds=(math.log(1 / 64), math.log(256)), method="bounded",
                             options={"xatol": 0.05, "maxiter": 30})
         constants["host.postcopy_queue_bytes"] = float(round(math.exp(q.x) * QUEUE_REF_BYTES))
-        total_loss += float(q.fun) * len(post)
+
+        def ploss(ps: float) -> float:
+            nonlocal n_eval
+            n_eval += 1
+            return _loss(post, pscs, pidx, {**constants, "host.postcopy_switch_s": ps}, ("downtime_s",))
+
+        ps = minimize_scalar(ploss, bounds=(0.0, 0.1), method="bounded", options={"xatol": 1e-4, "maxiter": 30})
+        constants["host.postcopy_switch_s"] = float(ps.x) if ps.fun <= ploss(0.0) else 0.0
+        total_loss += _loss(post, pscs, pidx, constants) * len(post)
     value = total_loss / (len(pre) + len(post)) if pre is not train else total_loss / len(train)
     groups = tuple(sorted({o.group for o in train}))
     log.info("host fit on %d runs: loss %.4f after %d evaluations: %s", len(train), value, n_eval, constants)

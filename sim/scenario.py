@@ -110,7 +110,12 @@ class Host:
     """Host constants that the validation loop calibrates from real runs.
 
     ``switchover_s`` is the fixed cost of pausing, saving device state and
-    resuming. ``throughput_efficiency`` scales the link to the throughput the
+    resuming at the end of a pre-copy. ``postcopy_switch_s`` is the fixed cost
+    of the post-copy switchover (stop, discard bitmap, device-state package):
+    a different code path in QEMU, and one whose downtime clock stops when the
+    source has sent the package, so the link delay is not in ``downtime_s``
+    (the guest still resumes ``rtt/2`` later, which the timeline keeps).
+    ``None`` means the same as ``switchover_s``; ``calibrate-host`` fits it. ``throughput_efficiency`` scales the link to the throughput the
     migration stream really achieves. ``dirty_rate_factor`` scales the guest's
     dirty rate while it is being migrated (TCG slows a guest under migration).
     ``page_send_cost_s`` is a per-page CPU cost on the sender.
@@ -127,6 +132,7 @@ class Host:
     """
 
     switchover_s: float = 0.0
+    postcopy_switch_s: float | None = None
     device_state_bytes: int = 0
     throughput_efficiency: float = 1.0
     dirty_rate_factor: float = 1.0
@@ -394,7 +400,8 @@ def validate(obj: Any, where: str = "scenario") -> None:
         if obj.kind in ("trace", "model") and not obj.path:
             raise ConfigError(f"{where}: a {obj.kind} workload needs a path")
     elif isinstance(obj, Host):
-        if obj.switchover_s < 0 or obj.setup_s < 0 or obj.page_send_cost_s < 0:
+        if (obj.switchover_s < 0 or (obj.postcopy_switch_s or 0.0) < 0 or obj.setup_s < 0
+                or obj.page_send_cost_s < 0):
             raise ConfigError(f"{where}: host times must not be negative")
         if not 0 < obj.throughput_efficiency <= 1.5:
             raise ConfigError(f"{where}: throughput_efficiency must lie in (0, 1.5]")

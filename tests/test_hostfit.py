@@ -151,5 +151,5 @@ def test_host_json_shape_reads_back(trace_path, tmp_path):
     assert overrides["link.header_bytes_per_page"] == 8
     assert set(overrides) == {"host.switchover_s", "host.throughput_efficiency", "host.page_send_cost_s",
                               "host.dirty_rate_factor", "host.setup_s", "link.header_bytes_per_page",
-                              "host.postcopy_queue_bytes"}
+                              "host.postcopy_queue_bytes", "host.postcopy_switch_s"}
     Scenario().replace(**overrides)  # every key is a valid scenario field
