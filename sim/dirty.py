@@ -39,19 +39,24 @@ from .trace import Trace
 #: Most writes one page gets in one interval (m stays below ln(2 x intervals) + 1, so this never binds
 #: for traces under ~10^20 intervals); also the stride that keys a page's write instants.
 WRITE_SLOTS = 64
-_WRITES_CACHE: dict[str, np.ndarray] = {}
+_WRITES_CACHE: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 _MIX = np.uint64(0xBF58476D1CE4E5B9)
 
 
-def _unit_hash(pages: np.ndarray, interval: int, seed: int) -> np.ndarray:
-    """Deterministic uniform [0, 1) per (page, interval, seed); splitmix64-style, vectorised."""
+def _hash_bits(pages: np.ndarray, interval: int, seed: int) -> np.ndarray:
+    """Deterministic 64 random bits per (page, interval, seed); splitmix64-style, vectorised."""
     x = pages.astype(np.uint64) * _GOLD + np.uint64((interval * 0x632BE59BD9B4E019 + seed * 0x94D049BB133111EB)
                                                     & 0xFFFFFFFFFFFFFFFF)
     x ^= x >> np.uint64(30)
     x *= _MIX
     x ^= x >> np.uint64(27)
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+    return x
+
+
+def _unit_hash(pages: np.ndarray, interval: int, seed: int) -> np.ndarray:
+    """Deterministic uniform [0, 1) per (page, interval, seed): the top 53 of :func:`_hash_bits`."""
+    return (_hash_bits(pages, interval, seed) >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
 
 
 class DirtSource(Protocol):
@@ -76,7 +81,7 @@ class TraceDirt:
         self.n_pages = trace.n_pages
         self.seed = seed
         self.within_interval = within_interval
-        self._writes: np.ndarray | None = None
+        self._writes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         # time_scale > 1 plays the trace faster: used to model reads on top of writes.
         self.time_scale = time_scale
         self.t0 = float(trace.t_start_s[0])
@@ -89,6 +94,10 @@ class TraceDirt:
 
     def writes_per_interval(self) -> np.ndarray:
         """Mean writes per interval in which each page changed (>= 1), inferred from how often it changed."""
+        return self._writes_table()[0]
+
+    def _writes_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per page: mean writes m (float32), its whole part (uint8) and its fraction in 1/65536 (uint16)."""
         if self._writes is None:
             key = self.trace.sha256
             self._writes = _WRITES_CACHE.get(key) if key else None
@@ -101,7 +110,10 @@ class TraceDirt:
             lam_i = -np.log1p(-share)
             with np.errstate(invalid="ignore", divide="ignore"):
                 m = np.where(lam_i > 1e-12, lam_i / -np.expm1(-lam_i), 1.0)
-            self._writes = m.astype(np.float32)
+            m = np.clip(m, 1.0, WRITE_SLOTS).astype(np.float32)
+            whole = np.floor(m)
+            self._writes = (m, whole.astype(np.uint8),
+                            np.minimum(np.round((m - whole) * 65536.0), 65535).astype(np.uint16))
             if self.trace.sha256:  # a sweep replays one trace thousands of times: infer the rates once
                 while len(_WRITES_CACHE) >= 4:
                     _WRITES_CACHE.pop(next(iter(_WRITES_CACHE)))
@@ -118,19 +130,18 @@ class TraceDirt:
                 hit = (pages, s + _unit_hash(pages, i, self.seed) * (e - s))
             else:
                 # Write j of a page is at hash(page x WRITE_SLOTS + j): independent uniform instants, as the
-                # Poisson reading implies. The low bits of write 0's hash round m stochastically, so the
+                # Poisson reading implies. The low 16 bits of write 0's hash round m stochastically, so the
                 # common case (one write) costs one hash per page.
-                m = self.writes_per_interval()[pages].astype(np.float64)
-                u0 = _unit_hash(pages.astype(np.uint64) * np.uint64(WRITE_SLOTS), i, self.seed)
-                whole = np.floor(m)
-                k = np.clip(whole + (np.modf(u0 * 1024.0)[0] < m - whole), 1, WRITE_SLOTS).astype(np.int64)
-                t = s + u0 * (e - s)
+                _, whole, frac = self._writes_table()
+                bits = _hash_bits(pages * WRITE_SLOTS, i, self.seed)
+                k = whole[pages] + ((bits & np.uint64(0xFFFF)) < frac[pages])
+                t = s + (bits >> np.uint64(11)).astype(np.float64) * ((e - s) / 2**53)
                 more = k > 1
                 if more.any():
-                    km = k[more] - 1
+                    km = k[more].astype(np.int64) - 1
                     rep = np.repeat(pages[more], km)
                     j = 1 + np.arange(len(rep)) - np.repeat(np.cumsum(km) - km, km)
-                    u = _unit_hash(rep.astype(np.uint64) * np.uint64(WRITE_SLOTS) + j.astype(np.uint64), i, self.seed)
+                    u = _unit_hash(rep * WRITE_SLOTS + j, i, self.seed)
                     pages, t = np.concatenate([pages, rep]), np.concatenate([t, s + u * (e - s)])
                 hit = (pages, t)
             if len(self._cache) >= 8:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from sim import Host, Link, Scenario, Strategy, Workload, simulate
 from sim.baselines import geometric_precopy, simgrid_precopy
-from sim.dirty import _unit_hash
+from sim.dirty import _hash_bits, _unit_hash
 from sim.trace import make_trace, save
 from sim.units import parse_bandwidth
 
@@ -156,7 +156,7 @@ def _brute_force(lists, t, n_pages, rate_pages_s, rounds, seed):
 
     Write instants as ``sim.dirty`` documents them, computed page by page: a page that changed in a
     share f of the intervals is written m = L / (1 - e^-L) times per interval it changed in, L = -ln(1 - f)
-    (f capped at 1 - 1/2n), stochastically rounded by the low bits of write 0's hash, at
+    (f capped at 1 - 1/2n), stochastically rounded by the low 16 bits of write 0's hash, at
     independent hashed instants.
     """
     n = len(lists)
@@ -170,8 +170,8 @@ def _brute_force(lists, t, n_pages, rate_pages_s, rounds, seed):
             f = min(seen[p] / n, 1 - 0.5 / n)
             lam = -math.log(1 - f)
             m = float(np.float32(lam / (1 - math.exp(-lam))))
-            x0 = float(_unit_hash(np.array([p * 64], np.uint64), i, seed)[0])
-            k = max(1, math.floor(m) + (1 if (x0 * 1024.0) % 1.0 < m - math.floor(m) else 0))
+            low16 = int(_hash_bits(np.array([p * 64], np.uint64), i, seed)[0]) & 0xFFFF
+            k = max(1, math.floor(m) + (1 if low16 < min(round((m - math.floor(m)) * 65536), 65535) else 0))
             for j in range(k):
                 x = float(_unit_hash(np.array([p * 64 + j], np.uint64), i, seed)[0])
                 events.append((t[i] + x * (t[i + 1] - t[i]), p))
