@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_TRACE ?= traces/redis-512M.npz
-DEMO_ARGS ?= --bandwidth 100MiB/s --rtt 1ms --downtime-limit 300ms
+# Host constants fit on the 126 real migrations of results/validation/full (the machine the trace came from).
+DEMO_ARGS ?= --bandwidth 100MiB/s --rtt 1ms --downtime-limit 300ms --host results/validation/full/host.json
 
 .PHONY: venv demo test test-fast lint bench deps notebooks clean
 
