@@ -229,7 +229,9 @@ def plot_timelines(results: dict[str, Any], path: Path) -> None:
     w = next(iter(results.values())).scenario.workload
     axes[0].set_title(f"{Path(w.path).name if w.path else w.spec}: bytes remaining (shaded: guest paused)")
     if switch_times:
-        late = [x for x in switch_times if x > 0] or switch_times
+        # Stop-and-copy and post-copy switch at the start (after setup): zoom on the switchovers that
+        # follow a live phase.
+        late = [x for x in switch_times if x > 0.05 * max(ends)] or switch_times
         lo, hi = min(late), max(ends)
         axes[1].set_xlim(lo - 0.25 * (hi - lo) - 1e-3, hi + 0.05 * (hi - lo) + 1e-3)
     axes[1].set_title("around the switchover")
