@@ -39,7 +39,7 @@ from .trace import Trace
 #: Most writes one page gets in one interval (m stays below ln(2 x intervals) + 1, so this never binds
 #: for traces under ~10^20 intervals); also the stride that keys a page's write instants.
 WRITE_SLOTS = 64
-_WRITES_CACHE: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_WRITES_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 _MIX = np.uint64(0xBF58476D1CE4E5B9)
 
@@ -81,7 +81,7 @@ class TraceDirt:
         self.n_pages = trace.n_pages
         self.seed = seed
         self.within_interval = within_interval
-        self._writes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._writes: tuple[np.ndarray, np.ndarray] | None = None
         # time_scale > 1 plays the trace faster: used to model reads on top of writes.
         self.time_scale = time_scale
         self.t0 = float(trace.t_start_s[0])
@@ -92,12 +92,8 @@ class TraceDirt:
         self._all: np.ndarray | None = None
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def writes_per_interval(self) -> np.ndarray:
-        """Mean writes per interval in which each page changed (>= 1), inferred from how often it changed."""
-        return self._writes_table()[0]
-
-    def _writes_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per page: mean writes m (float32), its whole part (uint8) and its fraction in 1/65536 (uint16)."""
+    def _writes_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per page, the mean writes m per interval it changed in: whole part (uint8), fraction in 1/65536 (uint16)."""
         if self._writes is None:
             key = self.trace.sha256
             self._writes = _WRITES_CACHE.get(key) if key else None
@@ -112,7 +108,7 @@ class TraceDirt:
                 m = np.where(lam_i > 1e-12, lam_i / -np.expm1(-lam_i), 1.0)
             m = np.clip(m, 1.0, WRITE_SLOTS).astype(np.float32)
             whole = np.floor(m)
-            self._writes = (m, whole.astype(np.uint8),
+            self._writes = (whole.astype(np.uint8),
                             np.minimum(np.round((m - whole) * 65536.0), 65535).astype(np.uint16))
             if self.trace.sha256:  # a sweep replays one trace thousands of times: infer the rates once
                 while len(_WRITES_CACHE) >= 4:
@@ -132,7 +128,7 @@ class TraceDirt:
                 # Write j of a page is at hash(page x WRITE_SLOTS + j): independent uniform instants, as the
                 # Poisson reading implies. The low 16 bits of write 0's hash round m stochastically, so the
                 # common case (one write) costs one hash per page.
-                _, whole, frac = self._writes_table()
+                whole, frac = self._writes_table()
                 bits = _hash_bits(pages * WRITE_SLOTS, i, self.seed)
                 k = whole[pages] + ((bits & np.uint64(0xFFFF)) < frac[pages])
                 t = s + (bits >> np.uint64(11)).astype(np.float64) * ((e - s) / 2**53)

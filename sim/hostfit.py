@@ -32,8 +32,8 @@ How:
   weight, plus time, bytes, downtime). Staging keeps a model gap of one
   strategy from dragging the constants another strategy depends on.
   ``host.postcopy_switch_s`` (the post-copy switchover's fixed cost) is fit
-  last, alone, on the downtime of the post-copy and hybrid runs. Each scenario is simulated
-  once per evaluation (repetitions share it), so a fit costs a few hundred
+  last, alone, on the downtime of the post-copy and hybrid runs. Each
+  scenario is simulated once per evaluation (repetitions share it), so a fit costs a few hundred
   simulations of a few milliseconds each.
 * Splits are by scenario (:func:`assign_folds`): repetitions of one scenario
   are never split between training and judging, so a constant is never tuned
@@ -325,13 +325,19 @@ def fit(observations: Sequence[Observation], *, maxfev: int | None = None,
     assert res is not None
     constants = {**_params_from_x(res.x), **direct}
 
-    def sloss(sw: float) -> float:
-        nonlocal n_eval
-        n_eval += 1
-        return _loss(pre, scs, idx, {**constants, "host.switchover_s": sw}, ("downtime_s",))
+    def fit_fixed_cost(key: str, obs: list[Observation], o_scs: list[Scenario], o_idx: list[int],
+                       upper_s: float, xatol_s: float, maxiter: int) -> None:
+        """A switchover's fixed cost, alone, on downtime; 0 unless it beats no cost at all."""
+        def dloss(cost_s: float) -> float:
+            nonlocal n_eval
+            n_eval += 1
+            return _loss(obs, o_scs, o_idx, {**constants, key: cost_s}, ("downtime_s",))
 
-    sw = minimize_scalar(sloss, bounds=(0.0, 0.5), method="bounded", options={"xatol": 5e-4, "maxiter": 40})
-    constants["host.switchover_s"] = float(sw.x) if sw.fun <= sloss(0.0) else 0.0
+        r = minimize_scalar(dloss, bounds=(0.0, upper_s), method="bounded",
+                            options={"xatol": xatol_s, "maxiter": maxiter})
+        constants[key] = float(r.x) if r.fun <= dloss(0.0) else 0.0
+
+    fit_fixed_cost("host.switchover_s", pre, scs, idx, 0.5, 5e-4, 40)
     total_loss = _loss(pre, scs, idx, constants) * len(pre)
     post = [o for o in train if o.scenario.strategy.kind in ("postcopy", "hybrid")]
     if post:
@@ -345,14 +351,7 @@ def fit(observations: Sequence[Observation], *, maxfev: int | None = None,
         q = minimize_scalar(qloss, bounds=(math.log(1 / 64), math.log(256)), method="bounded",
                             options={"xatol": 0.05, "maxiter": 30})
         constants["host.postcopy_queue_bytes"] = float(round(math.exp(q.x) * QUEUE_REF_BYTES))
-
-        def ploss(ps: float) -> float:
-            nonlocal n_eval
-            n_eval += 1
-            return _loss(post, pscs, pidx, {**constants, "host.postcopy_switch_s": ps}, ("downtime_s",))
-
-        ps = minimize_scalar(ploss, bounds=(0.0, 0.1), method="bounded", options={"xatol": 1e-4, "maxiter": 30})
-        constants["host.postcopy_switch_s"] = float(ps.x) if ps.fun <= ploss(0.0) else 0.0
+        fit_fixed_cost("host.postcopy_switch_s", post, pscs, pidx, 0.1, 1e-4, 30)
         total_loss += _loss(post, pscs, pidx, constants) * len(post)
     value = total_loss / (len(pre) + len(post)) if pre is not train else total_loss / len(train)
     groups = tuple(sorted({o.group for o in train}))

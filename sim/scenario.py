@@ -115,7 +115,8 @@ class Host:
     a different code path in QEMU, and one whose downtime clock stops when the
     source has sent the package, so the link delay is not in ``downtime_s``
     (the guest still resumes ``rtt/2`` later, which the timeline keeps).
-    ``None`` means the same as ``switchover_s``; ``calibrate-host`` fits it. ``throughput_efficiency`` scales the link to the throughput the
+    ``None`` means the same as ``switchover_s``; ``calibrate-host`` fits it.
+    ``throughput_efficiency`` scales the link to the throughput the
     migration stream really achieves. ``dirty_rate_factor`` scales the guest's
     dirty rate while it is being migrated (TCG slows a guest under migration).
     ``page_send_cost_s`` is a per-page CPU cost on the sender.
