@@ -244,6 +244,15 @@ class ExpectedPages:
             self.pending *= 1.0 - k / total
         return float(k)
 
+    def fresh_count(self) -> float:
+        """Pending pages not written since :meth:`set_all`. Counts alone cannot tell: all pending."""
+        return self.count()
+
+    def send_counted(self, k: float) -> tuple[float, float]:
+        """Send ``k`` pages; return (pages sent, how many of them were fresh)."""
+        sent = self.send(k)
+        return sent, sent
+
     def clear(self) -> None:
         self.pending[:] = 0.0
 
@@ -257,6 +266,8 @@ class ExactPages:
         self.source = source
         self.n_pages = source.n_pages
         self.pending = np.zeros(self.n_pages, dtype=bool)
+        # Pages written since the migration started: only the others can still be zero pages.
+        self.written = np.zeros(self.n_pages, dtype=bool)
         self.scan_pos = 0
 
     @property
@@ -265,14 +276,20 @@ class ExactPages:
 
     def set_all(self) -> None:
         self.pending[:] = True
+        self.written[:] = False
 
     def count(self) -> float:
         return float(np.count_nonzero(self.pending))
+
+    def fresh_count(self) -> float:
+        """Pending pages not written since :meth:`set_all` (the first pass's pages still unsent and untouched)."""
+        return float(np.count_nonzero(self.pending & ~self.written))
 
     def add_dirty(self, g0: float, g1: float) -> float:
         pages, _ = self.source.window(g0, g1)
         if len(pages) == 0:
             return 0.0
+        self.written[pages] = True
         # Counting before and after is cheaper than de-duplicating the page list (a sort or hash).
         before = np.count_nonzero(self.pending)
         self.pending[pages] = True
@@ -294,6 +311,11 @@ class ExactPages:
 
     def send(self, k: float) -> float:
         return float(len(self.take(k)))
+
+    def send_counted(self, k: float) -> tuple[float, float]:
+        """Send ``k`` pages in scan order; return (pages sent, how many of them were fresh)."""
+        sel = self.take(k)
+        return float(len(sel)), float(np.count_nonzero(~self.written[sel]))
 
     def clear(self) -> None:
         self.pending[:] = False

@@ -102,6 +102,8 @@ class Migration:
         self.n_pages = self.pages.n_pages
         self.zero_fraction = float(w.zero_page_fraction if w.zero_page_fraction is not None else (zero or 0.0))
         self.bhyve = host.hypervisor == "bhyve"
+        # postcopy-ram opens QEMU's return path, which a completion must close before its downtime clock stops.
+        self.return_path = not self.bhyve and sc.strategy.kind in ("postcopy", "hybrid")
         if self.bhyve:
             self.zero_fraction = 0.0  # bhyve sends every page, zero or not
         self.header = link.header_bytes_per_page
@@ -123,6 +125,7 @@ class Migration:
         self.bytes_sent = 0.0
         self.pages_sent = 0.0
         self.zero_left = self.zero_fraction * self.n_pages
+        self.fresh_seen = float(self.n_pages)
         self.syncs = 0
         self.rounds: list[dict[str, Any]] = []
         self.timeline: list[tuple[float, float]] = []
@@ -201,6 +204,23 @@ class Migration:
             self.period_t0, self.period_bytes0, self.period_dirty = now, self.bytes_sent, 0.0
         return new
 
+    def send_pages(self, k: float) -> tuple[float, float]:
+        """Send ``k`` pending pages; return (pages sent, expected zero pages among them).
+
+        Zero pages are sought among the fresh pages -- pending and not written since the migration
+        started, i.e. the first pass's unsent remainder -- evenly: a page the guest wrote is data,
+        and a fresh page the guest writes before it is sent stops being a candidate. (Count-based
+        page sets cannot tell fresh from re-dirtied, and spread zero pages over all pending pages.)
+        """
+        fresh = self.pages.fresh_count()
+        if 0 < fresh < self.fresh_seen:
+            self.zero_left *= fresh / self.fresh_seen
+        sent, fresh_sent = self.pages.send_counted(k)
+        zero = min(self.zero_left * fresh_sent / fresh, sent) if fresh > 0 else 0.0
+        self.zero_left -= zero
+        self.fresh_seen = max(fresh - fresh_sent, 0.0)
+        return sent, zero
+
     def record(self, **row: Any) -> None:
         self.rounds.append(row)
 
@@ -212,9 +232,7 @@ class Migration:
 def precopy_round(env: simpy.Environment, m: Migration, round_no: int, pages: float) -> Generator:
     """Send ``pages`` pending pages while the guest runs and dirties more."""
     t0 = env.now
-    pending = m.pages.count()
-    zero = m.zero_left * (pages / pending) if pending > 0 else 0.0
-    m.zero_left -= zero
+    _, zero = m.send_pages(pages)
     xbz = (pages - zero) * m.xbzrle_ratio(round_no)
     m.xbzrle_hits += xbz
     wire, seconds = m.cost(pages, zero, xbz, m.live_rate_Bps)
@@ -222,7 +240,6 @@ def precopy_round(env: simpy.Environment, m: Migration, round_no: int, pages: fl
     if m.bhyve and seconds > 0:
         chunks = math.ceil(pages / max(m.sc.host.bhyve_chunk_pages, 1))
         paused = min(1.0, chunks * m.sc.host.bhyve_chunk_pause_s / seconds)
-    m.pages.send(pages)
     yield env.timeout(seconds)
     m.advance_guest(seconds, paused)
     m.bytes_sent += wire
@@ -240,14 +257,18 @@ def stop_and_copy(env: simpy.Environment, m: Migration, phase: str = "stopcopy")
         m.sync_dirty()  # QEMU's completion sync; zero guest time has passed in the stop-and-copy case
     pages = m.pages.count() if phase != "cold" else 0.0
     m.final_pages = pages
-    zero = m.zero_left * (pages / m.pages.count()) if pages > 0 else 0.0
-    m.zero_left -= zero
+    zero = m.send_pages(pages)[1] if pages > 0 else 0.0
     xbz = (pages - zero) * m.xbzrle_ratio(len(m.rounds))
     wire, seconds = m.cost(pages, zero, xbz, m.switch_rate_Bps)
     wire += sc.host.device_state_bytes
     seconds += sc.host.device_state_bytes / m.switch_rate_Bps
     fixed = sc.host.cold_restart_s if phase == "cold" else sc.host.switchover_s
     downtime = fixed + seconds + sc.link.rtt_s / 2
+    if m.return_path and phase != "cold":
+        # close_return_path_on_source() runs before migration_completion_end(): the clock keeps running
+        # until the destination has the whole stream -- the backlog still queued in socket and link
+        # buffers, the same queue a post-copy request waits behind -- and its reply is back.
+        downtime += sc.host.postcopy_queue_bytes / m.switch_rate_Bps + sc.link.rtt_s / 2
     m.pages.clear()
     yield env.timeout(downtime)
     m.downtime_s = downtime
@@ -287,14 +308,17 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator:
     round_no = 0
     total_sent = 0.0
     prev_pending = math.inf
+    switch_due = False
     while True:
         pending = m.pages.count()
         if st.kind == "hybrid" and round_no >= st.postcopy_after_rounds:
             # QEMU acts on migrate-start-postcopy at its next iteration check, after one more chunk, and
-            # checks for completion first: a pending set that one chunk takes below the threshold
-            # completes as pre-copy instead of switching.
+            # checks for completion first: when that chunk takes the estimate below the threshold it
+            # syncs exactly, completes as pre-copy if the exact pending is below too, and otherwise
+            # starts post-copy right there (migration_iteration_run).
             if not (m.rule.sync == "iteration" and pending - m.chunk_pages < m.threshold_pages):
                 return "postcopy"
+            switch_due = True
         pages = m.rule.round_pages(pending, m.threshold_pages, m.chunk_pages)
         yield env.process(precopy_round(env, m, round_no, pages))
         total_sent += pages
@@ -311,6 +335,8 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator:
         if decision == "complete":
             m.reason = m.rule.reason
             return "stopcopy"
+        if switch_due:
+            return "postcopy"
         if st.kind == "hybrid" and st.stall_detector and pending >= st.stall_ratio * prev_pending:
             m.reason = f"convergence stalled (pending {pending:.0f} >= {st.stall_ratio:g} x {prev_pending:.0f} pages)"
             return "postcopy"

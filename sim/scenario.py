@@ -121,7 +121,10 @@ class Host:
     dirty rate while it is being migrated (TCG slows a guest under migration).
     ``page_send_cost_s`` is a per-page CPU cost on the sender.
     ``postcopy_queue_bytes`` is how much background-push data a post-copy page
-    request waits behind (socket buffers without QEMU's postcopy-preempt).
+    request waits behind (socket buffers without QEMU's postcopy-preempt). The
+    same backlog delays a completion whenever QEMU's return path is open
+    (``postcopy-ram`` on: post-copy and hybrid strategies): its downtime clock
+    stops only when the destination has read the whole stream and replied.
 
     ``hypervisor`` selects the copy mechanics. ``qemu``: zero pages elided,
     XBZRLE and auto-converge available. ``bhyve`` (FreeBSD-UPB patches): every

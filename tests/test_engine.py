@@ -45,6 +45,62 @@ def test_qemu_iteration_sync_leaves_up_to_a_threshold_for_downtime():
     assert textbook.downtime_s < r.downtime_s <= 0.3 + 1e-9
 
 
+@pytest.mark.parametrize("rate", [20000, 30000, 50000])
+@pytest.mark.parametrize("after", [1, 2, 3, 4])
+def test_hybrid_acts_on_start_postcopy_at_the_next_check(after, rate):
+    # migrate-start-postcopy is read at QEMU's next iteration check: it completes as pre-copy only if
+    # the exact pending there is below the threshold, and otherwise starts post-copy right then. So a
+    # hybrid never runs more than one pre-copy round past its switch point. A hot set just above
+    # the threshold puts the exact pending of that round on either side of it, depending on the rate.
+    def scenario(**strategy) -> Scenario:
+        return Scenario(workload=Workload(spec=f"hotcold:hot={2816 * 4096}B,rate={rate},hot_share=1",
+                                          memory_bytes=256 * MiB),
+                        link=Link(bandwidth_Bps=50 * MiB), strategy=Strategy(timeout_s=20, **strategy))
+
+    pre = simulate(scenario(kind="precopy"))
+    hyb = simulate(scenario(kind="hybrid", postcopy_after_rounds=after))
+    live = hyb.rounds
+    assert list(hyb.rounds_table["pages"][:live]) == list(pre.rounds_table["pages"][:live])
+    assert live <= after + 1
+    if hyb.postcopy_time_s == 0:  # completed as pre-copy, exactly as pre-copy alone would have
+        assert pre.rounds == live and hyb.final_pages == pre.final_pages
+    else:
+        assert live >= min(after, pre.rounds)
+
+
+def test_completion_with_the_return_path_open_waits_for_the_backlog():
+    # postcopy-ram opens the return path: a hybrid that completes as pre-copy stops QEMU's downtime
+    # clock only once the destination has the queued stream and has replied; plain pre-copy does not wait.
+    def scenario(kind: str) -> Scenario:
+        return Scenario(workload=Workload(spec=f"hotcold:hot={2816 * 4096}B,rate=20000,hot_share=1",
+                                          memory_bytes=256 * MiB),
+                        link=Link(bandwidth_Bps=50 * MiB, rtt_s=0.004),
+                        host=Host(postcopy_queue_bytes=2 * MiB),
+                        strategy=Strategy(kind=kind, postcopy_after_rounds=3, timeout_s=20))
+
+    pre, hyb = simulate(scenario("precopy")), simulate(scenario("hybrid"))
+    assert hyb.postcopy_time_s == 0 and hyb.rounds == pre.rounds and hyb.final_pages == pre.final_pages
+    assert hyb.downtime_s == pytest.approx(pre.downtime_s + 2 * MiB / (50 * MiB) + 0.002, rel=1e-9)
+
+
+def test_zero_pages_go_out_with_the_first_pass_only():
+    # A page the guest writes is data: once the first pass's remainder is sent, the final copy of a
+    # page-exact replay holds no zero pages. The page-count model cannot tell written from unwritten
+    # pages and spreads the zero pages over every pending page, the final copy included.
+    def run(mode: str):
+        return simulate(Scenario(workload=Workload(spec="hotcold:hot=16MiB,rate=3000", memory_bytes=256 * MiB,
+                                                   zero_page_fraction=0.5, mode=mode),
+                                 link=Link(bandwidth_Bps=50 * MiB), strategy=Strategy(downtime_limit_s=0.3),
+                                 seed=3)).rounds_table
+
+    exact, counted = run("sampled"), run("expected")
+    n_zero = 0.5 * 256 * MiB / 4096
+    assert exact["pages"].iloc[0] < 256 * MiB / 4096  # pre-copy's first round stops inside the first pass
+    assert exact["zero_pages"].iloc[1] > 0 and exact["zero_pages"].iloc[-1] == 0
+    assert exact["zero_pages"].sum() <= n_zero
+    assert counted["zero_pages"].iloc[-1] > 0
+
+
 def test_simgrid_rule_reproduces_simgrid_equations():
     ref = simgrid_precopy(4096 * MiB, 1.25e8, 0.2, 1e-4)
     assert ref.rounds == 4
