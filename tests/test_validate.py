@@ -473,8 +473,8 @@ def test_smoke_campaign(tmp_path, guest_image):
 #: campaign, on a busier host, the repetition spread of total time reached 5.8 % (75th percentile).
 #: Downtime is the noisy one for a structural reason: where the last exact check lands either side
 #: of the threshold, QEMU stops one check earlier or later. Five runs of pre-copy at 50 ms gave
-#: 11, 18, 20, 23 and 50 ms; four of hybrid-2 switched to post-copy once (1 ms) and completed as
-#: pre-copy three times (316-334 ms). Hybrid-2's error is then either the smallest or the largest
+#: 11, 18, 20, 23 and 50 ms; ten of hybrid-2 switched to post-copy six times (~1 ms) and completed
+#: as pre-copy four times (294-334 ms). Hybrid-2's error is then either the smallest or the largest
 #: of the four judged runs, so it cannot move their median; the 50 ms run's (24-39 ms against
 #: the model's 47 ms) sat in the middle and decided it, so the 50 ms limit now calibrates the
 #: fixed cost, with the other fit runs, instead of being judged alone.
