@@ -266,8 +266,10 @@ class ExactPages:
         self.source = source
         self.n_pages = source.n_pages
         self.pending = np.zeros(self.n_pages, dtype=bool)
-        # Pages written since the migration started: only the others can still be zero pages.
-        self.written = np.zeros(self.n_pages, dtype=bool)
+        # Pending pages not written since the migration started: only these can still be zero pages.
+        # Kept alongside pending (every method that clears a pending page clears it here too), so that
+        # counting it is one pass with no temporaries.
+        self.fresh = np.zeros(self.n_pages, dtype=bool)
         self.scan_pos = 0
 
     @property
@@ -276,46 +278,60 @@ class ExactPages:
 
     def set_all(self) -> None:
         self.pending[:] = True
-        self.written[:] = False
+        self.fresh[:] = True
 
     def count(self) -> float:
         return float(np.count_nonzero(self.pending))
 
     def fresh_count(self) -> float:
         """Pending pages not written since :meth:`set_all` (the first pass's pages still unsent and untouched)."""
-        return float(np.count_nonzero(self.pending & ~self.written))
+        return float(np.count_nonzero(self.fresh))
 
     def add_dirty(self, g0: float, g1: float) -> float:
         pages, _ = self.source.window(g0, g1)
         if len(pages) == 0:
             return 0.0
-        self.written[pages] = True
+        self.fresh[pages] = False
         # Counting before and after is cheaper than de-duplicating the page list (a sort or hash).
         before = np.count_nonzero(self.pending)
         self.pending[pages] = True
         return float(np.count_nonzero(self.pending) - before)
 
-    def take(self, k: float) -> np.ndarray:
-        """Remove and return the next ``k`` pending pages in scan order."""
+    def _next(self, k: float) -> np.ndarray:
+        """The next ``k`` pending pages in scan order (not yet removed)."""
         k = int(round(k))
         if k <= 0:
             return np.zeros(0, np.int64)
         ahead = np.flatnonzero(self.pending[self.scan_pos:]) + self.scan_pos
         if len(ahead) < k:
             ahead = np.concatenate([ahead, np.flatnonzero(self.pending[: self.scan_pos])])
-        sel = ahead[:k]
-        self.pending[sel] = False
+        return ahead[:k]
+
+    def discard(self, pages: np.ndarray) -> None:
+        """Remove ``pages`` from pending (sent, or delivered on a fault)."""
+        self.pending[pages] = False
+        self.fresh[pages] = False
+
+    def _scan_past(self, sel: np.ndarray) -> np.ndarray:
+        """Remove ``sel`` (scan-order pages) and move the scan past them; return ``sel``."""
+        self.discard(sel)
         if len(sel):
             self.scan_pos = int(sel[-1] + 1) % self.n_pages
         return sel
+
+    def take(self, k: float) -> np.ndarray:
+        """Remove and return the next ``k`` pending pages in scan order."""
+        return self._scan_past(self._next(k))
 
     def send(self, k: float) -> float:
         return float(len(self.take(k)))
 
     def send_counted(self, k: float) -> tuple[float, float]:
         """Send ``k`` pages in scan order; return (pages sent, how many of them were fresh)."""
-        sel = self.take(k)
-        return float(len(sel)), float(np.count_nonzero(~self.written[sel]))
+        sel = self._next(k)
+        fresh_sent = float(np.count_nonzero(self.fresh[sel]))
+        return float(len(self._scan_past(sel))), fresh_sent
 
     def clear(self) -> None:
         self.pending[:] = False
+        self.fresh[:] = False

@@ -97,7 +97,7 @@ def background_push(env: simpy.Environment, m: Migration, state: dict, done: sim
                 near = starts + np.tile(np.arange(bubble), len(faults))
                 near = near[near < m.n_pages]
                 near = near[pages.pending[near]][: int(budget)]
-                pages.pending[near] = False
+                pages.discard(near)
                 bubbled = float(len(near))
                 pages.scan_pos = push_ptr
             elif prepaging == "follow" and len(faults):
@@ -185,7 +185,7 @@ def serve_fault(env: simpy.Environment, m: Migration, state: dict, dt: float, st
         if k < len(fault_times):
             g_end = min(g_end, float(fault_times[k]))
     faulted = touched[fault][:k]
-    pages.pending[faulted] = False
+    pages.discard(faulted)
     state["fault_list"] = np.concatenate([state.get("fault_list", np.zeros(0, np.int64)), faulted])
     m.g = g_end
     return float(k), (g_end - g0) / factor

@@ -45,20 +45,23 @@ def test_qemu_iteration_sync_leaves_up_to_a_threshold_for_downtime():
     assert textbook.downtime_s < r.downtime_s <= 0.3 + 1e-9
 
 
+def near_threshold(rate: int, rtt_s: float = 0.0, host: Host | None = None, **strategy) -> Scenario:
+    """A hot set of 2816 pages whose pending settles near the threshold (3840 pages: 50 MiB/s x 300 ms):
+    the exact pending of a late round lands on either side of it, depending on the rate."""
+    return Scenario(workload=Workload(spec=f"hotcold:hot={2816 * 4096}B,rate={rate},hot_share=1",
+                                      memory_bytes=256 * MiB),
+                    link=Link(bandwidth_Bps=50 * MiB, rtt_s=rtt_s), host=host or Host(),
+                    strategy=Strategy(timeout_s=20, **strategy))
+
+
 @pytest.mark.parametrize("rate", [20000, 30000, 50000])
 @pytest.mark.parametrize("after", [1, 2, 3, 4])
 def test_hybrid_acts_on_start_postcopy_at_the_next_check(after, rate):
     # migrate-start-postcopy is read at QEMU's next iteration check: it completes as pre-copy only if
     # the exact pending there is below the threshold, and otherwise starts post-copy right then. So a
-    # hybrid never runs more than one pre-copy round past its switch point. A hot set just above
-    # the threshold puts the exact pending of that round on either side of it, depending on the rate.
-    def scenario(**strategy) -> Scenario:
-        return Scenario(workload=Workload(spec=f"hotcold:hot={2816 * 4096}B,rate={rate},hot_share=1",
-                                          memory_bytes=256 * MiB),
-                        link=Link(bandwidth_Bps=50 * MiB), strategy=Strategy(timeout_s=20, **strategy))
-
-    pre = simulate(scenario(kind="precopy"))
-    hyb = simulate(scenario(kind="hybrid", postcopy_after_rounds=after))
+    # hybrid never runs more than one pre-copy round past its switch point.
+    pre = simulate(near_threshold(rate, kind="precopy"))
+    hyb = simulate(near_threshold(rate, kind="hybrid", postcopy_after_rounds=after))
     live = hyb.rounds
     assert list(hyb.rounds_table["pages"][:live]) == list(pre.rounds_table["pages"][:live])
     assert live <= after + 1
@@ -72,11 +75,7 @@ def test_completion_with_the_return_path_open_waits_for_the_backlog():
     # postcopy-ram opens the return path: a hybrid that completes as pre-copy stops QEMU's downtime
     # clock only once the destination has the queued stream and has replied; plain pre-copy does not wait.
     def scenario(kind: str) -> Scenario:
-        return Scenario(workload=Workload(spec=f"hotcold:hot={2816 * 4096}B,rate=20000,hot_share=1",
-                                          memory_bytes=256 * MiB),
-                        link=Link(bandwidth_Bps=50 * MiB, rtt_s=0.004),
-                        host=Host(postcopy_queue_bytes=2 * MiB),
-                        strategy=Strategy(kind=kind, postcopy_after_rounds=3, timeout_s=20))
+        return near_threshold(20000, 0.004, Host(postcopy_queue_bytes=2 * MiB), kind=kind, postcopy_after_rounds=3)
 
     pre, hyb = simulate(scenario("precopy")), simulate(scenario("hybrid"))
     assert hyb.postcopy_time_s == 0 and hyb.rounds == pre.rounds and hyb.final_pages == pre.final_pages
