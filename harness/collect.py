@@ -29,7 +29,6 @@ interval so far (``meta["complete"]`` says whether the run finished).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import platform
@@ -50,7 +49,6 @@ from harness.qmp import QMPError
 from harness.vm import VM, VMConfig
 from sim import trace as trace_fmt
 from sim.errors import ConfigError
-from sim.units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -307,54 +305,3 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-# ---------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------
-
-def _cmd_collect(args: argparse.Namespace) -> int:
-    if args.hypervisor == "bhyve":
-        from harness.bhyve import collect_main
-
-        return collect_main(args)
-    if not args.workload:
-        raise ConfigError("--workload SPEC is required with --hypervisor qemu")
-    try:
-        memory = parse_size(args.memory)
-    except ConfigError as e:
-        raise ConfigError(f"--memory: {e}") from None
-    try:
-        interval = parse_duration(args.interval)
-        seconds = parse_duration(args.seconds)
-    except ConfigError as e:
-        raise ConfigError(f"--interval/--seconds: {e}") from None
-    parse_workload(args.workload, memory)  # fail on a bad spec before anything boots
-    t = collect(args.workload, memory_bytes=memory, interval_s=interval, seconds=seconds, out=args.output,
-                smp=args.smp, progress=not args.quiet)
-    counts = t.counts
-    m = t.meta
-    print(f"{args.output}: {t.n_intervals} intervals of {interval:g} s, {t.n_pages} pages; dirty pages/interval "
-          f"mean {counts.mean():.0f} (min {counts.min()}, max {counts.max()}); workload achieved "
-          f"{m.get('workload_achieved_rate') or float('nan'):.1f} {m.get('workload_achieved_rate_unit')}; "
-          f"zero pages {m.get('zero_page_fraction', 0) * 100:.1f}%; sha256 {t.sha256[:16]}")
-    return 0
-
-
-def register(groups: dict) -> None:
-    p = groups["trace"].add_parser("collect", help="record a guest's dirty pages: boot a QEMU guest running a "
-                                   "workload, or watch a running bhyve VM (--hypervisor bhyve)")
-    p.add_argument("--hypervisor", choices=("qemu", "bhyve"), default="qemu",
-                   help="qemu: boot a guest here (default); bhyve: read /dev/vmm/NAME on this FreeBSD host")
-    p.add_argument("--workload", metavar="SPEC",
-                   help="e.g. hotcold:hot=64MiB,rate=5000 | zipf:rate=5000,s=1.1 | redis:keys=100000,value=1KiB")
-    p.add_argument("--memory", default="512MiB", help="guest RAM (default 512MiB)")
-    p.add_argument("--interval", default="0.5s", help="diff interval (default 0.5s)")
-    p.add_argument("--seconds", default="60s", help="collection length after the workload starts (default 60s)")
-    p.add_argument("--smp", type=int, default=1, help="guest vCPUs (default 1)")
-    p.add_argument("-o", "--output", required=True, metavar="PATH", help="trace file to write (.npz)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    from harness.bhyve import add_collect_arguments
-
-    add_collect_arguments(p)
-    p.set_defaults(func=_cmd_collect)

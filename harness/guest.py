@@ -55,7 +55,6 @@ The guest never exits: when a workload ends, init reports it and sleeps.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import json
@@ -660,23 +659,3 @@ def _build(root: Path, out: Path, key: str, kpkg: str, versions: dict[str, str],
 def ensure_guest(cache: Path | None = None) -> GuestImage:
     """The guest image, building it first if needed (what the VM launcher calls)."""
     return build_guest(cache)
-
-
-# ---------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------
-
-def _cmd_build_guest(args: argparse.Namespace) -> int:
-    cache = Path(args.cache) if args.cache else None
-    img = build_guest(cache, force=args.force)
-    m = img.manifest
-    print(f"guest {img.key}: kernel {img.kernel_version} ({img.kernel}, {m['vmlinux_bytes'] >> 20} MiB), "
-          f"initramfs {img.initrd} ({m['initramfs_bytes'] >> 20} MiB), redis {m.get('redis_version')}")
-    return 0
-
-
-def register(groups: dict) -> None:
-    p = groups["harness"].add_parser("build-guest", help="build the QEMU guest (kernel + initramfs) into the cache")
-    p.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
-    p.add_argument("--cache", metavar="DIR", help="cache root (default $MIGLAB_CACHE or ~/.cache/miglab)")
-    p.set_defaults(func=_cmd_build_guest)

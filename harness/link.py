@@ -25,8 +25,10 @@ namespace, and nothing has a default route, so traffic cannot leave.
 
 Standalone use (measures what the link really achieves)::
 
-    python -m harness.link measure --bandwidth 200Mbit/s --rtt 10ms
     miglab harness link --bandwidth 200Mbit/s --rtt 10ms
+
+``python -m harness.link forward|sink|probe`` are the link's own helper
+processes, started inside the namespaces; they are not meant to be typed.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ from types import TracebackType
 from typing import Any
 
 from sim.errors import ConfigError, MiglabError
-from sim.units import format_duration, parse_bandwidth, parse_duration
+from sim.interrupt import sigterm_as_interrupt
+from sim.units import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -554,47 +557,10 @@ def format_measurement(m: LinkMeasurement) -> str:
             f"under load {format_duration(m.rtt_loaded_s) if m.rtt_loaded_s is not None else 'n/a'}")
 
 
-def _measure_cmd(args: argparse.Namespace) -> int:
-    bw = parse_bandwidth(args.bandwidth)
-    rtt = parse_duration(args.rtt)
-    with ShapedLink(bw, rtt) as link:
-        m = link.measure(seconds=parse_duration(args.seconds))
-    if args.json:
-        print(json.dumps(m.to_dict(), indent=2))
-    else:
-        print(format_measurement(m))
-    return 0
-
-
-def register(groups: dict[str, Any]) -> None:
-    """``miglab harness link``: build a shaped link, measure it, tear it down."""
-    p = groups["harness"].add_parser("link", help="build a shaped link (namespaces + tbf + delay) and measure it")
-    _add_measure_args(p)
-    p.set_defaults(func=_measure_cmd)
-    c = groups["harness"].add_parser("cleanup", help="remove namespaces, guests and RAM files of miglab runs "
-                                     "that were killed (their pid is gone)")
-    c.set_defaults(func=_cleanup_cmd)
-
-
-def _cleanup_cmd(args: argparse.Namespace) -> int:
-    for item in cleanup_stale():
-        print(f"removed {item}")
-    return 0
-
-
-def _add_measure_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bandwidth", default="200Mbit/s", help="link rate (default 200Mbit/s)")
-    p.add_argument("--rtt", default="10ms", help="round-trip time (default 10ms)")
-    p.add_argument("--seconds", default="3s", help="bulk transfer duration (default 3s)")
-    p.add_argument("--json", action="store_true", help="print the measurement as JSON")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m harness.link``: ``measure`` for people, the rest for the link itself."""
+    """Entry point of the link's helper processes (``python -m harness.link forward|sink|probe``)."""
     parser = argparse.ArgumentParser(prog="python -m harness.link")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("measure")
-    _add_measure_args(m)
     f = sub.add_parser("forward")
     f.add_argument("--listen", required=True)
     f.add_argument("--connect", required=True)
@@ -609,20 +575,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     pr.add_argument("--seconds", type=float, required=True)
     pr.add_argument("--pings", type=int, required=True)
     args = parser.parse_args(argv)
-    if args.cmd == "measure":
-        try:
-            return _measure_cmd(args)
-        except MiglabError as e:
-            print(f"miglab: error: {e}", file=sys.stderr)
-            return 2
     if args.cmd == "probe":
         print(json.dumps(_probe(_addr(args.throughput), _addr(args.echo), args.seconds, args.pings)))
         return 0
     _die_with_parent()
     if args.cmd == "forward":
         _realtime()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with contextlib.suppress(KeyboardInterrupt):
+    with sigterm_as_interrupt(), contextlib.suppress(KeyboardInterrupt):  # SIGTERM: the link is torn down
         if args.cmd == "forward":
             asyncio.run(_forward_main(_addr(args.listen), _addr(args.connect), args.delay, args.bandwidth))
         else:

@@ -44,12 +44,10 @@ rate-limited by QEMU in either case.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import logging
 import re
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -71,14 +69,12 @@ from harness.record import (
     Poll,
     RunRecord,
     WorkloadRate,
-    record_path,
     utc_now,
 )
 from harness.vm import VM, Console, VMConfig, find_qemu
-from sim.atomic import atomic_open
 from sim.errors import ConfigError, MiglabError
-from sim.scenario import Link, Scenario, Strategy, Workload
-from sim.units import format_bytes, format_duration, parse_bandwidth, parse_duration, parse_size
+from sim.scenario import Scenario, Strategy
+from sim.units import format_bytes, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -528,64 +524,6 @@ def _watch(vm: VM, rates: _Rates, seconds: float, line_interval_s: float = 1.0) 
     return len(fresh) >= 2 and all(b > a for a, b in zip(guest_t, guest_t[1:], strict=False))
 
 
-# -- CLI ---------------------------------------------------------------------------
-
-def scenario_from_args(args: argparse.Namespace) -> Scenario:
-    """Build the Scenario from ``--scenario FILE`` (optional) and the flags given on top of it."""
-    base = Scenario.from_toml(args.scenario) if args.scenario else Scenario(
-        workload=Workload(memory_bytes=512 << 20), link=Link(bandwidth_Bps=parse_bandwidth("1Gbit/s")),
-        strategy=Strategy(timeout_s=120.0))
-    changes: dict[str, Any] = {}
-
-    def flag(name: str, key: str, parse: Callable[[Any], Any]) -> None:
-        value = getattr(args, name)
-        if value is None:
-            return
-        try:
-            changes[key] = parse(value)
-        except ConfigError as e:
-            raise ConfigError(f"--{name.replace('_', '-')}: {e}") from None
-
-    if args.workload is not None:
-        changes["workload.kind"] = "synthetic"
-        changes["workload.spec"] = args.workload
-        changes["workload.path"] = ""
-    elif not args.scenario:
-        raise ConfigError("--workload SPEC is required (e.g. hotcold:hot=64MiB,rate=5000)")
-    flag("memory", "workload.memory_bytes", parse_size)
-    flag("bandwidth", "link.bandwidth_Bps", parse_bandwidth)
-    flag("rtt", "link.rtt_s", parse_duration)
-    flag("max_bandwidth", "link.migration_cap_Bps", parse_bandwidth)
-    flag("downtime_limit", "strategy.downtime_limit_s", parse_duration)
-    flag("timeout", "strategy.timeout_s", parse_duration)
-    flag("xbzrle_cache", "strategy.xbzrle_cache_bytes", parse_size)
-    if args.strategy is not None:
-        if args.strategy not in RUNNER_STRATEGIES:
-            raise ConfigError(f"--strategy: unknown strategy {args.strategy!r} "
-                              f"(choose from {', '.join(RUNNER_STRATEGIES)})")
-        changes["strategy.kind"] = args.strategy
-    if args.postcopy_after is not None:
-        if args.postcopy_after < 0:
-            raise ConfigError("--postcopy-after: must not be negative")
-        changes["strategy.postcopy_after_rounds"] = args.postcopy_after
-    if args.auto_converge:
-        changes["strategy.auto_converge"] = True
-    if args.multifd is not None:
-        if args.multifd < 1:
-            raise ConfigError("--multifd: need at least 1 channel")
-        changes["strategy.multifd_channels"] = args.multifd
-    name = args.name or (Path(args.output).stem if args.output else "") or base.name
-    if name:
-        changes["name"] = name
-    scenario = base.replace(**changes) if changes else base
-    validate_for_qemu(scenario)  # one-line errors before anything starts
-    return scenario
-
-
-def _sigterm_to_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # so every context manager cleans up
-
-
 #: QEMU trace events that show the migration thread's decisions; the per-page and per-write ones are left out
 #: (they would log every page sent).
 QEMU_TRACE_EVENTS = ("migrat*", "-migration_transferred_bytes", "-migration_bitmap_clear_dirty",
@@ -599,79 +537,3 @@ def qemu_trace_args(log_path: Path, events: Sequence[str] = QEMU_TRACE_EVENTS) -
         args += ["-trace", f"enable={e}"]
     # -msg timestamp=on makes the log backend prefix each event with pid@seconds, which qemutrace reads.
     return (*args, "-D", str(log_path.resolve()), "-msg", "timestamp=on")
-
-
-def _summarise_qemu_trace(log_path: Path) -> None:
-    """Write ``LOG.syncs.csv`` (one row per bitmap sync) beside the log and say where."""
-    from harness.qemutrace import syncs
-
-    table = syncs(log_path)
-    dest = log_path.with_name(log_path.name + ".syncs.csv")
-    with atomic_open(dest) as f:
-        table.to_csv(f, index=False)
-    print(f"QEMU trace: {len(table)} bitmap syncs -> {dest}")
-
-
-def _cmd_migrate(args: argparse.Namespace) -> int:
-    if args.hypervisor == "bhyve":
-        from harness.bhyve import migrate_main
-
-        return migrate_main(args)
-    scenario = scenario_from_args(args)
-    out = Path(args.output) if args.output else record_path(args.campaign, scenario.name or "run")
-    opts = MigrateOptions(timeout_s=None, verify_memory=args.verify_memory, warmup_s=parse_duration(args.warmup),
-                          progress=not args.no_progress and sys.stderr.isatty(),
-                          keep_logs_in=Path(args.keep_logs) if args.keep_logs else None,
-                          src_extra_args=qemu_trace_args(Path(args.qemu_trace)) if args.qemu_trace else ())
-    old = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
-    try:
-        record = run_migration(scenario, opts)
-    finally:
-        signal.signal(signal.SIGTERM, old)
-    record.save(out)
-    if args.qemu_trace:
-        _summarise_qemu_trace(Path(args.qemu_trace))
-    s = record.stats
-    print(f"{record.outcome}: total {format_duration(s.total_time_s or float('nan'))}, downtime "
-          f"{format_duration(s.downtime_s or float('nan'))}, sent {format_bytes(s.bytes_sent)}, "
-          f"{s.dirty_sync_count} syncs, {s.postcopy_requests} post-copy requests; guest continues on "
-          f"{record.guest_side or '-'}: {record.guest_continues}"
-          + (f"; {record.memory_check.pages_differing} pages differ" if record.memory_check else "")
-          + f" -> {out}")
-    return 0 if record.completed and record.guest_continues else 1
-
-
-def register(groups: dict[str, Any]) -> None:
-    """``miglab migrate``: one real QEMU migration over a shaped link, recorded as JSON."""
-    p = groups[""].add_parser("migrate", help="run a real migration over a shaped link (QEMU) or between "
-                              "two FreeBSD hosts (bhyve) and record it")
-    p.add_argument("--hypervisor", choices=("qemu", "bhyve"), default="qemu",
-                   help="qemu: two local TCG guests in namespaces (default); bhyve: see the bhyve flags below")
-    p.add_argument("--scenario", help="scenario TOML to start from (flags override its fields)")
-    p.add_argument("--workload", help="workload spec, e.g. hotcold:hot=64MiB,rate=5000 (or redis, idle)")
-    p.add_argument("--memory", help="guest memory (default 512MiB)")
-    p.add_argument("--strategy", help="precopy | postcopy | hybrid")
-    p.add_argument("--bandwidth", help="link rate, e.g. 200Mbit/s (default 1Gbit/s)")
-    p.add_argument("--rtt", help="link round-trip time, e.g. 10ms (default 0)")
-    p.add_argument("--downtime-limit", help="QEMU downtime-limit (default 300ms)")
-    p.add_argument("--postcopy-after", type=int, help="hybrid: switch to post-copy after N completed passes")
-    p.add_argument("--auto-converge", action="store_true", help="enable auto-converge (CPU throttling)")
-    p.add_argument("--xbzrle-cache", help="enable XBZRLE with this cache size, e.g. 64MiB")
-    p.add_argument("--multifd", type=int, help="multifd channels (pre-copy only)")
-    p.add_argument("--max-bandwidth", help="QEMU max-bandwidth cap (default: the link rate)")
-    p.add_argument("--timeout", help="cancel a pre-copy that has not converged after this long (default 120s)")
-    p.add_argument("--verify-memory", action="store_true",
-                   help="keep the destination paused after switchover and compare RAM page by page")
-    p.add_argument("--warmup", default="2s", help="workload run time before migrating (default 2s)")
-    p.add_argument("--name", help="scenario name (default: the output file's stem)")
-    p.add_argument("--campaign", default="scratch", help="results/<campaign>/<name>.json when -o is not given")
-    p.add_argument("-o", "--output", help="run record JSON path")
-    p.add_argument("--keep-logs", help="copy the guests' console and QEMU logs into this directory")
-    p.add_argument("--qemu-trace", metavar="LOG",
-                   help="write the source QEMU's migration trace events to LOG: every pending estimate and "
-                        "exact check, bitmap sync and bandwidth window (threshold), with host timestamps")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from harness.bhyve import add_migrate_arguments
-
-    add_migrate_arguments(p)
-    p.set_defaults(func=_cmd_migrate)

@@ -609,7 +609,7 @@ def calibrate(runs: Sequence[ValidatedRun], folds: int, host_json: str | None = 
 
     groups = sorted({r.scenario for r in runs})
     if host_json:
-        from sim.cli import load_host_json
+        from sim.hostconst import load_host_json
 
         consts = {k: float(v) for k, v in load_host_json(host_json).items()}
         return Calibration("fixed", {g: consts for g in groups}, {g: -1 for g in groups}, None,
@@ -1085,7 +1085,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         raise ConfigError(f"-o {out}: exists and is not a directory")
     host = args.host if args.host is not None else campaign.host
     if host:
-        from sim.cli import load_host_json
+        from sim.hostconst import load_host_json
 
         load_host_json(host)  # one-line error before anything runs
     progress = not args.quiet

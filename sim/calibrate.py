@@ -26,13 +26,11 @@ value of its size is ``model.working_set(window_s)``.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import math
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -673,9 +671,6 @@ def sample_dirty_pages(model: DirtyModel, window_s: float, rng: np.random.Genera
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-# ---------------------------------------------------------------------------
-# CLI: miglab calibrate
-# ---------------------------------------------------------------------------
 def format_classes(model: DirtyModel) -> str:
     """A plain-text table of ``model``'s classes and fit error."""
     mib = 2**20 / model.page_size
@@ -693,45 +688,3 @@ def format_classes(model: DirtyModel) -> str:
         for note in f.get("notes", []):
             lines.append(f"note: {note}")
     return "\n".join(lines)
-
-
-def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from .trace import load
-    from .units import parse_size
-
-    if args.classes < 1 or args.classes > 6:
-        raise ConfigError(f"--classes must be between 1 and 6, got {args.classes}")
-    if args.scaling is not None and args.memory is None:
-        raise ConfigError("--scaling needs --memory")
-    memory = parse_size(args.memory) if args.memory is not None else None
-    out = Path(args.output)
-    if out.is_dir():
-        raise ConfigError(f"-o {out}: is a directory")
-    trace = load(args.trace)
-    kinds = ("poisson",) if args.poisson_only else DEFAULT_KINDS
-    model = calibrate(trace, args.classes, kinds=kinds)
-    print(f"calibrated {args.trace} (sha256 {trace.sha256[:12]}...)")
-    print(format_classes(model))
-    if memory is not None:
-        model = model.rescale(memory, args.scaling or "absolute")
-        print(f"\nrescaled to {memory / 2**30:.4g} GiB ({args.scaling or 'absolute'}):")
-        print(format_classes(model).split("\nfit over")[0])
-    model.save(out)
-    print(f"wrote {out}")
-    return 0
-
-
-def register(groups: dict[str, Any]) -> None:
-    """Add ``miglab calibrate`` to the top-level verbs."""
-    p = groups[""].add_parser("calibrate", help="fit a page-class working-set model to a trace",
-                              description="Fit D(T), the distinct pages dirtied in a window of T seconds, "
-                                          "as page classes n_k pages at rate lambda_k per page.")
-    p.add_argument("trace", metavar="TRACE", help="trace file (.npz)")
-    p.add_argument("-o", "--output", required=True, metavar="MODEL.json", help="where to write the model")
-    p.add_argument("--classes", type=int, default=3, metavar="K", help="maximum number of page classes (3)")
-    p.add_argument("--poisson-only", action="store_true",
-                   help="fit only poisson classes n (1 - exp(-lambda T)), no sweep classes n min(1, lambda T)")
-    p.add_argument("--memory", metavar="SIZE", help="rescale the model to this guest size, e.g. 1TiB")
-    p.add_argument("--scaling", choices=("absolute", "proportional"),
-                   help="scaling law for --memory (default absolute: the hot set keeps its size)")
-    p.set_defaults(func=_cmd_calibrate)

@@ -36,14 +36,12 @@ real-run suites.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import glob
 import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +51,6 @@ from . import __version__
 from .atomic import atomic_open
 from .errors import ConfigError
 from .scenario import Scenario, load_toml
-from .units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -565,134 +562,6 @@ def _iqr(xs: list[float]) -> float:
 
     q1, q3 = np.percentile(xs, [25, 75])
     return float(q3 - q1)
-
-
-# --------------------------------------------------------------------------- CLI
-def _parse_floor(text: str) -> tuple[str, float]:
-    metric, sep, value = text.partition("=")
-    if not sep or not metric:
-        raise ConfigError(f"--floor {text!r}: expected METRIC=VALUE, e.g. downtime_s=5ms")
-    unit = metric_unit(metric)
-    try:
-        amount = parse_duration(value) if unit == "s" else parse_size(value) if unit == "bytes" else float(value)
-    except ValueError as e:
-        raise ConfigError(f"--floor {text!r}: {e}") from None
-    return metric, float(amount)
-
-
-def _load_current(args: argparse.Namespace, metrics: list[str]) -> dict[str, Any]:
-    suite_path = args.suite or (args.current if args.current and args.current.endswith(".toml") else None)
-    if suite_path:
-        if args.suite and args.current:
-            raise ConfigError("give either CURRENT or --suite, not both")
-        return run_suite(Suite.from_toml(suite_path), progress=not args.quiet)
-    if not args.current:
-        raise ConfigError("nothing to compare: give CURRENT (records or suite TOML) or --suite SUITE.toml")
-    p = Path(args.current)
-    if p.is_file() and p.suffix == ".json":
-        try:
-            doc = json.loads(p.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{p}: not readable JSON ({e})") from None
-        if isinstance(doc, dict) and doc.get("format") == BASELINE_FORMAT:
-            _check_doc(doc, str(p))
-            return doc
-    return load_records(args.current, metrics)
-
-
-def _cmd_regress(args: argparse.Namespace) -> int:
-    if args.min_runs < MIN_RUNS:
-        raise ConfigError(f"--min-runs must be at least {MIN_RUNS} (fewer runs cannot show a significant change)")
-    floors = dict(_parse_floor(f) for f in args.floor)
-    metrics = args.metric or list(DEFAULT_REAL_METRICS)
-    current = _load_current(args, metrics)
-    baseline_path = Path(args.baseline)
-    if args.update_baseline:
-        if current["kind"] == "real":
-            counts = {n: min((len(v) for v in e["metrics"].values()), default=0)
-                      for n, e in current["scenarios"].items()}
-            short = sorted(n for n, k in counts.items() if k < args.min_runs)
-            if short:
-                raise ConfigError(f"{args.current}: scenario {short[0]!r} has {counts[short[0]]} finished runs, "
-                                  f"need at least {args.min_runs} for a baseline")
-        write_baseline(current, baseline_path)
-        print(f"{baseline_path}: baseline written ({len(current['scenarios'])} scenarios, {current['kind']})")
-        return 0
-    if baseline_path.is_dir() or any(c in args.baseline for c in "*?[") or (
-            baseline_path.is_file() and _looks_like_record(baseline_path)):
-        baseline = load_records(args.baseline, metrics)
-    else:
-        baseline = load_baseline(baseline_path)
-    if baseline["kind"] != current["kind"]:
-        raise ConfigError(f"{args.baseline}: a {baseline['kind']} baseline cannot be compared with a "
-                          f"{current['kind']} suite")
-    if current["kind"] == "simulated":
-        if args.rtol < 0:
-            raise ConfigError(f"--rtol must not be negative, not {args.rtol}")
-        report = compare_simulated(current, baseline, rtol=args.rtol)
-    else:
-        report = compare_real(current, baseline, metrics, ratio=args.ratio, alpha=args.alpha, floors=floors,
-                              min_runs=args.min_runs, holm=args.holm, current_name=args.current,
-                              baseline_name=args.baseline)
-    markdown = report.to_markdown()
-    print(markdown)
-    if args.markdown:
-        _write_text_atomic(Path(args.markdown), markdown)
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a") as f:
-            f.write(markdown + "\n")
-    if args.json:
-        _write_text_atomic(Path(args.json), json.dumps(report.to_benchmark_json(), indent=1) + "\n")
-    return 1 if report.failed else 0
-
-
-def _looks_like_record(path: Path) -> bool:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(doc, dict) and doc.get("format") != BASELINE_FORMAT and "scenario" in doc
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    with atomic_open(path) as f:
-        f.write(text)
-
-
-def register(groups: dict[str, Any]) -> None:
-    """Add ``miglab regress`` to the CLI."""
-    p = groups[""].add_parser(
-        "regress", help="compare a suite's migration metrics against a baseline (CI)",
-        description="Compare CURRENT (a suite TOML to simulate, a baseline-format JSON, or a directory/glob of "
-                    "harness run records) against --baseline. Exit 1 on regression, 2 on bad input.")
-    p.add_argument("current", nargs="?", metavar="CURRENT",
-                   help="suite TOML (simulated), or run-record JSON files: directory, glob or file (real runs)")
-    p.add_argument("--suite", metavar="SUITE.toml", help="simulate this suite as CURRENT")
-    p.add_argument("--baseline", required=True, metavar="BASELINE.json",
-                   help="baseline JSON (or a directory/glob of run records to compare two real-run sets)")
-    p.add_argument("--update-baseline", action="store_true", help="rewrite the baseline from CURRENT and exit 0")
-    p.add_argument("--markdown", metavar="FILE", help="write the Markdown report here (also appended to "
-                                                       "$GITHUB_STEP_SUMMARY when set)")
-    p.add_argument("--json", metavar="FILE", help="write github-action-benchmark customSmallerIsBetter JSON here")
-    p.add_argument("--metric", action="append", metavar="NAME",
-                   help=f"real runs: metric to compare (repeatable; default {', '.join(DEFAULT_REAL_METRICS)})")
-    p.add_argument("--ratio", type=float, default=DEFAULT_RATIO,
-                   help=f"real runs: median ratio above which a significant change regresses (default {DEFAULT_RATIO})")
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
-                   help=f"real runs: significance level of the one-sided Mann-Whitney U test (default {DEFAULT_ALPHA})")
-    p.add_argument("--floor", action="append", default=[], metavar="METRIC=VALUE",
-                   help="real runs: absolute floor of the median increase, e.g. downtime_s=5ms "
-                        "(defaults: downtime_s=5ms, total_time_s=50ms, bytes_sent=1MiB)")
-    p.add_argument("--holm", action="store_true",
-                   help="real runs: Holm-correct alpha over all comparisons of the report (bounds the chance "
-                        "that noise alone fails the whole report by alpha)")
-    p.add_argument("--min-runs", type=int, default=MIN_RUNS,
-                   help=f"real runs: repetitions needed per scenario (default {MIN_RUNS})")
-    p.add_argument("--rtol", type=float, default=0.0,
-                   help="simulated suites: relative tolerance (default 0: exact)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_regress)
 
 
 __all__ = ["Suite", "Report", "Comparison", "run_suite", "load_records", "load_baseline", "write_baseline",

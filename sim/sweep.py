@@ -41,11 +41,9 @@ atomically, and the checkpoint is removed.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import hashlib
 import itertools
-import json
 import logging
 import multiprocessing
 import os
@@ -490,53 +488,6 @@ def _remove_parts(parts: Path) -> None:
         parts.rmdir()
     except OSError:
         log.warning("%s: left in place (holds files miglab did not write)", parts)
-
-
-# --------------------------------------------------------------------------- CLI
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    sweep = Sweep.from_toml(args.sweep)
-    out = Path(args.output) if args.output else Path("results/sweeps") / f"{sweep.name}.parquet"
-    if out.suffix != ".parquet":
-        raise ConfigError(f"{out}: the output of a sweep must be a .parquet file")
-    if args.dry_run:
-        input_sha = _InputHashes()
-        for config, scenario in sweep.scenarios():
-            print(scenario_id(scenario, input_sha(scenario)), json.dumps(config, default=str))
-        return 0
-    if args.fresh:
-        _remove_parts(parts_dir_for(out))
-        out.unlink(missing_ok=True)
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def _terminate(signum: int, frame: Any) -> None:  # turn SIGTERM into an orderly stop that checkpoints
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        table = run_sweep(sweep, out, jobs=args.jobs, scheduler=args.scheduler, progress=not args.quiet,
-                          checkpoint_rows=args.checkpoint_every)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    print(f"{out}: {len(table)} runs")
-    return 0
-
-
-def register(groups: dict[str, Any]) -> None:
-    """Add ``miglab sweep`` to the CLI."""
-    p = groups[""].add_parser("sweep", help="run a named cross product of scenarios into a Parquet table",
-                              description="Run every scenario of SWEEP.toml (resumable) into one Parquet table.")
-    p.add_argument("sweep", metavar="SWEEP.toml", help="sweep definition: name, [base], [vary], [[variants]]")
-    p.add_argument("-o", "--output", metavar="OUT.parquet",
-                   help="output table (default results/sweeps/NAME.parquet); checkpoint in OUT.parquet.parts/")
-    p.add_argument("-j", "--jobs", type=int, default=None, help="local worker processes (default: all cores)")
-    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on this dask.distributed cluster")
-    p.add_argument("--checkpoint-every", type=int, default=_CHECKPOINT_ROWS, metavar="RUNS",
-                   help=f"checkpoint after this many finished runs (default {_CHECKPOINT_ROWS}; also every "
-                        f"{_CHECKPOINT_INTERVAL_S:g} s and on interrupt)")
-    p.add_argument("--fresh", action="store_true", help="discard finished runs and the checkpoint first")
-    p.add_argument("--dry-run", action="store_true", help="list the runs (scenario id and labels) and exit")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_sweep)
 
 
 __all__ = ["Sweep", "run_sweep", "run_metrics", "scenario_id", "flatten", "parts_dir_for"]

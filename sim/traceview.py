@@ -9,8 +9,6 @@ the fitted page-class model overlaid.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import tempfile
@@ -21,7 +19,7 @@ import numpy as np
 
 from .calibrate import fit_classes, working_set_curve
 from .errors import ConfigError
-from .trace import Trace, load
+from .trace import Trace
 
 log = logging.getLogger(__name__)
 
@@ -199,34 +197,3 @@ def plot_trace(trace: Trace, path: str | os.PathLike[str], *, max_classes: int =
         _atomic_savefig(fig, path)
     finally:
         plt.close(fig)
-
-
-def _cmd_info(args: argparse.Namespace) -> int:
-    s = trace_summary(load(args.file))
-    print(json.dumps(s, indent=2, sort_keys=True, default=str) if args.json else format_summary(s))
-    return 0
-
-
-def _cmd_plot(args: argparse.Namespace) -> int:
-    out = Path(args.output)
-    if out.is_dir():
-        raise ConfigError(f"-o {out}: is a directory")
-    if args.classes < 1 or args.classes > 6:
-        raise ConfigError(f"--classes must be between 1 and 6, got {args.classes}")
-    plot_trace(load(args.file), out, max_classes=args.classes, fit=not args.no_fit)
-    print(f"wrote {out}")
-    return 0
-
-
-def register(groups: dict[str, Any]) -> None:
-    """Add ``miglab trace info`` and ``miglab trace plot``."""
-    p = groups["trace"].add_parser("info", help="shape, dirty rate and working-set summary of a trace")
-    p.add_argument("file", metavar="FILE", help="trace file (.npz)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_cmd_info)
-    p = groups["trace"].add_parser("plot", help="heat map of pages against time and the working-set curve")
-    p.add_argument("file", metavar="FILE", help="trace file (.npz)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="image to write")
-    p.add_argument("--classes", type=int, default=3, metavar="K", help="page classes in the overlaid fit (3)")
-    p.add_argument("--no-fit", action="store_true", help="do not overlay a fitted model")
-    p.set_defaults(func=_cmd_plot)

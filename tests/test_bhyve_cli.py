@@ -6,9 +6,8 @@ import argparse
 
 import pytest
 
-from harness.bhyve import add_migrate_arguments
-from harness.bhyve.cli import migrate_config, migrate_scenario
 from harness.cli import build_parser
+from harness.cli.bhyve_options import add_migrate_arguments, migrate_config, migrate_scenario
 from sim.errors import ConfigError
 
 

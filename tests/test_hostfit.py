@@ -142,7 +142,7 @@ def test_fit_needs_completed_runs(trace_path):
 def test_host_json_shape_reads_back(trace_path, tmp_path):
     import json
 
-    from sim.cli import load_host_json
+    from sim.hostconst import load_host_json
 
     fit = hostfit.fit(_observations(trace_path, reps=1), maxfev=20)
     p = tmp_path / "host.json"

@@ -117,7 +117,7 @@ def test_bad_input_is_one_line_exit_2(argv: list[str], needle: str, tmp_path: Pa
 
 def test_cli_flags_map_onto_the_scenario() -> None:
     from harness.cli import build_parser
-    from harness.migrate import scenario_from_args
+    from harness.cli.migrate import migrate_scenario as scenario_from_args
 
     args = build_parser().parse_args([
         "migrate", "--workload", "zipf:rate=4000,s=1.2", "--memory", "256MiB", "--strategy", "hybrid",

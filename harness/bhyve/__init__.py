@@ -1,9 +1,9 @@
 """bhyve backend: dirty-page traces from /dev/vmm and measured UPB-patch migrations on FreeBSD hosts.
 
-Entry points for the shared CLI verbs (``--hypervisor bhyve``)::
-
-    from harness.bhyve import add_collect_arguments, collect_main      # miglab trace collect
-    from harness.bhyve import add_migrate_arguments, migrate_main      # miglab migrate
+The shared CLI verbs reach it with ``--hypervisor bhyve`` (``miglab trace
+collect``, ``miglab migrate``); their bhyve flags live in
+:mod:`harness.cli.bhyve_options`, and ``python -m harness.bhyve`` runs the two
+verbs on a host with no more than numpy.
 
 Importing this package is cheap: the collector (``harness.bhyve.collect``)
 needs only the standard library and numpy, so it runs on a FreeBSD host with
@@ -14,8 +14,4 @@ from __future__ import annotations
 
 import logging
 
-from .cli import add_collect_arguments, add_migrate_arguments, collect_main, migrate_main
-
 logging.getLogger(__name__).addHandler(logging.NullHandler())
-
-__all__ = ["add_collect_arguments", "add_migrate_arguments", "collect_main", "migrate_main"]

@@ -10,8 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from harness.cli import Parser, run
-
-from .cli import add_collect_arguments, add_migrate_arguments, collect_main, migrate_main
+from harness.cli.bhyve_options import add_collect_arguments, add_migrate_arguments, collect_main, migrate_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:

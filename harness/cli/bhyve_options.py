@@ -1,11 +1,12 @@
-"""Command-line glue for the bhyve backend.
+"""The bhyve flags of ``miglab trace collect`` and ``miglab migrate``, and what they run.
 
-The shared verbs ``miglab trace collect`` and ``miglab migrate`` belong to the
-QEMU harness; with ``--hypervisor bhyve`` they hand over to
-:func:`collect_main` / :func:`migrate_main`. :func:`add_collect_arguments` and
-:func:`add_migrate_arguments` add the bhyve-only flags to those parsers
-(``shared=False``) or, for ``python -m harness.bhyve``, also the flags the
-shared verbs already own (``shared=True``).
+The shared verbs belong to the QEMU harness; with ``--hypervisor bhyve`` they
+hand over to :func:`collect_main` / :func:`migrate_main`.
+:func:`add_collect_arguments` and :func:`add_migrate_arguments` add the
+bhyve-only flags to those parsers (``shared=False``) or, for
+``python -m harness.bhyve``, also the flags the shared verbs already own
+(``shared=True``). Like the verb modules, this imports only the standard
+library at module level, so it runs on a FreeBSD host with just numpy.
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ import logging
 import shlex
 from typing import Any
 
-from sim.errors import ConfigError
-from sim.units import format_bytes, parse_duration, parse_size
-
-from .vmmdev import DEFAULT_MIGRATION_PORT
+from harness.cli import options
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +27,8 @@ def _get(args: argparse.Namespace, name: str, default: Any = None) -> Any:
 
 
 def _prefix(text: str | None, flag: str) -> tuple[str, ...]:
+    from sim.errors import ConfigError
+
     try:
         return tuple(shlex.split(text or ""))
     except ValueError as e:
@@ -53,15 +53,17 @@ def add_collect_arguments(parser: argparse.ArgumentParser, *, shared: bool = Fal
     g.add_argument("--workload-desc", metavar="TEXT", default="",
                    help="what the guest runs, stored in the trace metadata")
     if shared:
-        parser.add_argument("--interval", default="0.5s", help="scan interval (default 0.5s)")
-        parser.add_argument("--seconds", default="60s", help="collection length (default 60s)")
-        parser.add_argument("-o", "--output", required=True, metavar="TRACE.npz")
-        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        parser.add_argument("--interval", default="0.5s", metavar=options.TIME, help="scan interval (default 0.5s)")
+        parser.add_argument("--seconds", default="60s", metavar=options.TIME, help="collection length (default 60s)")
+        options.add_output(parser, "trace file to write (.npz)", required=True)
+        options.add_quiet(parser, "--no-progress")
 
 
 def collect_main(args: argparse.Namespace) -> int:
     """``miglab trace collect --hypervisor bhyve``: collect a trace on this FreeBSD host."""
-    from .collect import CollectConfig, collect
+    from harness.bhyve.collect import CollectConfig, collect
+    from sim.errors import ConfigError
+    from sim.units import format_bytes, parse_duration, parse_size
 
     vm = _get(args, "vm")
     if not vm:
@@ -88,6 +90,8 @@ def collect_main(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- migrate
 def add_migrate_arguments(parser: argparse.ArgumentParser, *, shared: bool = False) -> None:
     """Add the bhyve flags of ``miglab migrate``; ``shared=True`` adds -o/--timeout/--memory/--workload too."""
+    from harness.bhyve.vmmdev import DEFAULT_MIGRATION_PORT
+
     g = parser.add_argument_group("bhyve (two FreeBSD hosts with the UPB migration patch, --hypervisor bhyve)")
     g.add_argument("--vm", metavar="NAME", help="bhyve VM name, the same on both hosts")
     g.add_argument("--src-prefix", metavar="CMD", default="",
@@ -116,17 +120,23 @@ def add_migrate_arguments(parser: argparse.ArgumentParser, *, shared: bool = Fal
     g.add_argument("--keep-destination", action="store_true",
                    help="leave the migrated VM running on the destination (default: destroy it after measuring)")
     if shared:
-        parser.add_argument("-o", "--output", metavar="RUN.json", help="write the run record here")
-        parser.add_argument("--timeout", default="600s", help="give up after this long (default 600s)")
-        parser.add_argument("--memory", help="guest memory size, for the scenario in the record")
-        parser.add_argument("--workload", default="", help="what the guest runs, for the record")
-        parser.add_argument("--scenario", help="scenario TOML to start the record's scenario from")
-        parser.add_argument("--name", help="scenario name (default: the VM name)")
-        parser.add_argument("--campaign", help="write results/<campaign>/<name>.json when -o is not given")
+        options.add_output(parser, "write the run record (JSON) here")
+        parser.add_argument("--timeout", default="600s", metavar=options.TIME,
+                            help="give up after this long (default 600s)")
+        parser.add_argument("--memory", metavar=options.SIZE, help="guest memory size, for the scenario in the record")
+        parser.add_argument("--workload", default="", metavar="TEXT", help="what the guest runs, for the record")
+        parser.add_argument("--scenario", metavar=options.FILE, help="scenario TOML to start the record's scenario from")
+        parser.add_argument("--name", metavar="NAME", help="scenario name (default: the VM name)")
+        parser.add_argument("--campaign", metavar="NAME",
+                            help="write results/<campaign>/<name>.json when -o is not given")
 
 
 def migrate_config(args: argparse.Namespace):
-    from .runner import MigrateConfig, parse_probe
+    """The bhyve runner's settings from the flags (one-line ConfigError when one is missing or bad)."""
+    from harness.bhyve.runner import MigrateConfig, parse_probe
+    from harness.bhyve.vmmdev import DEFAULT_MIGRATION_PORT
+    from sim.errors import ConfigError
+    from sim.units import parse_duration
 
     vm = _get(args, "vm")
     if not vm:
@@ -163,7 +173,7 @@ def migrate_scenario(args: argparse.Namespace, warm: bool):
     import dataclasses
 
     from sim.scenario import Scenario, Workload
-    from sim.units import parse_bandwidth
+    from sim.units import parse_bandwidth, parse_duration, parse_size
 
     path = _get(args, "scenario")
     sc = Scenario.from_toml(path) if path else Scenario()
@@ -189,9 +199,9 @@ def migrate_scenario(args: argparse.Namespace, warm: bool):
 
 def migrate_main(args: argparse.Namespace) -> int:
     """``miglab migrate --hypervisor bhyve``: run and measure one migration; 0 if it completed, 1 if not."""
+    from harness.bhyve.runner import run_migration
     from harness.record import record_path
-
-    from .runner import run_migration
+    from sim.units import format_bytes
 
     cfg = migrate_config(args)
     scenario = migrate_scenario(args, cfg.warm)

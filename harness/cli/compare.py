@@ -1,0 +1,54 @@
+"""``miglab compare``: several strategies on the same workload and link, as a table and a timeline plot."""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.cli import options
+
+COMPARE_DEFAULT = ("stopcopy", "precopy", "postcopy", "hybrid")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    options.add_scenario_arguments(p)
+    p.add_argument("--strategies", default=",".join(COMPARE_DEFAULT), metavar="LIST",
+                   help="comma-separated strategies")
+    options.add_output(p, "write summary.csv and timeline.png here", metavar=options.DIR)
+    p.set_defaults(strategy=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from sim.atomic import atomic_path
+    from sim.engine import simulate
+    from sim.errors import ConfigError
+    from sim.scenario import STRATEGIES
+    from sim.timelineplot import plot_timelines
+
+    from .tables import print_table, summary_row
+
+    base = options.scenario_from_args(args)
+    kinds = [k.strip() for k in args.strategies.split(",") if k.strip()]
+    for k in kinds:
+        if k not in STRATEGIES:
+            raise ConfigError(f"--strategies: unknown strategy {k!r} (choose from {', '.join(STRATEGIES)})")
+    results = {k: simulate(base.replace(**{"strategy.kind": k})) for k in kinds}
+    rows = []
+    for k, r in results.items():
+        rows.append({"strategy": k, **r.summary(), "trace_sha256": r.trace_sha256, "miglab_version": r.miglab_version,
+                     "scenario": json.dumps(r.scenario.to_dict(), sort_keys=True)})
+    print_table([summary_row(k, r.summary()) for k, r in results.items()])
+    if any(r.trace_looped for r in results.values()):
+        print("note: at least one migration outlasted the trace, which was looped")
+    if args.output:
+        out = Path(args.output)
+        with atomic_path(out / "summary.csv") as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+        with atomic_path(out / "timeline.png") as tmp:
+            plot_timelines(results, tmp)
+        print(f"wrote {out / 'summary.csv'} and {out / 'timeline.png'}")
+    return 0

@@ -1,0 +1,275 @@
+"""Option definitions shared by the ``miglab`` verbs: one spelling, one metavar, one parser per thing.
+
+A flag that means the same in two verbs is defined here once, so ``--bandwidth``
+is ``RATE`` in ``simulate`` and ``migrate`` alike, progress is silenced with
+``-q/--quiet`` everywhere (older spellings such as ``--no-progress`` stay as
+aliases), and ``--seed`` is optional wherever it exists.
+
+:func:`scenario_from_args` is the one translation of flags into a
+:class:`sim.scenario.Scenario`; the simulator verbs and ``migrate`` differ
+only in the keyword arguments they pass, which name those differences.
+
+Like every module of this package, this one imports only the standard library
+at module level; ``sim`` is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sim.scenario import Scenario
+
+# Metavars: the same word for the same kind of value in every verb.
+SIZE = "SIZE"      # bytes with a unit: 512MiB, 1TiB
+RATE = "RATE"      # a link or dirty rate: 1Gbit/s, 119.2MiB/s
+TIME = "TIME"      # a duration with a unit: 300ms, 2s
+FILE = "FILE"      # a path to one file
+DIR = "DIR"        # a directory
+SPEC = "SPEC"      # a workload spec: uniform:rate=30MiB/s
+N = "N"            # a count
+
+#: ``trace synth`` draws from this seed unless ``--seed`` is given (so the same command writes the same trace).
+DEFAULT_SYNTH_SEED = 0
+
+#: One line that says how to get the harness's dependencies.
+HARNESS_EXTRA_HINT = "pip install 'miglab[harness]'"
+
+
+# --------------------------------------------------------------------------- common flags
+def add_quiet(p: argparse.ArgumentParser, *aliases: str, help: str = "no progress bar") -> None:
+    """``-q/--quiet`` (dest ``quiet``); ``aliases`` keep older spellings working, e.g. ``--no-progress``."""
+    p.add_argument("-q", "--quiet", *aliases, dest="quiet", action="store_true", help=help)
+
+
+def add_seed(p: argparse.ArgumentParser, default: int | None = None, help: str | None = None) -> None:
+    """An optional ``--seed N``."""
+    p.add_argument("--seed", type=int, default=default, metavar=N,
+                   help=help or ("random seed" if default is None else f"random seed (default {default})"))
+
+
+def add_output(p: argparse.ArgumentParser, help: str, *, metavar: str = FILE, required: bool = False) -> None:
+    """``-o/--output``."""
+    p.add_argument("-o", "--output", required=required, metavar=metavar, help=help)
+
+
+def parse_flag(value: str, parse: Callable[[str], Any], flag: str) -> Any:
+    """``parse(value)``, with a ConfigError naming ``flag`` when the value is bad."""
+    from sim.errors import ConfigError
+
+    try:
+        return parse(value)
+    except ConfigError as e:
+        raise ConfigError(f"{flag}: {e}") from None
+
+
+# --------------------------------------------------------------------------- scenario flags
+# Each scenario flag once: (flags, argparse keywords). Verbs pick the ones they take and may
+# reword the help (e.g. to state their own default).
+_SCENARIO_FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "scenario": (("--scenario",), {"metavar": FILE, "help": "start from a scenario TOML file; flags override it"}),
+    "preset": (("--preset",), {"metavar": "NAME",
+                               "help": "a named variant, e.g. bhyve-upb, bhyve-threshold, bhyve-rounds-8"}),
+    "memory": (("--memory",), {"metavar": SIZE, "help": "guest memory, e.g. 4GiB (models rescale to it)"}),
+    "bandwidth": (("--bandwidth",), {"metavar": RATE, "help": "link rate, e.g. 119.2MiB/s or 1Gbit/s"}),
+    "max_bandwidth": (("--max-bandwidth",), {"metavar": RATE,
+                                             "help": "migration cap for the live phase (QEMU max-bandwidth)"}),
+    "rtt": (("--rtt",), {"metavar": TIME, "help": "round-trip time, e.g. 1ms"}),
+    "downtime_limit": (("--downtime-limit",), {"metavar": TIME, "help": "e.g. 300ms"}),
+    "postcopy_after": (("--postcopy-after",), {"type": int, "metavar": N,
+                                               "help": "hybrid: pre-copy rounds before post-copy"}),
+    "auto_converge": (("--auto-converge",), {"action": "store_true", "default": None,
+                                             "help": "QEMU auto-converge throttling"}),
+    "xbzrle_cache": (("--xbzrle-cache",), {"metavar": SIZE, "help": "XBZRLE cache size"}),
+}
+
+
+def add_scenario_flags(p: argparse.ArgumentParser, names: Sequence[str], **help: str) -> None:
+    """Add the shared scenario flags ``names`` (keys of the table above), with ``help`` overrides by name."""
+    for name in names:
+        flags, kw = _SCENARIO_FLAGS[name]
+        p.add_argument(*flags, **{**kw, **({"help": help[name]} if name in help else {})})
+
+
+def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
+    """Every flag that builds a simulated Scenario; shared by ``simulate`` and ``compare``."""
+    from_ = p.add_argument_group("workload (one of)")
+    from_.add_argument("--trace", metavar=FILE, help="replay a recorded trace page-exactly")
+    from_.add_argument("--model", metavar=FILE, help="a calibrated model from `miglab calibrate`")
+    from_.add_argument("--workload", metavar=SPEC, help="synthetic spec, e.g. uniform:rate=30MiB/s")
+    add_scenario_flags(p, ("scenario", "preset", "memory"))
+    p.add_argument("--scaling", choices=["absolute", "proportional"], help="how a model grows with memory")
+    p.add_argument("--mode", choices=["expected", "sampled"], help="model mode: expected values or page-exact samples")
+    add_scenario_flags(p, ("bandwidth", "max_bandwidth", "rtt"))
+    p.add_argument("--stop-rule", choices=_stop_rules(), help="pre-copy stop rule")
+    add_scenario_flags(p, ("downtime_limit",))
+    p.add_argument("--max-rounds", type=int, metavar=N, help="round guard")
+    add_scenario_flags(p, ("postcopy_after", "auto_converge", "xbzrle_cache"))
+    p.add_argument("--hypervisor", choices=["qemu", "bhyve"], help="copy mechanics")
+    p.add_argument("--host", metavar=FILE, help="calibrated host constants (JSON from `miglab calibrate-host`)")
+    add_seed(p)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set any scenario field by dotted path, e.g. --set strategy.prepaging=bubbling")
+
+
+def strategies() -> tuple[str, ...]:
+    """The simulator's strategies (for ``choices=``)."""
+    from sim.scenario import STRATEGIES
+
+    return tuple(STRATEGIES)
+
+
+def _stop_rules() -> tuple[str, ...]:
+    from sim.scenario import STOP_RULES
+
+    return tuple(STOP_RULES)
+
+
+def scenario_from_args(args: argparse.Namespace, *, base: Scenario | None = None, require_workload: bool = False,
+                       strategies: Sequence[str] | None = None) -> Scenario:
+    """Build the Scenario the flags describe: flags override ``--scenario FILE``, ``--set`` overrides both.
+
+    The verbs differ only in these keywords:
+
+    * ``base``: the scenario without ``--scenario`` (default ``Scenario()``; ``migrate`` starts from a
+      512 MiB guest on a 1 Gbit/s link with a 120 s cancel, what a real run needs).
+    * ``require_workload``: without ``--scenario``, a ``--workload`` (or ``--trace``/``--model``) is required.
+    * ``strategies``: check ``--strategy`` against these with a one-line error (when argparse does not
+      already, through ``choices=``).
+
+    A flag a verb does not define is simply absent from ``args`` and changes nothing.
+    """
+    from sim.errors import ConfigError
+    from sim.scenario import Scenario
+    from sim.units import format_bytes, parse_bandwidth, parse_duration, parse_size
+
+    opt = _Flags(args)
+    sc = Scenario.from_toml(opt.scenario) if opt.scenario else (base if base is not None else Scenario())
+    ch: dict[str, Any] = {}
+    if opt.preset:
+        from sim.presets import preset
+
+        ch.update(preset(opt.preset))
+    sources = [x for x in ("trace", "model", "workload") if opt.get(x)]
+    if len(sources) > 1:
+        raise ConfigError(f"give only one of --trace, --model, --workload (got {', '.join('--' + s for s in sources)})")
+    if require_workload and not sources and not opt.scenario:
+        raise ConfigError("--workload SPEC is required (e.g. hotcold:hot=64MiB,rate=5000)")
+    if opt.trace:
+        from sim.trace import load
+
+        t = load(opt.trace)  # validates now: a bad trace is a one-line error before anything runs
+        ch.update({"workload.kind": "trace", "workload.path": opt.trace, "workload.memory_bytes": t.memory_bytes,
+                   "workload.page_size_bytes": t.page_size})
+        if opt.memory and parse_flag(opt.memory, parse_size, "--memory") != t.memory_bytes:
+            raise ConfigError(f"--memory: {opt.trace} is a {format_bytes(t.memory_bytes)} guest; a trace replays "
+                              "at its own size (calibrate a model to rescale)")
+    elif opt.model:
+        ch.update({"workload.kind": "model", "workload.path": opt.model})
+        if not opt.memory:
+            from sim.model import DirtyModel
+
+            ch["workload.memory_bytes"] = DirtyModel.load(opt.model).memory_bytes
+    elif opt.workload:
+        ch.update({"workload.kind": "synthetic", "workload.spec": opt.workload, "workload.path": ""})
+    if opt.memory and not opt.trace:
+        ch["workload.memory_bytes"] = parse_flag(opt.memory, parse_size, "--memory")
+    simple = {"scaling": "workload.scaling", "mode": "workload.mode", "stop_rule": "strategy.stop_rule",
+              "max_rounds": "strategy.max_rounds", "auto_converge": "strategy.auto_converge",
+              "hypervisor": "host.hypervisor", "seed": "seed"}
+    for attr, path in simple.items():
+        if opt.get(attr) is not None:
+            ch[path] = opt.get(attr)
+    if opt.postcopy_after is not None:
+        if opt.postcopy_after < 0:
+            raise ConfigError("--postcopy-after: must not be negative")
+        ch["strategy.postcopy_after_rounds"] = opt.postcopy_after
+    if opt.multifd is not None:
+        if opt.multifd < 1:
+            raise ConfigError("--multifd: need at least 1 channel")
+        ch["strategy.multifd_channels"] = opt.multifd
+    parsed = {"bandwidth": ("link.bandwidth_Bps", parse_bandwidth),
+              "max_bandwidth": ("link.migration_cap_Bps", parse_bandwidth),
+              "rtt": ("link.rtt_s", parse_duration),
+              "downtime_limit": ("strategy.downtime_limit_s", parse_duration),
+              "timeout": ("strategy.timeout_s", parse_duration),
+              "xbzrle_cache": ("strategy.xbzrle_cache_bytes", parse_size)}
+    for attr, (path, parse) in parsed.items():
+        if opt.get(attr):
+            ch[path] = parse_flag(opt.get(attr), parse, "--" + attr.replace("_", "-"))
+    if opt.strategy:
+        if strategies is not None and opt.strategy not in strategies:
+            raise ConfigError(f"--strategy: unknown strategy {opt.strategy!r} (choose from {', '.join(strategies)})")
+        ch["strategy.kind"] = opt.strategy
+    if opt.name:
+        ch["name"] = opt.name
+    if opt.host:
+        from sim.hostconst import load_host_json
+
+        ch.update(load_host_json(opt.host))
+    for item in opt.get("set") or ():
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--set: expected FIELD=VALUE, got {item!r}")
+        ch[key.strip()] = literal(value.strip())
+    return sc.replace(**ch) if ch else sc
+
+
+class _Flags:
+    """``args`` read leniently: a flag the verb does not define reads as None."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+
+    def get(self, name: str) -> Any:
+        return getattr(self._args, name, None)
+
+    __getattr__ = get
+
+
+def literal(text: str) -> Any:
+    """A ``--set`` value: true/false, none/null, an int, a float, else the text itself."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+# --------------------------------------------------------------------------- run-time helpers
+@contextlib.contextmanager
+def sigterm_guard() -> Iterator[None]:
+    """SIGTERM becomes KeyboardInterrupt inside the block (see :mod:`sim.interrupt`)."""
+    from sim.interrupt import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():
+        yield
+
+
+def require_harness_extra(verb: str) -> None:
+    """Fail in one line, naming the extra to install, when the QMP client the QEMU harness needs is missing."""
+    try:
+        import qemu.qmp  # noqa: F401
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("qemu"):
+            raise
+        from sim.errors import MiglabError
+
+        raise MiglabError(f"{verb} drives QEMU through qemu.qmp, which is not installed: "
+                          f"{HARNESS_EXTRA_HINT}") from None
+
+
+__all__ = ["SIZE", "RATE", "TIME", "FILE", "DIR", "SPEC", "N", "DEFAULT_SYNTH_SEED", "HARNESS_EXTRA_HINT",
+           "add_quiet", "add_seed", "add_output", "parse_flag", "add_scenario_flags", "add_scenario_arguments",
+           "strategies", "scenario_from_args", "literal", "sigterm_guard", "require_harness_extra"]
