@@ -29,16 +29,15 @@ interval so far (``meta["complete"]`` says whether the run finished).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
 import re
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -49,6 +48,7 @@ from harness.qmp import QMPError
 from harness.vm import VM, VMConfig
 from sim import trace as trace_fmt
 from sim.errors import ConfigError
+from sim.interrupt import sigterm_as_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +199,8 @@ def collect(workload: str, *, memory_bytes: int = 512 << 20, interval_s: float =
     vm: VM | None = None
     last_checkpoint = time.monotonic()
 
-    def _sigterm(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    old_term = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
+    term_guard = contextlib.ExitStack()  # SIGTERM stops like Ctrl-C, so the complete intervals are saved
+    term_guard.enter_context(sigterm_as_interrupt())
     bar = None
     try:
         with VM(cfg) as vm:
@@ -267,8 +265,7 @@ def collect(workload: str, *, memory_bytes: int = 512 << 20, interval_s: float =
     finally:
         if bar is not None:
             bar.close()
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        term_guard.close()
         if c.pages:
             sha = _save(out_path, cfg, wl, interval_s, seconds, c, vm, started_utc, complete, reason)
             log.info("wrote %s (%d intervals, %s, sha256 %s)", out_path, len(c.pages), reason, sha)
@@ -299,9 +296,3 @@ def _finish_dirty_rate(vm: VM, c: Collection, window: tuple[float, float], wait_
         "note": "QEMU hashes a sample of pages at the window's start and end; both count a page once per window",
     }
     return False
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()

@@ -28,7 +28,6 @@ import datetime as _dt
 import logging
 import os
 import platform
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ import numpy as np
 
 from sim import trace as _trace
 from sim.errors import ConfigError
+from sim.interrupt import sigterm_as_interrupt
 
 from .vmmdev import PAGE_SIZE_BYTES, BhyveError, Segment, VmmDevice
 
@@ -380,24 +380,6 @@ def run_collection(cfg: CollectConfig, *, ioctl=None, clock: Callable[[], float]
     return tr, sha
 
 
-class _TermAsInterrupt:
-    """SIGTERM ends a collection like Ctrl-C: the complete intervals are kept."""
-
-    def __enter__(self) -> None:
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._raise)
-        except ValueError:  # not the main thread
-            self._old = None
-
-    @staticmethod
-    def _raise(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-
-
 def collect(cfg: CollectConfig, **kw: Any) -> tuple[_trace.Trace, str]:
-    with _TermAsInterrupt():
+    with sigterm_as_interrupt():  # SIGTERM ends a collection like Ctrl-C: the complete intervals are kept
         return run_collection(cfg, **kw)
