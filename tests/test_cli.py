@@ -121,3 +121,180 @@ def test_config_parser_fuzz_only_raises_config_error(d):
         Scenario.from_dict(d)
     except ConfigError as e:
         assert "\n" not in str(e)
+
+
+# --------------------------------------------------------------------------- the CLI package itself
+HEAVY = ("numpy", "pandas", "scipy", "matplotlib", "simpy", "qemu")
+
+# Makes `import qemu` fail as it does when the harness extra is not installed.
+NO_QEMU = """
+import sys
+class _NoQemu:
+    def find_spec(self, name, path=None, target=None):
+        if name == "qemu" or name.startswith("qemu."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _NoQemu())
+"""
+
+
+def _miglab_subprocess(argv: list[str], prelude: str = "") -> tuple[int, dict, str]:
+    """Run main(argv) in a fresh interpreter; return its exit code, what it imported, and its stderr."""
+    import subprocess
+    import sys
+
+    code = prelude + f"""
+import json, sys
+from harness.cli import main
+rc = main({argv!r})
+mods = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r} or m.startswith(("harness", "sim")))
+sys.stdout.flush()
+print("\\n" + json.dumps({{"rc": rc, "modules": mods}}))
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout.strip().splitlines()[-1])
+    return doc["rc"], doc, p.stderr
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["trace", "--help"], ["harness", "--help"]])
+def test_version_and_help_import_no_numpy_pandas_scipy_or_qemu(argv):
+    rc, doc, _ = _miglab_subprocess(argv)
+    assert rc == 0
+    heavy = [m for m in doc["modules"] if m.split(".")[0] in HEAVY]
+    assert heavy == [], heavy
+    verbs = [m for m in doc["modules"] if m.startswith("harness.cli.")]
+    assert verbs == [], verbs  # the table alone names the verbs
+
+
+def test_only_the_module_of_the_verb_run_is_imported():
+    rc, doc, err = _miglab_subprocess(["simulate", "--workload", "uniform:rate=30MiB/s", "--memory", "256MiB"])
+    assert rc == 0, err
+    cli = {m for m in doc["modules"] if m.startswith("harness.cli.")}
+    assert cli == {"harness.cli.options", "harness.cli.simulate", "harness.cli.tables"}
+    assert not [m for m in doc["modules"] if m.startswith("harness.") and not m.startswith("harness.cli")]
+
+
+def test_simulate_works_without_qemu_and_harness_verbs_name_the_extra(tmp_path):
+    rc, doc, err = _miglab_subprocess(["simulate", "--workload", "uniform:rate=30MiB/s", "--memory", "256MiB"],
+                                      prelude=NO_QEMU)
+    assert rc == 0, err
+    assert not [m for m in doc["modules"] if m.split(".")[0] == "qemu"]
+    out = tmp_path / "r.json"
+    rc, _, err = _miglab_subprocess(["migrate", "--workload", "uniform:rate=100", "-o", str(out)], prelude=NO_QEMU)
+    assert rc == 2 and err.count("\n") == 1 and "pip install 'miglab[harness]'" in err, err
+    assert not out.exists()
+
+
+def test_every_verb_module_follows_the_contract():
+    import subprocess
+    import sys
+
+    from harness.cli import VERBS
+
+    code = f"""
+import importlib, json, sys
+found = {{}}
+for name in {[v.module for v in VERBS]!r}:
+    try:
+        m = importlib.import_module("harness.cli." + name)
+    except ModuleNotFoundError as e:
+        if e.name != "harness.cli." + name:
+            raise
+        continue
+    found[name] = callable(getattr(m, "add_arguments", None)) and callable(getattr(m, "run", None))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r} or m == "sim" or m.startswith("sim.")
+               or (m.startswith("harness.") and not m.startswith("harness.cli")))
+print(json.dumps({{"found": found, "heavy": heavy}}))
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["found"] and all(doc["found"].values()), doc["found"]
+    assert doc["heavy"] == [], "verb modules must import only the standard library at module level"
+
+
+def _subparsers(parser):
+    import argparse
+
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_same_thing_same_metavar_in_every_verb():
+    from harness.cli import GROUPS, build_parser
+
+    want = {"--memory": "SIZE", "--bandwidth": "RATE", "--max-bandwidth": "RATE", "--rtt": "TIME",
+            "--downtime-limit": "TIME", "--timeout": "TIME", "--interval": "TIME", "--seconds": "TIME",
+            "--warmup": "TIME", "--seed": "N", "--workload": "SPEC", "--xbzrle-cache": "SIZE", "--output": "FILE"}
+    top = _subparsers(build_parser())
+    verbs = {name: p for name, p in top.items() if name not in GROUPS}
+    for group in GROUPS:
+        verbs.update({f"{group} {n}": p for n, p in _subparsers(top[group]).items()})
+    seen = set()
+    for name, p in verbs.items():
+        for a in p._actions:
+            for flag in set(a.option_strings) & set(want):
+                if flag == "--output" and a.metavar in ("DIR", "OUT.parquet"):  # compare: a directory
+                    continue
+                assert a.metavar == want[flag], f"miglab {name} {flag}: metavar {a.metavar}, want {want[flag]}"
+                seen.add(flag)
+    assert seen == set(want)
+
+
+@pytest.mark.parametrize("verb", [["migrate", "--workload", "idle"], ["sweep", "s.toml"], ["regress", "--baseline", "b"],
+                                  ["trace", "collect", "-o", "t.npz"]])
+@pytest.mark.parametrize("flag", ["-q", "--quiet", "--no-progress"])
+def test_quiet_is_accepted_everywhere_progress_shows(verb, flag):
+    from harness.cli import build_parser
+
+    assert build_parser().parse_args([*verb, flag]).quiet is True
+
+
+def test_trace_synth_seed_is_optional_with_a_documented_default(tmp_path, capsys):
+    from harness.cli.options import DEFAULT_SYNTH_SEED
+
+    argv = ["trace", "synth", "uniform:rate=2000", "--memory", "16MiB", "--seconds", "2"]
+    assert main([*argv, "-o", str(tmp_path / "a.npz")]) == 0
+    assert main([*argv, "--seed", str(DEFAULT_SYNTH_SEED), "-o", str(tmp_path / "b.npz")]) == 0
+    assert main([*argv, "--seed", str(DEFAULT_SYNTH_SEED + 1), "-o", str(tmp_path / "c.npz")]) == 0
+    sha = [line.rsplit(" ", 1)[-1] for line in capsys.readouterr().out.splitlines()]
+    assert sha[0] == sha[1] != sha[2]
+
+
+def test_scenario_from_args_states_the_verbs_differences():
+    import argparse
+
+    from harness.cli.options import scenario_from_args
+
+    args = argparse.Namespace(workload="uniform:rate=100", memory="256MiB", strategy="teleport")
+    with pytest.raises(ConfigError, match="--strategy: unknown strategy 'teleport'"):
+        scenario_from_args(args, strategies=("precopy",))
+    with pytest.raises(ConfigError, match="--workload SPEC is required"):
+        scenario_from_args(argparse.Namespace(), require_workload=True)
+    base = Scenario().replace(**{"strategy.timeout_s": 120.0})
+    s = scenario_from_args(argparse.Namespace(workload="uniform:rate=100", rtt="10ms"), base=base)
+    assert s.strategy.timeout_s == 120.0 and s.link.rtt_s == pytest.approx(0.01)
+    assert (s.workload.kind, s.workload.spec, s.workload.path) == ("synthetic", "uniform:rate=100", "")
+    assert scenario_from_args(argparse.Namespace()) == Scenario()  # a flag a verb lacks changes nothing
+
+
+def test_sigterm_guard_turns_sigterm_into_an_interrupt_and_restores_the_handler():
+    import os
+    import signal
+
+    from sim.interrupt import sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0)  # let the handler run before the block ends
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_missing_verb_module_is_one_line_not_a_traceback(monkeypatch, capsys):
+    import harness.cli as cli
+
+    monkeypatch.setattr(cli, "VERBS", (*cli.VERBS, cli.Verb("", "ghost", "no_such_module", "a verb not shipped")))
+    assert main(["ghost", "--anything"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "harness.cli.no_such_module" in err, err

@@ -126,8 +126,7 @@ def build_parser(verbs: Iterable[Verb] | None = None) -> argparse.ArgumentParser
         if verb.key not in wanted:
             continue
         module = verb_module(verb)
-        if module is None:  # say so in run() rather than as an argparse usage error
-            p.add_argument("_ignored", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        if module is None:  # run() says so
             continue
         module.add_arguments(p)
         p.set_defaults(func=module.run)
@@ -145,9 +144,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     from sim.errors import MiglabError
 
     if not hasattr(args, "func"):  # parsed with a parser that did not load this verb
-        print(f"miglab: error: {args.verb_spec.name}: this installation has no module "
-              f"harness.cli.{args.verb_spec.module}", file=sys.stderr)
-        return 2
+        return _missing(args.verb_spec)
     try:
         return int(args.func(args) or 0)
     except MiglabError as e:
@@ -160,10 +157,17 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         return 0
 
 
+def _missing(verb: Verb) -> int:
+    print(f"miglab: error: {verb.name}: this installation has no module harness.cli.{verb.module}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``miglab``; return the exit code (0 ok, 1 the run's outcome was bad, 2 user error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = selected(argv)
+    if verb is not None and "-h" not in argv and "--help" not in argv and verb_module(verb) is None:
+        return _missing(verb)
     parser = build_parser([verb] if verb is not None else [])
     return run(parser, argv)
 
