@@ -101,22 +101,22 @@ def add_migrate_arguments(parser: argparse.ArgumentParser, *, shared: bool = Fal
     g.add_argument("--probe-prefix", metavar="CMD", default="", help="where the downtime probe runs (default: here)")
     g.add_argument("--src-ip", metavar="IPv4", help="source address given to the destination's bhyve -R")
     g.add_argument("--dst-ip", metavar="IPv4", help="destination address given to bhyvectl --migrate-live")
-    g.add_argument("--port", type=int, default=DEFAULT_MIGRATION_PORT,
+    g.add_argument("--port", type=int, default=DEFAULT_MIGRATION_PORT, metavar=options.N,
                    help=f"migration TCP port (default {DEFAULT_MIGRATION_PORT}, the patch's default)")
     g.add_argument("--warm", action="store_true", help="warm migration (bhyvectl --migrate=): guest paused throughout")
     g.add_argument("--probe", default="none", metavar="SPEC",
                    help='downtime probe: none, "ping:GUEST_IP[,interval=10ms]" or "lines:COMMAND" '
                         "(e.g. lines:cu -l /dev/nmdm0B)")
-    g.add_argument("--bhyve", default="bhyve", help="bhyve binary on the destination (default bhyve)")
-    g.add_argument("--bhyvectl", default="bhyvectl", help="bhyvectl binary on both hosts (default bhyvectl)")
+    g.add_argument("--bhyve", default="bhyve", metavar="PROG", help="bhyve binary on the destination (default bhyve)")
+    g.add_argument("--bhyvectl", default="bhyvectl", metavar="PROG", help="bhyvectl binary on both hosts (default bhyvectl)")
     g.add_argument("--bhyve-args", default="", metavar="ARGS",
                    help='destination VM options, identical to the source\'s, e.g. "-c 2 -m 4G -S -s 0,hostbridge '
                         '-s 31,lpc -l com1,/dev/nmdm0A"')
-    g.add_argument("--src-iface", default="", help="source interface for the byte counter (netstat -b -I)")
-    g.add_argument("--dst-iface", default="", help="destination interface for the byte counter")
+    g.add_argument("--src-iface", default="", metavar="IFACE", help="source interface for the byte counter (netstat -b -I)")
+    g.add_argument("--dst-iface", default="", metavar="IFACE", help="destination interface for the byte counter")
     g.add_argument("--vmm-dir", default="/dev/vmm", help=argparse.SUPPRESS)
-    g.add_argument("--dst-ready-timeout", default="30s", help="wait this long for bhyve -R to listen (default 30s)")
-    g.add_argument("--poll-interval", default="50ms", help="completion polling interval (default 50ms)")
+    g.add_argument("--dst-ready-timeout", default="30s", metavar=options.TIME, help="wait this long for bhyve -R to listen (default 30s)")
+    g.add_argument("--poll-interval", default="50ms", metavar=options.TIME, help="completion polling interval (default 50ms)")
     g.add_argument("--keep-destination", action="store_true",
                    help="leave the migrated VM running on the destination (default: destroy it after measuring)")
     if shared:
