@@ -110,3 +110,15 @@ def test_describe_names_commit_and_machine() -> None:
     assert "uncommitted" in line and "2026-12-02" in line
     assert prov.describe({}) == "no provenance recorded"
     assert prov.describe({"git_commit": prov.NOT_A_CHECKOUT, "host": "h"}).startswith("not a checkout on h")
+
+
+def test_sweep_table_carries_provenance(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    from sim.sweep import Sweep, run_sweep
+
+    sweep = Sweep.from_dict({"name": "p", "base": {"workload": {"memory_bytes": "64MiB"}},
+                             "vary": {"strategy.downtime_limit_s": ["100ms", "300ms"]}})
+    out = tmp_path / "p.parquet"
+    run_sweep(sweep, out, jobs=1)
+    meta = prov.read_parquet_provenance(out)
+    assert meta["sweep"] == "p" and meta["versions"]["miglab"] == __version__ and "git_commit" in meta
