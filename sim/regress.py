@@ -377,8 +377,9 @@ class Report:
         lines = ["| scenario | metric | baseline | current | ratio | p-value | verdict |",
                  "|---|---|---:|---:|---:|---:|---|"]
         for r in rows:
-            n = f" (n={r.n_baseline})" if self.kind == "real" else ""
-            m = f" (n={r.n_current})" if self.kind == "real" else ""
+            counts = self.kind == "real" and not r.metric.startswith("(")  # sample sizes of metric rows only
+            n = f" (n={r.n_baseline})" if counts else ""
+            m = f" (n={r.n_current})" if counts else ""
             verdict = f"**{r.verdict}**" if r.failed else r.verdict
             lines.append(f"| {_md(r.scenario)} | {r.metric} | {_fmt(r.baseline, r.metric)}{n} | "
                          f"{_fmt(r.current, r.metric)}{m} | {_fmt_ratio(r.ratio)} | "
