@@ -50,6 +50,7 @@ from typing import Any, Literal
 from . import __version__
 from .atomic import atomic_open
 from .errors import ConfigError
+from .provenance import describe, provenance
 from .scenario import Scenario, load_toml
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def run_suite(suite: Suite, progress: bool = False) -> dict[str, Any]:
 
 def _baseline_doc(kind: SuiteKind, suite: str, scenarios: dict[str, Any]) -> dict[str, Any]:
     return {"format": BASELINE_FORMAT, "version": BASELINE_VERSION, "kind": kind, "suite": suite,
-            "miglab_version": __version__, "scenarios": scenarios}
+            "miglab_version": __version__, "scenarios": scenarios, "provenance": provenance()}
 
 
 # --------------------------------------------------------------------------- real-run records
@@ -277,15 +278,36 @@ def _check_doc(doc: Any, where: str) -> None:
 def write_baseline(doc: dict[str, Any], path: str | Path) -> None:
     """Write a baseline atomically (sorted keys, so diffs in review are small).
 
-    Real-run baselines get a ``created`` date; simulated ones do not, so that
-    re-running ``--update-baseline`` without a change leaves the file as it was.
+    The document's ``provenance`` (:mod:`sim.provenance`) says where and from
+    which commit its numbers were made. A simulated baseline whose content
+    (everything but the provenance) equals the file already at ``path`` is
+    left as it was, provenance included, so that re-running
+    ``--update-baseline`` without a change changes nothing in review. Real-run
+    baselines also get a ``created`` date.
     """
     path = Path(path)
+    if doc.get("kind") == "simulated" and _same_content(doc, path):
+        log.info("%s: baseline unchanged, left as it was", path)
+        return
     if doc.get("kind") == "real":
         doc = {**doc, "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()}
     with atomic_open(path) as f:
         json.dump(doc, f, indent=1, sort_keys=True, allow_nan=False)
         f.write("\n")
+
+
+def _same_content(doc: dict[str, Any], path: Path) -> bool:
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(old, dict):
+        return False
+    # through JSON, so that tuples and lists (and NaN-free floats) compare as they are stored
+    new = json.loads(json.dumps(doc, allow_nan=False))
+    new.pop("provenance", None)
+    old.pop("provenance", None)
+    return new == old
 
 
 # --------------------------------------------------------------------------- comparison
@@ -309,6 +331,11 @@ class Comparison:
     def unit(self) -> str:
         return metric_unit(self.metric)
 
+    @property
+    def changed(self) -> bool:
+        """Failed, or moved at all (an improvement, a new scenario): what ``only_changed`` keeps."""
+        return self.failed or not (self.verdict == "same" or self.verdict.startswith("ok"))
+
 
 @dataclass(frozen=True)
 class Report:
@@ -317,29 +344,72 @@ class Report:
     kind: SuiteKind
     rows: tuple[Comparison, ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: provenance (sim.provenance) of the current suite's and the baseline's numbers, when recorded
+    current_meta: dict[str, Any] | None = None
+    baseline_meta: dict[str, Any] | None = None
 
     @property
     def failed(self) -> bool:
         """True when CI should fail: a regression, a changed simulated metric, a missing scenario."""
         return any(r.failed for r in self.rows)
 
-    def to_markdown(self, title: str = "Migration regression check") -> str:
-        """A Markdown table fit for ``$GITHUB_STEP_SUMMARY``."""
+    def to_markdown(self, title: str = "Migration regression check", *, only_changed: bool = False) -> str:
+        """A Markdown report fit for ``$GITHUB_STEP_SUMMARY``.
+
+        The header says PASS/FAIL, which commit and machine made the current
+        and the baseline numbers, and one line per metric; the table lists
+        failures first. ``only_changed`` leaves out the comparisons that did
+        not move (``same``, ``ok (...)``).
+        """
         bad = sum(r.failed for r in self.rows)
         head = (f"### {title}\n\n"
                 f"**{'FAIL' if bad else 'PASS'}**: {bad} of {len(self.rows)} comparisons failed "
-                f"({self.kind} suite)\n\n")
+                f"({self.kind} suite)\n\n"
+                f"- current: {_md(describe(self.current_meta))}\n"
+                f"- baseline: {_md(describe(self.baseline_meta))}\n\n")
+        summary = "".join(f"- {line}\n" for line in self._metric_summaries())
+        rows = sorted(self.rows, key=lambda r: not r.failed)  # stable: failures first, each group in suite order
+        if only_changed:
+            rows = [r for r in rows if r.changed]
         lines = ["| scenario | metric | baseline | current | ratio | p-value | verdict |",
                  "|---|---|---:|---:|---:|---:|---|"]
-        for r in self.rows:
-            n = f" (n={r.n_baseline})" if self.kind == "real" else ""
-            m = f" (n={r.n_current})" if self.kind == "real" else ""
+        for r in rows:
+            counts = self.kind == "real" and not r.metric.startswith("(")  # sample sizes of metric rows only
+            n = f" (n={r.n_baseline})" if counts else ""
+            m = f" (n={r.n_current})" if counts else ""
             verdict = f"**{r.verdict}**" if r.failed else r.verdict
             lines.append(f"| {_md(r.scenario)} | {r.metric} | {_fmt(r.baseline, r.metric)}{n} | "
                          f"{_fmt(r.current, r.metric)}{m} | {_fmt_ratio(r.ratio)} | "
                          f"{'—' if r.p_value is None else f'{r.p_value:.3g}'} | {verdict} |")
+        if only_changed:
+            hidden = len(self.rows) - len(rows)
+            table = ("\n".join(lines) + "\n" if rows else "No comparison changed.\n") + (
+                f"\n({hidden} unchanged comparisons not shown)\n" if hidden else "")
+        else:
+            table = "\n".join(lines) + "\n"
         notes = "".join(f"\n- {n}" for n in self.notes)
-        return head + "\n".join(lines) + "\n" + (f"\n{notes.strip()}\n" if notes else "")
+        return head + summary + ("\n" if summary else "") + table + (f"\n{notes.strip()}\n" if notes else "")
+
+    def _metric_summaries(self) -> list[str]:
+        """One line per metric: how many comparisons failed or moved, and the largest ratio."""
+        by_metric: dict[str, list[Comparison]] = {}
+        for r in self.rows:
+            by_metric.setdefault(r.metric, []).append(r)
+        out = []
+        for metric, rows in by_metric.items():
+            failed = sum(r.failed for r in rows)
+            moved = sum(r.changed and not r.failed for r in rows)
+            text = f"**{metric}**: {failed} of {len(rows)} failed"
+            if moved:
+                text += f", {moved} moved without failing"
+            ratios = [(r.ratio, r.scenario) for r in rows if r.ratio is not None and r.ratio != 1.0]
+            if ratios:
+                (lo, lo_name), (hi, hi_name) = min(ratios), max(ratios)
+                text += f"; ratio current/baseline {_fmt_ratio(lo)} ({_md(lo_name)})"
+                if hi != lo:
+                    text += f" to {_fmt_ratio(hi)} ({_md(hi_name)})"
+            out.append(text)
+        return out
 
     def to_benchmark_json(self) -> list[dict[str, Any]]:
         """The ``customSmallerIsBetter`` list that github-action-benchmark reads."""
@@ -423,8 +493,8 @@ def compare_simulated(current: dict[str, Any], baseline: dict[str, Any], rtol: f
             continue
         c, b = cur[name], base[name]
         if c.get("scenario_id") != b.get("scenario_id"):
-            rows.append(Comparison(name, "(definition)", b.get("scenario_id"), c.get("scenario_id"),
-                                   "CHANGED", True))
+            was, now = _definition_diff(b.get("scenario"), c.get("scenario"))
+            rows.append(Comparison(name, "(definition)", was, now, "CHANGED", True))
         cm, bm = c["metrics"], b["metrics"]
         for metric in list(bm) + [m for m in cm if m not in bm]:
             cv, bv = cm.get(metric), bm.get(metric)
@@ -439,7 +509,7 @@ def compare_simulated(current: dict[str, Any], baseline: dict[str, Any], rtol: f
     if any(r.failed for r in rows):
         notes.append("simulated suites are deterministic: a change needs `miglab regress ... --update-baseline` "
                      "committed with the change")
-    return Report("simulated", tuple(rows), tuple(notes))
+    return Report("simulated", tuple(rows), tuple(notes), current.get("provenance"), baseline.get("provenance"))
 
 
 def compare_real(current: dict[str, Any], baseline: dict[str, Any], metrics: Iterable[str] = DEFAULT_REAL_METRICS,
@@ -479,9 +549,8 @@ def compare_real(current: dict[str, Any], baseline: dict[str, Any], metrics: Ite
             continue
         c, b = cur[name], base[name]
         if c.get("scenario") and b.get("scenario") and c["scenario"] != b["scenario"]:
-            changed = sorted(k for k, v in _flat(c["scenario"]).items() if _flat(b["scenario"]).get(k) != v)
-            rows.append(Comparison(name, "(definition)", "baseline's", "changed: " + ", ".join(changed[:3]),
-                                   "CHANGED (update the baseline)", True))
+            was, now = _definition_diff(b["scenario"], c["scenario"])
+            rows.append(Comparison(name, "(definition)", was, now, "CHANGED (update the baseline)", True))
         if c.get("failed"):
             rows.append(Comparison(name, "(outcome)", f"{b.get('failed', 0)} failed", f"{c['failed']} failed",
                                    "FAILED RUNS", True))
@@ -521,7 +590,7 @@ def compare_real(current: dict[str, Any], baseline: dict[str, Any], metrics: Ite
     notes.append(f"regression = median ratio > {ratio:g} AND one-sided Mann-Whitney U p < {alpha:g}"
                  f"{' (Holm-corrected over the report)' if holm else ''} AND median increase > floor "
                  f"({', '.join(f'{m} {_fmt(floors.get(m, 0.0), m)}' for m in metrics)})")
-    return Report("real", tuple(rows), tuple(notes))
+    return Report("real", tuple(rows), tuple(notes), current.get("provenance"), baseline.get("provenance"))
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -532,6 +601,40 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+#: Changed fields listed in a definition row before the rest are only counted.
+_MAX_DIFF_FIELDS = 6
+
+
+def _definition_diff(baseline: Any, current: Any) -> tuple[str, str]:
+    """The fields of a scenario definition that changed, as (baseline's values, current values) text.
+
+    Same fields but a different scenario id means that an input file (trace
+    or model) changed content under the same path.
+    """
+    if not isinstance(baseline, dict) or not isinstance(current, dict):
+        return "(not recorded)", "(not recorded)"
+    b, c = _flat(baseline), _flat(current)
+    keys = sorted(k for k in set(b) | set(c) if b.get(k, _ABSENT) != c.get(k, _ABSENT))
+    if not keys:
+        return "same fields", "an input file's content changed"
+    shown = keys[:_MAX_DIFF_FIELDS]
+    more = f"; … {len(keys) - len(shown)} more" if len(keys) > len(shown) else ""
+
+    def side(d: dict[str, Any]) -> str:
+        return "; ".join(f"{k} = {_value_text(d.get(k, _ABSENT))}" for k in shown) + more
+
+    return side(b), side(c)
+
+
+_ABSENT = object()
+
+
+def _value_text(value: Any) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    return json.dumps(value) if isinstance(value, str) or value is None else str(value)
 
 
 def _holm_levels(pvalues: list[float], alpha: float) -> list[float]:

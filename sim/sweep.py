@@ -59,6 +59,7 @@ import pandas as pd
 from . import __version__
 from .atomic import atomic_path
 from .errors import ConfigError, MiglabError
+from .provenance import provenance, write_parquet
 from .scenario import Scenario, load_toml, with_fields
 
 log = logging.getLogger(__name__)
@@ -446,7 +447,8 @@ def run_sweep(sweep: Sweep, out: str | Path, jobs: int | None = None, scheduler:
                 results.close()
 
     table = _assemble(out, [sid for sid, _, _ in plan], rows_meta)
-    _write_parquet_atomic(table, out)
+    with atomic_path(out) as tmp:  # the final table carries its provenance in the Parquet schema metadata
+        write_parquet(table, tmp, provenance(inputs=input_sha._cache, extra={"sweep": sweep.name}))
     _remove_parts(parts_dir_for(out))
     return table
 

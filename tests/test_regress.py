@@ -369,3 +369,85 @@ def test_example_scenarios_are_valid_and_named_after_their_files():
     for f in files:
         s = Scenario.from_toml(f)
         assert s.name == f.stem and s.workload.kind == "synthetic" and s.strategy.kind in ("precopy", "postcopy")
+
+
+# --------------------------------------------------------------------------- the report
+def _tiny_suite() -> Suite:
+    return Suite.from_dict({"name": "tiny", "defaults": {"workload": {"memory_bytes": "64MiB"}},
+                            "scenario": [{"name": n, "strategy": {"downtime_limit_s": lim}}
+                                         for n, lim in (("a", "300ms"), ("b", "100ms"), ("c", "30ms"))]})
+
+
+def test_report_lists_failures_first_with_a_line_per_metric_and_provenance():
+    current = run_suite(_tiny_suite())
+    baseline = json.loads(json.dumps(current))
+    baseline["scenarios"]["c"]["metrics"]["downtime_s"] *= 0.5
+    baseline["provenance"] = {**baseline["provenance"], "git_commit": "f" * 40, "host": "baseline-runner"}
+    text = compare_simulated(current, baseline).to_markdown()
+    table = [line for line in text.splitlines() if line.startswith("| ") and "scenario | metric" not in line]
+    assert table[0].startswith("| c | downtime_s |") and "**CHANGED**" in table[0]
+    assert all("**" not in line for line in table[1:])
+    assert "- **downtime_s**: 1 of 3 failed; ratio current/baseline 2.000 (c)" in text
+    assert "- **total_time_s**: 0 of 3 failed" in text
+    assert f"- current: commit {current['provenance']['git_commit'][:12]}" in text \
+        or "- current: not a checkout" in text
+    assert "- baseline: commit ffffffffffff" in text and "baseline-runner" in text
+
+
+def test_only_changed_hides_what_did_not_move():
+    current = run_suite(_tiny_suite())
+    baseline = json.loads(json.dumps(current))
+    report = compare_simulated(current, baseline)
+    assert "No comparison changed." in report.to_markdown(only_changed=True)
+    assert "| a | downtime_s |" in report.to_markdown()
+    baseline["scenarios"]["b"]["metrics"]["bytes_sent"] += 4096
+    text = compare_simulated(current, baseline).to_markdown(only_changed=True)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "scenario | metric" not in line]
+    assert rows == [line for line in rows if line.startswith("| b | bytes_sent |")] and len(rows) == 1
+    assert "(8 unchanged comparisons not shown)" in text
+
+
+def test_real_only_changed_keeps_improvements_and_drops_ok():
+    rng = np.random.default_rng(5)
+    cur, base = _draw(rng, 0.5)  # downtime halves: "improved"; total time unchanged: "ok (...)"
+    report = compare_real(cur, base)
+    text = report.to_markdown(only_changed=True)
+    assert "| s | downtime_s |" in text and "improved" in text and "| s | total_time_s |" not in text
+
+
+def test_changed_definition_shows_the_fields_not_hashes():
+    current = run_suite(_tiny_suite())
+    baseline = json.loads(json.dumps(current))
+    sc = baseline["scenarios"]["a"]
+    sc["scenario"]["strategy"]["downtime_limit_s"] = 0.5
+    sc["scenario"]["link"]["rtt_s"] = 0.01
+    sc["scenario_id"] = "0" * 16
+    row = next(r for r in compare_simulated(current, baseline).rows if r.metric == "(definition)")
+    assert row.failed and row.scenario == "a"
+    assert row.baseline == "link.rtt_s = 0.01; strategy.downtime_limit_s = 0.5"
+    assert row.current == f"link.rtt_s = {current['scenarios']['a']['scenario']['link']['rtt_s']}; " \
+                          "strategy.downtime_limit_s = 0.3"
+    assert "0" * 16 not in compare_simulated(current, baseline).to_markdown()
+    # the same fields under a different id: an input file changed content
+    sc["scenario"] = json.loads(json.dumps(current["scenarios"]["a"]["scenario"]))
+    row = next(r for r in compare_simulated(current, baseline).rows if r.metric == "(definition)")
+    assert "input file" in row.current
+
+
+def test_baseline_records_provenance_and_an_unchanged_rewrite_leaves_the_file(tmp_path):
+    from sim.regress import write_baseline
+
+    path = tmp_path / "b.json"
+    doc = run_suite(_tiny_suite())
+    write_baseline(doc, path)
+    written = path.read_text()
+    stored = load_baseline(path)
+    assert stored["provenance"]["versions"]["miglab"] == doc["miglab_version"]
+    assert {"date", "host", "cpu_model", "git_commit", "command"} <= set(stored["provenance"])
+    again = {**doc, "provenance": {**doc["provenance"], "date": "2099-01-01T00:00:00+00:00"}}
+    write_baseline(again, path)
+    assert path.read_text() == written  # same numbers: the file (and its provenance) stays as it was
+    doc["scenarios"]["a"]["metrics"]["downtime_s"] += 1.0
+    write_baseline(doc, path)
+    assert load_baseline(path)["scenarios"]["a"]["metrics"]["downtime_s"] == doc["scenarios"]["a"]["metrics"][
+        "downtime_s"]
