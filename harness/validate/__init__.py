@@ -42,7 +42,8 @@ Output layout of ``OUT/`` (stable; ``notebooks/validation.ipynb`` reads it):
 
 One module per job:
 
-* :mod:`~harness.validate.campaign` -- the campaign file, its traces, running it;
+* :mod:`~harness.validate.campaign` -- the campaign file and running it;
+* :mod:`~harness.validate.traces` -- the traces it replays (reused or collected);
 * :mod:`~harness.validate.compare` -- validated runs, predictions, the tidy table;
 * :mod:`~harness.validate.calibration` -- host constants per fold (glue to :mod:`sim.hostfit`);
 * :mod:`~harness.validate.scores` -- target verdicts, error statistics, measurement spread;
@@ -56,19 +57,15 @@ from harness.validate._register import register  # TEMPORARY until harness/cli/ 
 from harness.validate.calibration import Calibration, calibrate, calibrate_host, observation
 from harness.validate.campaign import (
     RUNS_DIR,
-    TRACES_DIR,
     Campaign,
     CampaignLink,
     CampaignOutcome,
     CampaignScenario,
     CampaignStrategy,
     CampaignWorkload,
-    ensure_trace,
-    find_trace,
     load_runs,
     run_campaign,
     run_path,
-    trace_key,
 )
 from harness.validate.compare import (
     BASELINES,
@@ -97,6 +94,7 @@ from harness.validate.scores import (
     noise_summary,
     target_verdicts,
 )
+from harness.validate.traces import TRACES_DIR, ensure_trace, find_trace, trace_key
 
 __all__ = [
     "BASELINES", "COMPARED", "DOWNTIME_FLOOR_S", "MODELS", "MODEL_DEFAULT", "MODEL_HELDOUT", "MODEL_TRAIN",

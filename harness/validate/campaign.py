@@ -3,7 +3,7 @@
 A :class:`Campaign` is the cross product of its workloads, links and
 strategies (:meth:`Campaign.scenarios`), each run ``repetitions`` times.
 :func:`run_campaign` collects or reuses one trace per workload
-(:func:`ensure_trace`) and runs every (scenario, repetition) that has no
+(:func:`harness.validate.traces.ensure_trace`) and runs every (scenario, repetition) that has no
 record under ``OUT/runs/`` yet, so an interrupted campaign resumes where it
 stopped.
 """
@@ -11,17 +11,15 @@ stopped.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.record import RunRecord
+from harness.validate.traces import TRACES_DIR, ensure_trace
 from sim.atomic import atomic_open
 from sim.errors import ConfigError, MiglabError
 from sim.scenario import Link, Scenario, Strategy, Workload, load_toml, with_fields
@@ -30,7 +28,6 @@ from sim.units import parse_bandwidth, parse_duration, parse_size
 log = logging.getLogger(__name__)
 
 RUNS_DIR = "runs"
-TRACES_DIR = "traces"
 _SAFE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
 _TOP_KEYS = frozenset({"name", "memory", "repetitions", "trace_seconds", "trace_interval", "warmup", "timeout",
                        "folds", "host", "trace_dirs", "workload", "link", "strategy"})
@@ -236,56 +233,6 @@ def _safe_name(text: str) -> str:
 
 def run_path(out_dir: Path, scenario_name: str, rep: int) -> Path:
     return out_dir / RUNS_DIR / f"{scenario_name}__r{rep}.json"
-
-
-def trace_key(spec: str, memory_bytes: int, interval_s: float) -> str:
-    """What makes two traces interchangeable: the workload spec, guest memory and interval."""
-    return hashlib.sha256(json.dumps([spec, int(memory_bytes), round(float(interval_s), 6)]).encode()).hexdigest()[:12]
-
-
-def find_trace(spec: str, memory_bytes: int, interval_s: float, min_seconds: float,
-               dirs: Iterable[Path]) -> Path | None:
-    """A complete trace of ``spec`` on a ``memory_bytes`` guest at ``interval_s``, at least ``min_seconds`` long."""
-    from sim.errors import TraceError
-    from sim.trace import load
-
-    for d in dirs:
-        if not d.is_dir():
-            continue
-        for p in sorted(d.glob("*.npz")):
-            try:
-                t = load(p)
-            except (TraceError, MiglabError, OSError):
-                continue
-            m = t.meta
-            if (m.get("workload") == spec and int(m.get("guest_memory_bytes") or t.memory_bytes) == memory_bytes
-                    and abs(float(m.get("interval_s") or 0) - interval_s) < 1e-6 and m.get("complete", True)
-                    and float(m.get("collected_seconds") or 0) >= min_seconds - interval_s):
-                return p
-    return None
-
-
-def ensure_trace(campaign: Campaign, w: CampaignWorkload, out_dir: Path, *, progress: bool = True) -> Path:
-    """The trace for ``w``: reused when one matches, else collected into ``OUT/traces/``."""
-    key = trace_key(w.spec, campaign.memory_bytes, campaign.trace_interval_s)
-    own = out_dir / TRACES_DIR
-    dirs = [own, *(Path(d) for d in campaign.trace_dirs)]
-    found = find_trace(w.spec, campaign.memory_bytes, campaign.trace_interval_s, campaign.trace_seconds, dirs)
-    if found is not None:
-        if found.parent.resolve() != own.resolve():
-            own.mkdir(parents=True, exist_ok=True)
-            dest = own / f"{w.name}-{key}.npz"
-            shutil.copyfile(found, dest)  # the output directory is self-contained
-            log.info("reusing trace %s for %s (copied to %s)", found, w.spec, dest)
-            return dest
-        return found
-    from harness.collect import collect
-
-    dest = own / f"{w.name}-{key}.npz"
-    log.info("collecting a %.0f s trace of %s into %s", campaign.trace_seconds, w.spec, dest)
-    collect(w.spec, memory_bytes=campaign.memory_bytes, interval_s=campaign.trace_interval_s,
-            seconds=campaign.trace_seconds, out=dest, progress=progress)
-    return dest
 
 
 @dataclass
