@@ -53,7 +53,7 @@ One module per job:
 The verbs are ``harness/cli/validate.py`` and ``harness/cli/calibrate_host.py``.
 """
 
-from harness.validate._register import register  # TEMPORARY until harness/cli/ is merged: delete this line
+from harness.validate._register import register as register  # TEMPORARY (old harness/cli.py): delete at merge
 from harness.validate.calibration import Calibration, calibrate, calibrate_host, observation
 from harness.validate.campaign import (
     RUNS_DIR,
@@ -103,6 +103,6 @@ __all__ = [
     "CampaignWorkload", "ValidatedRun",
     "baseline_predictions", "build_report", "calibrate", "calibrate_host", "compare", "comparison_rows",
     "ensure_trace", "error_summary", "find_trace", "load_runs", "measured_metrics", "measurement_spread",
-    "noise_summary", "observation", "register", "render_report", "run_campaign", "run_path", "sim_scenario",
+    "noise_summary", "observation", "render_report", "run_campaign", "run_path", "sim_scenario",
     "target_verdicts", "trace_key", "trace_summary", "validated_runs", "write_plots",
 ]
