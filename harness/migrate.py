@@ -247,6 +247,11 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
     cannot host a run at all (no QEMU, no root, the source does not boot).
     Every process, namespace and RAM file is gone when it returns or raises,
     including on KeyboardInterrupt.
+
+    Phases: start and warm up (:func:`_start_guests`, :func:`_warm_up`),
+    configure (:func:`_configure`), poll until the end (:func:`_poll_loop`),
+    classify (:func:`classify_outcome`, pure), check that the guest runs on
+    (:func:`_check_guest`).
     """
     opts = options or MigrateOptions()
     workload = validate_for_qemu(scenario)
@@ -256,195 +261,308 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
     cleanup_stale()
     started = utc_now()
     wall0 = time.monotonic()
-    mem = scenario.workload.memory_bytes
     params = migration_parameters(scenario)
     caps = _capabilities(scenario.strategy)
-    options_record: dict[str, Any] = {
-        "timeout_s": timeout_s, "verify_memory": opts.verify_memory, "warmup_s": opts.warmup_s,
-        "poll_interval_s": opts.poll_interval_s, "smp": opts.smp, "capabilities": caps, "parameters": params,
-        "workload_argv": list(workload.argv), "qemu": qemu.version_line,
-    }
-    if opts.src_extra_args:
-        options_record["src_extra_args"] = list(opts.src_extra_args)
+    options_record = _options_record(opts, timeout_s, caps, params, workload, qemu.version_line)
     events: list[tuple[float, str]] = []
     timeline: list[Poll] = []
     src_rates, dst_rates = _Rates(), _Rates()
-    final: dict[str, Any] = {}
-    outcome = "failed: not started"
-    guest_continues: bool | None = None
-    guest_side = ""
-    memory_check: MemoryCheck | None = None
-    t_start = t_end = 0.0
 
     with contextlib.ExitStack() as stack:
-        link = stack.enter_context(ShapedLink(scenario.link.bandwidth_Bps, scenario.link.rtt_s))
-        options_record["link"] = {"id": link.id, "tbf": link.tbf_args(), "delay_each_way_s": link.rtt_s / 2,
-                                  "delay": "user-space forwarder" if link.rtt_s > 0 else "none"}
-        common = dict(memory_bytes=mem, workload=workload, smp=opts.smp, keep_logs_in=opts.keep_logs_in)
-        src = stack.enter_context(VM(VMConfig(name="src", netns=link.src_ns, extra_args=opts.src_extra_args,
-                                              **common), opts.image))
-        dst = stack.enter_context(VM(VMConfig(name="dst", netns=link.dst_ns, incoming=True,
-                                              extra_args=("-S",) if opts.verify_memory else (), **common),
-                                     src.image))
-        run = MigrationRun(link, src, dst)
-        assert src.console is not None and dst.console is not None
-        src.wait_for_workload(opts.boot_timeout_s)
-        src_rates.feed(src.console)
-        t_warm = time.monotonic()
-        # Warm up for warmup_s, and at least until one progress line measured the steady rate.
-        while (time.monotonic() - t_warm < opts.warmup_s
-               or (not src_rates.since(t_warm) and time.monotonic() - t_warm < opts.warmup_s + 3.0)):
-            time.sleep(0.1)
-            src_rates.feed(src.console)
-        before = src_rates.mean(t_warm)
-
-        for vm in (src, dst):
-            vm.qmp.migrate_set_capabilities(caps)
-        src.qmp.migrate_set_parameters(params)
-        if caps["multifd"]:
-            dst.qmp.migrate_set_parameters({"multifd-channels": params["multifd-channels"]})
-        dst.qmp.migrate_incoming(f"tcp:{link.dst_ip}:{MIGRATION_PORT}")
-        host_addr, port = link.forward(MIGRATION_PORT)
-
-        bar = _progress_bar(opts.progress)
-        postcopy_requested = False
-        cancelled_for_timeout = False
-        timed_out = False  # cancelled by our timeout (not because the destination died)
-        dst_dead_since: float | None = None
-        dst_exit = ""
-        status = ""
-        try:
-            t_start = run.t0 = time.monotonic()
-            src.qmp.migrate(f"tcp:{host_addr}:{port}")
-            events.append((0.0, f"migrate tcp:{host_addr}:{port}"))
-            next_poll = t_start
-            while True:
-                next_poll += opts.poll_interval_s
-                info = src.qmp.query_migrate()
-                now = time.monotonic()
-                poll = Poll.from_query_migrate(now - t_start, info)
-                timeline.append(poll)
-                src_rates.feed(src.console)
-                dst_rates.feed(dst.console)
-                if poll.status != status:
-                    events.append((poll.t_s, f"status {poll.status}"))
-                    status = poll.status
-                if bar is not None:
-                    bar.n = poll.transferred_bytes
-                    bar.set_postfix_str(f"{status} pass {max(poll.dirty_sync_count, 1)}, "
-                                        f"{format_bytes(poll.remaining_bytes)} left in pass, {poll.mbps:.0f} Mbit/s",
-                                        refresh=True)
-                if status in FINAL_STATUSES:
-                    final = info
-                    break
-                if opts.on_poll is not None:
-                    opts.on_poll(poll, run)
-                if scenario.strategy.kind == "postcopy" and not postcopy_requested and status == "active":
-                    # As soon as the outgoing migration is active (the first poll that sees it).
-                    src.qmp.migrate_start_postcopy()
-                    postcopy_requested = True
-                    events.append((poll.t_s, "migrate-start-postcopy"))
-                if (scenario.strategy.kind == "hybrid" and not postcopy_requested and status == "active"
-                        and poll.dirty_sync_count >= scenario.strategy.postcopy_after_rounds + 1):
-                    src.qmp.migrate_start_postcopy()
-                    postcopy_requested = True
-                    events.append((poll.t_s, f"migrate-start-postcopy after {poll.dirty_sync_count - 1} passes"))
-                if not dst.is_running():
-                    dst_exit = f"destination QEMU exited (status {dst.proc.returncode if dst.proc else '?'})"
-                    if dst_dead_since is None:
-                        dst_dead_since = now
-                        events.append((poll.t_s, dst_exit))
-                    elif now - dst_dead_since > DEST_DEATH_GRACE_S and not cancelled_for_timeout:
-                        src.qmp.migrate_cancel()
-                        cancelled_for_timeout = True
-                if now - t_start > timeout_s and not cancelled_for_timeout:
-                    if status.startswith("postcopy"):
-                        final = info
-                        outcome = f"failed: post-copy still running at the {format_duration(timeout_s)} timeout"
-                        break
-                    events.append((poll.t_s, "timeout: migrate_cancel"))
-                    src.qmp.migrate_cancel()
-                    cancelled_for_timeout = timed_out = True
-                if cancelled_for_timeout and now - t_start > timeout_s + CANCEL_WAIT_S:
-                    final = info
-                    outcome = f"failed: migration still {status} {CANCEL_WAIT_S:.0f} s after migrate_cancel"
-                    break
-                time.sleep(max(0.0, next_poll - time.monotonic()))
-        except QMPError as e:
-            # The source itself went away (or stopped answering): the run failed, and says why.
-            final = {}
-            code = src.proc.returncode if src.proc else "?"
-            src_exit = "" if src.is_running() else f"source QEMU exited (status {code}): "
-            outcome = f"failed: {src_exit}{e}"
-            events.append((round(time.monotonic() - t_start, 4), outcome))
-        finally:
-            if bar is not None:
-                bar.close()
-        t_end = time.monotonic()
-        status = str(final.get("status", status))
-        if status != "completed" and not dst_exit and not dst.is_running():
+        run = _start_guests(stack, scenario, workload, opts, options_record)
+        before = _warm_up(run.src, src_rates, opts)
+        target = _configure(run, caps, params)
+        end = _poll_loop(run, target, scenario.strategy, opts, timeout_s, timeline, events, (src_rates, dst_rates))
+        t_start, t_end = run.t0, time.monotonic()
+        if end.status != "completed" and not end.dst_exit and not run.dst.is_running():
             # The source often notices the broken stream before a poll sees the destination gone.
-            dst_exit = f"destination QEMU exited (status {dst.proc.returncode if dst.proc else '?'})"
-            events.append((round(t_end - t_start, 4), dst_exit))
-
-        if outcome.startswith("failed: ") and outcome != "failed: not started":
-            pass  # already decided in the loop
-        elif status == "completed":
-            outcome = OUTCOME_COMPLETED
-        elif status == "cancelled" and dst_exit and not timed_out:
-            # After our own timeout cancel the destination exiting is the normal consequence, not the cause.
-            outcome = f"failed: {dst_exit}"
-        elif status == "cancelled":
-            outcome = OUTCOME_NOT_CONVERGED
-        elif status == "failed":
-            reason = str(final.get("error-desc", "")).strip() or "QEMU reported failure"
-            outcome = f"failed: {dst_exit + ': ' if dst_exit else ''}{reason}"
-
-        if outcome == OUTCOME_COMPLETED:
-            guest_side = "destination"
-            try:
-                if opts.verify_memory:
-                    _wait_status(dst, ("paused", "prelaunch"), DEST_START_TIMEOUT_S)
-                    assert src.shm_path is not None and dst.shm_path is not None
-                    memory_check = compare_memory(src.shm_path, dst.shm_path)
-                    events.append((round(time.monotonic() - t_start, 4),
-                                   f"memory compared: {memory_check.pages_differing} pages differ"))
-                    dst.qmp.cont()
-                _wait_status(dst, ("running",), DEST_START_TIMEOUT_S)
-                guest_continues = _watch(dst, dst_rates, opts.watch_after_s, src_rates.interval())
-            except MiglabError as e:
-                outcome = f"failed: destination did not run on: {e}"
-                guest_continues = False
-        elif src.is_running():
-            guest_side = "source"
-            try:
-                guest_continues = src.qmp.status() == "running" and _watch(src, src_rates, opts.watch_after_s,
-                                                                              src_rates.interval())
-            except MiglabError as e:
-                log.warning("source check failed: %s", e)
-                guest_continues = False
-        else:
-            guest_side, guest_continues = "source", False  # the source is gone and the guest with it
-        t_after = t_end
-        after = (dst_rates if guest_side == "destination" else src_rates).mean(t_after)
-        lines_after = len((dst_rates if guest_side == "destination" else src_rates).since(t_after))
-        during_samples = [r for (h, _, r) in src_rates.samples + dst_rates.samples
-                          if t_start <= h < t_end and r is not None]
-        during = float(np.mean(during_samples)) if during_samples else None
+            end = dataclasses.replace(end, dst_exit=_dst_exit(run.dst))
+            events.append((round(t_end - t_start, 4), end.dst_exit))
+        check = _check_guest(run, opts, classify_outcome(end), src_rates, dst_rates, events)
+        rate = _workload_rate(workload, before, src_rates, dst_rates, check.guest_side, t_start, t_end)
         # the stack closes: QEMU processes, RAM files, run directories, namespaces, forwarders
 
     max_throttle = max((p.throttle_pct for p in timeline), default=0.0)
     last_expected = next((p.expected_downtime_s for p in reversed(timeline) if p.expected_downtime_s is not None),
                          None)
+    final = end.final
     stats = MigrationStats.from_query_migrate(final, max_throttle, last_expected) if final else MigrationStats()
     stats = _fix_postcopy_downtime(stats, timeline, dst_rates, t_start, t_end, events)
-    rate = WorkloadRate(unit="ops/s" if workload.kind == "redis" else "pages/s",
-                        configured=workload.rate_pages_per_s, before=before, during=during, after=after,
-                        lines_after=lines_after)
-    return RunRecord(scenario=scenario, outcome=outcome, hypervisor="qemu", host=host, timeline=tuple(timeline),
-                     stats=stats, raw_query_migrate=final, workload_rate=rate, guest_continues=guest_continues,
-                     guest_side=guest_side, memory_check=memory_check, events=tuple(events),
+    return RunRecord(scenario=scenario, outcome=check.outcome, hypervisor="qemu", host=host, timeline=tuple(timeline),
+                     stats=stats, raw_query_migrate=final, workload_rate=rate, guest_continues=check.guest_continues,
+                     guest_side=check.guest_side, memory_check=check.memory_check, events=tuple(events),
                      options=options_record, started_utc=started, wall_time_s=round(time.monotonic() - wall0, 3))
+
+
+def _options_record(opts: MigrateOptions, timeout_s: float, caps: dict[str, bool], params: dict[str, Any],
+                    workload: GuestWorkload, qemu_version: str) -> dict[str, Any]:
+    """The runner settings as the record keeps them (``RunRecord.options``)."""
+    record: dict[str, Any] = {
+        "timeout_s": timeout_s, "verify_memory": opts.verify_memory, "warmup_s": opts.warmup_s,
+        "poll_interval_s": opts.poll_interval_s, "smp": opts.smp, "capabilities": caps, "parameters": params,
+        "workload_argv": list(workload.argv), "qemu": qemu_version,
+    }
+    if opts.src_extra_args:
+        record["src_extra_args"] = list(opts.src_extra_args)
+    return record
+
+
+# -- phase 1: boot and warm up ------------------------------------------------------
+def _start_guests(stack: contextlib.ExitStack[Any], scenario: Scenario, workload: GuestWorkload,
+                  opts: MigrateOptions, options_record: dict[str, Any]) -> MigrationRun:
+    """The shaped link, the source guest (booted, workload running) and the waiting destination."""
+    link = stack.enter_context(ShapedLink(scenario.link.bandwidth_Bps, scenario.link.rtt_s))
+    options_record["link"] = {"id": link.id, "tbf": link.tbf_args(), "delay_each_way_s": link.rtt_s / 2,
+                              "delay": "user-space forwarder" if link.rtt_s > 0 else "none"}
+    common = dict(memory_bytes=scenario.workload.memory_bytes, workload=workload, smp=opts.smp,
+                  keep_logs_in=opts.keep_logs_in)
+    src = stack.enter_context(VM(VMConfig(name="src", netns=link.src_ns, extra_args=opts.src_extra_args,
+                                          **common), opts.image))
+    dst = stack.enter_context(VM(VMConfig(name="dst", netns=link.dst_ns, incoming=True,
+                                          extra_args=("-S",) if opts.verify_memory else (), **common),
+                                 src.image))
+    assert src.console is not None and dst.console is not None
+    src.wait_for_workload(opts.boot_timeout_s)
+    return MigrationRun(link, src, dst)
+
+
+def _warm_up(src: VM, src_rates: _Rates, opts: MigrateOptions) -> float | None:
+    """Let the workload run for ``warmup_s``, and at least until one progress line measured its steady rate."""
+    assert src.console is not None
+    src_rates.feed(src.console)
+    t_warm = time.monotonic()
+    while (time.monotonic() - t_warm < opts.warmup_s
+           or (not src_rates.since(t_warm) and time.monotonic() - t_warm < opts.warmup_s + 3.0)):
+        time.sleep(0.1)
+        src_rates.feed(src.console)
+    return src_rates.mean(t_warm)
+
+
+# -- phase 2: configure -------------------------------------------------------------
+def _configure(run: MigrationRun, caps: dict[str, bool], params: dict[str, Any]) -> str:
+    """Capabilities on both sides, parameters on the source, the destination listening; the source's URI."""
+    src, dst, link = run.src, run.dst, run.link
+    for vm in (src, dst):
+        vm.qmp.migrate_set_capabilities(caps)
+    src.qmp.migrate_set_parameters(params)
+    if caps["multifd"]:
+        dst.qmp.migrate_set_parameters({"multifd-channels": params["multifd-channels"]})
+    dst.qmp.migrate_incoming(f"tcp:{link.dst_ip}:{MIGRATION_PORT}")
+    host_addr, port = link.forward(MIGRATION_PORT)
+    return f"tcp:{host_addr}:{port}"
+
+
+# -- phase 3: the poll loop ---------------------------------------------------------
+#: Why the poll loop stopped.
+STOP_FINAL = "final"  # QEMU reported a final status
+STOP_POSTCOPY_TIMEOUT = "postcopy-timeout"  # post-copy still running at the timeout (it cannot be cancelled)
+STOP_CANCEL_STUCK = "cancel-stuck"  # still not final CANCEL_WAIT_S after migrate_cancel
+STOP_SOURCE_LOST = "source-lost"  # the source stopped answering QMP
+
+
+@dataclass(frozen=True)
+class LoopEnd:
+    """How the poll loop ended: everything :func:`classify_outcome` needs, and nothing live."""
+
+    stop: str
+    status: str  # the last status seen
+    final: dict[str, Any] = field(default_factory=dict)  # the last query-migrate answer ({} if the source is lost)
+    timeout_s: float = 0.0
+    timed_out: bool = False  # we cancelled at our timeout (not because the destination died)
+    dst_exit: str = ""  # "destination QEMU exited (status N)" once seen
+    source_error: str = ""  # for STOP_SOURCE_LOST: what the source's QMP said (and its exit status)
+
+
+@dataclass
+class _LoopState:
+    """What the poll loop has seen and done so far."""
+
+    status: str = ""
+    postcopy_requested: bool = False
+    cancelled: bool = False  # migrate_cancel sent: at our timeout, or after the destination died
+    timed_out: bool = False
+    dst_dead_since: float | None = None
+    dst_exit: str = ""
+
+    def end(self, stop: str, final: dict[str, Any], timeout_s: float, source_error: str = "") -> LoopEnd:
+        return LoopEnd(stop, self.status, final, timeout_s, self.timed_out, self.dst_exit, source_error)
+
+
+def _poll_loop(run: MigrationRun, target: str, strategy: Strategy, opts: MigrateOptions, timeout_s: float,
+               timeline: list[Poll], events: list[tuple[float, str]], rates: tuple[_Rates, _Rates]) -> LoopEnd:
+    """Start the migration and poll ``query-migrate`` until it ends, switching to post-copy and cancelling."""
+    src = run.src
+    st = _LoopState()
+    bar = _progress_bar(opts.progress)
+    try:
+        t_start = run.t0 = time.monotonic()
+        src.qmp.migrate(target)
+        events.append((0.0, f"migrate {target}"))
+        next_poll = t_start
+        while True:
+            next_poll += opts.poll_interval_s
+            info = src.qmp.query_migrate()
+            now = time.monotonic()
+            poll = Poll.from_query_migrate(now - t_start, info)
+            _record_poll(run, poll, st, timeline, events, rates, bar)
+            if st.status in FINAL_STATUSES:
+                return st.end(STOP_FINAL, info, timeout_s)
+            if opts.on_poll is not None:
+                opts.on_poll(poll, run)
+            _maybe_start_postcopy(src, strategy, poll, st, events)
+            _watch_destination(run, now, poll, st, events)
+            stop = _enforce_timeout(src, now - t_start, timeout_s, poll, st, events)
+            if stop:
+                return st.end(stop, info, timeout_s)
+            time.sleep(max(0.0, next_poll - time.monotonic()))
+    except QMPError as e:
+        # The source itself went away (or stopped answering): the run failed, and says why.
+        code = src.proc.returncode if src.proc else "?"
+        src_exit = "" if src.is_running() else f"source QEMU exited (status {code}): "
+        end = st.end(STOP_SOURCE_LOST, {}, timeout_s, f"{src_exit}{e}")
+        events.append((round(time.monotonic() - run.t0, 4), classify_outcome(end)))
+        return end
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _record_poll(run: MigrationRun, poll: Poll, st: _LoopState, timeline: list[Poll],
+                 events: list[tuple[float, str]], rates: tuple[_Rates, _Rates], bar: Any) -> None:
+    """Keep the poll, read both consoles, note a status change, move the progress bar."""
+    assert run.src.console is not None and run.dst.console is not None
+    timeline.append(poll)
+    rates[0].feed(run.src.console)
+    rates[1].feed(run.dst.console)
+    if poll.status != st.status:
+        events.append((poll.t_s, f"status {poll.status}"))
+        st.status = poll.status
+    if bar is not None:
+        bar.n = poll.transferred_bytes
+        bar.set_postfix_str(f"{st.status} pass {max(poll.dirty_sync_count, 1)}, "
+                            f"{format_bytes(poll.remaining_bytes)} left in pass, {poll.mbps:.0f} Mbit/s",
+                            refresh=True)
+
+
+def _maybe_start_postcopy(src: VM, strategy: Strategy, poll: Poll, st: _LoopState,
+                          events: list[tuple[float, str]]) -> None:
+    """Post-copy: at the first poll that sees the migration active; hybrid: after the configured passes."""
+    if st.postcopy_requested or st.status != "active":
+        return
+    if strategy.kind == "postcopy":
+        src.qmp.migrate_start_postcopy()
+        st.postcopy_requested = True
+        events.append((poll.t_s, "migrate-start-postcopy"))
+    elif strategy.kind == "hybrid" and poll.dirty_sync_count >= strategy.postcopy_after_rounds + 1:
+        src.qmp.migrate_start_postcopy()
+        st.postcopy_requested = True
+        events.append((poll.t_s, f"migrate-start-postcopy after {poll.dirty_sync_count - 1} passes"))
+
+
+def _watch_destination(run: MigrationRun, now: float, poll: Poll, st: _LoopState,
+                       events: list[tuple[float, str]]) -> None:
+    """Note a dead destination; cancel when the source has not noticed after DEST_DEATH_GRACE_S."""
+    if run.dst.is_running():
+        return
+    st.dst_exit = _dst_exit(run.dst)
+    if st.dst_dead_since is None:
+        st.dst_dead_since = now
+        events.append((poll.t_s, st.dst_exit))
+    elif now - st.dst_dead_since > DEST_DEATH_GRACE_S and not st.cancelled:
+        run.src.qmp.migrate_cancel()
+        st.cancelled = True
+
+
+def _enforce_timeout(src: VM, elapsed_s: float, timeout_s: float, poll: Poll, st: _LoopState,
+                     events: list[tuple[float, str]]) -> str:
+    """Cancel a pre-copy at the timeout; the reason to stop polling, or "" to go on."""
+    if elapsed_s > timeout_s and not st.cancelled:
+        if st.status.startswith("postcopy"):
+            return STOP_POSTCOPY_TIMEOUT
+        events.append((poll.t_s, "timeout: migrate_cancel"))
+        src.qmp.migrate_cancel()
+        st.cancelled = st.timed_out = True
+    if st.cancelled and elapsed_s > timeout_s + CANCEL_WAIT_S:
+        return STOP_CANCEL_STUCK
+    return ""
+
+
+def _dst_exit(dst: VM) -> str:
+    return f"destination QEMU exited (status {dst.proc.returncode if dst.proc else '?'})"
+
+
+# -- phase 4: the outcome (pure) ----------------------------------------------------
+def classify_outcome(end: LoopEnd) -> str:
+    """The run's outcome from how the poll loop ended: ``completed``, ``cancelled: ...`` or ``failed: reason``."""
+    if end.stop == STOP_POSTCOPY_TIMEOUT:
+        return f"failed: post-copy still running at the {format_duration(end.timeout_s)} timeout"
+    if end.stop == STOP_CANCEL_STUCK:
+        return f"failed: migration still {end.status} {CANCEL_WAIT_S:.0f} s after migrate_cancel"
+    if end.stop == STOP_SOURCE_LOST:
+        return f"failed: {end.source_error}"
+    status = str(end.final.get("status", end.status))
+    if status == "completed":
+        return OUTCOME_COMPLETED
+    if status == "cancelled" and end.dst_exit and not end.timed_out:
+        # After our own timeout cancel the destination exiting is the normal consequence, not the cause.
+        return f"failed: {end.dst_exit}"
+    if status == "cancelled":
+        return OUTCOME_NOT_CONVERGED
+    if status == "failed":
+        reason = str(end.final.get("error-desc", "")).strip() or "QEMU reported failure"
+        return f"failed: {end.dst_exit + ': ' if end.dst_exit else ''}{reason}"
+    return "failed: not started"
+
+
+# -- phase 5: does the guest run on? ------------------------------------------------
+@dataclass(frozen=True)
+class _GuestCheck:
+    outcome: str
+    guest_side: str
+    guest_continues: bool | None
+    memory_check: MemoryCheck | None = None
+
+
+def _check_guest(run: MigrationRun, opts: MigrateOptions, outcome: str, src_rates: _Rates, dst_rates: _Rates,
+                 events: list[tuple[float, str]]) -> _GuestCheck:
+    """After completion the destination must run the workload on (memory compared first with
+    ``verify_memory``); otherwise the source must, unless it is gone."""
+    src, dst = run.src, run.dst
+    if outcome == OUTCOME_COMPLETED:
+        memory_check = None
+        try:
+            if opts.verify_memory:
+                _wait_status(dst, ("paused", "prelaunch"), DEST_START_TIMEOUT_S)
+                assert src.shm_path is not None and dst.shm_path is not None
+                memory_check = compare_memory(src.shm_path, dst.shm_path)
+                events.append((round(time.monotonic() - run.t0, 4),
+                               f"memory compared: {memory_check.pages_differing} pages differ"))
+                dst.qmp.cont()
+            _wait_status(dst, ("running",), DEST_START_TIMEOUT_S)
+            return _GuestCheck(outcome, "destination", _watch(dst, dst_rates, opts.watch_after_s,
+                                                              src_rates.interval()), memory_check)
+        except MiglabError as e:
+            return _GuestCheck(f"failed: destination did not run on: {e}", "destination", False, memory_check)
+    if not src.is_running():
+        return _GuestCheck(outcome, "source", False)  # the source is gone and the guest with it
+    try:
+        runs_on = src.qmp.status() == "running" and _watch(src, src_rates, opts.watch_after_s, src_rates.interval())
+    except MiglabError as e:
+        log.warning("source check failed: %s", e)
+        runs_on = False
+    return _GuestCheck(outcome, "source", runs_on)
+
+
+def _workload_rate(workload: GuestWorkload, before: float | None, src_rates: _Rates, dst_rates: _Rates,
+                   guest_side: str, t_start: float, t_end: float) -> WorkloadRate:
+    """The workload's rate before, during and after the migration (after: on the side that runs on)."""
+    side = dst_rates if guest_side == "destination" else src_rates
+    during_samples = [r for (h, _, r) in src_rates.samples + dst_rates.samples
+                      if t_start <= h < t_end and r is not None]
+    return WorkloadRate(unit="ops/s" if workload.kind == "redis" else "pages/s",
+                        configured=workload.rate_pages_per_s, before=before,
+                        during=float(np.mean(during_samples)) if during_samples else None,
+                        after=side.mean(t_end), lines_after=len(side.since(t_end)))
 
 
 SUBMS_DOWNTIME_S = 0.0005

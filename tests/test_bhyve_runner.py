@@ -237,6 +237,13 @@ def test_lines_downtime_is_the_largest_arrival_gap_in_the_window():
     assert d["downtime_s"] == pytest.approx(0.7) and d["lines"] == 4
 
 
+
+def test_bytes_moved_prefers_the_sources_output_counter():
+    both = rn.bytes_moved(((10, 100), (50, 7)), ((20, 900), (650, 9)))
+    assert both == {"src_obytes": 800, "dst_ibytes": 600, "bytes_sent": 800}
+    assert rn.bytes_moved((None, (50, 7)), (None, (650, 9))) == {"dst_ibytes": 600, "bytes_sent": 600}
+    assert rn.bytes_moved((None, None), (None, None)) == {"bytes_sent": None}  # no interface given
+
 # --------------------------------------------------------------------------- CLI
 def test_cli_migrate_writes_a_record(fake, tmp_path):
     fake.modes()

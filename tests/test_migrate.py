@@ -17,8 +17,14 @@ from harness import link as linkmod
 from harness import qemutrace
 from harness.cli import main
 from harness.migrate import (
+    STOP_CANCEL_STUCK,
+    STOP_FINAL,
+    STOP_POSTCOPY_TIMEOUT,
+    STOP_SOURCE_LOST,
+    LoopEnd,
     MigrateOptions,
     MigrationRun,
+    classify_outcome,
     compare_memory,
     migration_parameters,
     qemu_trace_args,
@@ -159,6 +165,32 @@ def test_postcopy_downtime_slip_is_corrected_only_on_evidence() -> None:
     # Pre-copy never reaches postcopy-active.
     pre = [Poll(0.05, "active"), Poll(3.0, "completed")]
     assert _fix_postcopy_downtime(slipped, pre, ran, 100.0, 104.35, []) == slipped
+
+
+@pytest.mark.parametrize("end, outcome", [
+    (LoopEnd(STOP_FINAL, "completed", {"status": "completed"}), OUTCOME_COMPLETED),
+    # QEMU's own failure, with the destination's exit named first when it was seen
+    (LoopEnd(STOP_FINAL, "failed", {"status": "failed", "error-desc": " Unable to write to socket "}),
+     "failed: Unable to write to socket"),
+    (LoopEnd(STOP_FINAL, "failed", {"status": "failed"}, dst_exit="destination QEMU exited (status -9)"),
+     "failed: destination QEMU exited (status -9): QEMU reported failure"),
+    # cancelled by our timeout: did not converge, even though the destination then exits
+    (LoopEnd(STOP_FINAL, "cancelled", {"status": "cancelled"}, timed_out=True), OUTCOME_NOT_CONVERGED),
+    (LoopEnd(STOP_FINAL, "cancelled", {"status": "cancelled"}, timed_out=True,
+             dst_exit="destination QEMU exited (status 1)"), OUTCOME_NOT_CONVERGED),
+    # cancelled because the destination died: that is the cause
+    (LoopEnd(STOP_FINAL, "cancelled", {"status": "cancelled"}, dst_exit="destination QEMU exited (status -9)"),
+     "failed: destination QEMU exited (status -9)"),
+    # post-copy cannot be cancelled: still running at the timeout is a failure
+    (LoopEnd(STOP_POSTCOPY_TIMEOUT, "postcopy-active", {"status": "postcopy-active"}, timeout_s=60.0),
+     "failed: post-copy still running at the 60.00 s timeout"),
+    (LoopEnd(STOP_CANCEL_STUCK, "cancelling", {"status": "cancelling"}, timed_out=True),
+     "failed: migration still cancelling 10 s after migrate_cancel"),
+    (LoopEnd(STOP_SOURCE_LOST, "active", {}, source_error="source QEMU exited (status -9): connection reset"),
+     "failed: source QEMU exited (status -9): connection reset"),
+])
+def test_outcome_classifier(end: LoopEnd, outcome: str) -> None:
+    assert classify_outcome(end) == outcome
 
 
 def test_trace_workloads_cannot_run_on_a_real_guest() -> None:

@@ -325,7 +325,7 @@ def test_baselines_follow_their_published_equations(filled):
     c, out = filled
     runs = validate.validated_runs([out])
     run = next(r for r in runs if r.strategy == "pre300")
-    stats = validate._trace_stats(run.trace)
+    stats = validate.trace_summary(run.trace)
     b = validate.baseline_predictions(run, TRUE, stats)
     from sim.baselines import geometric_precopy
 

@@ -343,6 +343,10 @@ class _Run:
     t0: float = field(default_factory=time.monotonic)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     commands: list[dict[str, Any]] = field(default_factory=list)
+    # the processes started so far, for _stop_processes
+    dst: _Proc | None = None
+    ctl: _Proc | None = None
+    probe: _Proc | None = None
 
     def event(self, name: str, **kw: Any) -> None:
         self.timeline.append({"t_s": round(time.monotonic() - self.t0, 6), "event": name, **kw})
@@ -449,13 +453,16 @@ def run_migration(cfg: MigrateConfig, *, scenario: Scenario | None = None,
     Every process the runner starts is stopped before it returns, except the
     migrated VM's destination bhyve when ``keep_destination`` is set and the
     migration completed (its pid is in ``options["destination_pid"]``).
+
+    Phases: pre-flight checks (:func:`_preflight`), the listening destination
+    and the probe, the move itself (:func:`_wait_for_move`), the downtime from
+    the probe (:func:`_probe_downtime`) and the bytes from the interface
+    counters (:func:`bytes_moved`), then every process stopped
+    (:func:`_stop_processes`).
     """
     cfg.validate()
     started_utc = utc_now()
     r = _Run(cfg, env)
-    dst: _Proc | None = None
-    ctl: _Proc | None = None
-    probe: _Proc | None = None
     completed = False
     outcome = ""
     stats: dict[str, Any] = {}
@@ -465,78 +472,34 @@ def run_migration(cfg: MigrateConfig, *, scenario: Scenario | None = None,
     try:
         src_host = _host_info(r, cfg.src_prefix, "source")
         options["destination_host"] = dataclasses.asdict(_host_info(r, cfg.dst_prefix, "destination"))
-        if not r.vm_exists(cfg.src_prefix, "source"):
-            raise _Failed(f"VM {cfg.vm!r} is not running on the source ({cfg.vmm_dir}/{cfg.vm} does not exist)")
-        wired = _source_wired(r)
-        options["source_wired"] = wired
-        if wired is False:
-            raise _Failed(f"VM {cfg.vm!r} memory is not wired on the source (start it with bhyve -S): "
-                          "the migration patch supports wired memory only")
-        if r.vm_exists(cfg.dst_prefix, "destination"):
-            raise _Failed(f"VM {cfg.vm!r} already exists on the destination; "
-                          f"destroy it first (bhyvectl --vm={cfg.vm} --destroy)")
-        src_before = r.counters(cfg.src_prefix, cfg.src_iface, "source")
-        dst_before = r.counters(cfg.dst_prefix, cfg.dst_iface, "destination")
-
-        dst = r.start("destination", destination_argv(cfg))
+        _preflight(r, options)
+        before = (r.counters(cfg.src_prefix, cfg.src_iface, "source"),
+                  r.counters(cfg.dst_prefix, cfg.dst_iface, "destination"))
+        dst = r.dst = r.start("destination", destination_argv(cfg))
         r.event("destination_started", pid=dst.pid)
         _wait_listening(r, dst)
         r.event("destination_listening")
-
         if cfg.probe.kind != "none":
-            probe = r.start("probe", probe_argv(cfg), read_lines=True)
+            r.probe = r.start("probe", probe_argv(cfg), read_lines=True)
             r.event("probe_started", kind=cfg.probe.kind)
             time.sleep(max(0.2, 10 * cfg.probe.interval_s))  # a baseline of answered probes before the move
-
-        ctl = r.start("source", source_argv(cfg))
+        ctl = r.ctl = r.start("source", source_argv(cfg))
         t_cmd = time.monotonic()
         r.event("migrate_command_started", flag=cfg.migrate_flag)
-        deadline = t_cmd + cfg.timeout_s
-        ctl_rc: int | None = None
-        while True:
-            if ctl_rc is None and (ctl_rc := ctl.poll()) is not None:
-                r.event("migrate_command_exited", rc=ctl_rc)
-                if ctl_rc != 0:
-                    raise _Failed(f"bhyvectl exited {ctl_rc}: {ctl.stderr_tail() or 'no message'}")
-            rc = dst.poll()
-            if rc is not None:
-                raise _Failed(f"destination bhyve exited {rc} during the migration: "
-                              f"{dst.stderr_tail() or 'no message'}")
-            if ctl_rc == 0 and not r.vm_exists(cfg.src_prefix, "source"):
-                t_done = time.monotonic()
-                r.event("source_vm_gone")
-                break
-            if time.monotonic() > deadline:
-                what = "bhyvectl had not returned" if ctl_rc is None else "the source VM still exists"
-                raise _Failed(f"timeout after {cfg.timeout_s:g} s: {what}")
-            time.sleep(cfg.poll_interval_s)
-        # The destination must still be running the guest.
-        time.sleep(cfg.poll_interval_s)
-        if (rc := dst.poll()) is not None:
-            raise _Failed(f"destination bhyve exited {rc} right after the migration: {dst.stderr_tail()}")
+        t_done = _wait_for_move(r, ctl, dst, t_cmd + cfg.timeout_s)
         completed = True
         stats["total_time_s"] = round(t_done - t_cmd, 6)
         stats["command_s"] = round((ctl.t_end or t_done) - ctl.t_start, 6)
         stats["completion_resolution_s"] = cfg.poll_interval_s
         stats["downtime_s"] = None
-        if probe is not None:
-            time.sleep(max(0.2, 10 * cfg.probe.interval_s))  # let answers resume before judging the gap
-            probe.stop(signal.SIGINT)  # ping prints "N packets transmitted" on SIGINT
-            r.event("probe_stopped")
-            if cfg.probe.kind == "ping":
-                pd = ping_downtime([ln for _, ln in probe.lines], cfg.probe.interval_s)
-            else:
-                pd = lines_downtime([t for t, _ in probe.lines], t_cmd, time.monotonic())
-            stats["downtime_s"] = pd.pop("downtime_s")
-            stats["probe"] = {"kind": cfg.probe.kind, **pd}
-            guest_continues = bool(pd.get("recovered"))
-        src_after = r.counters(cfg.src_prefix, cfg.src_iface, "source")
-        dst_after = r.counters(cfg.dst_prefix, cfg.dst_iface, "destination")
-        if src_before and src_after:
-            stats["src_obytes"] = src_after[1] - src_before[1]
-        if dst_before and dst_after:
-            stats["dst_ibytes"] = dst_after[0] - dst_before[0]
-        stats["bytes_sent"] = stats.get("src_obytes", stats.get("dst_ibytes"))
+        if r.probe is not None:
+            probe_stats = _probe_downtime(r, r.probe, t_cmd)
+            stats["downtime_s"] = probe_stats.pop("downtime_s")
+            stats["probe"] = {"kind": cfg.probe.kind, **probe_stats}
+            guest_continues = bool(probe_stats.get("recovered"))
+        after = (r.counters(cfg.src_prefix, cfg.src_iface, "source"),
+                 r.counters(cfg.dst_prefix, cfg.dst_iface, "destination"))
+        stats.update(bytes_moved(before, after))
         outcome = OUTCOME_COMPLETED
     except _Failed as f:
         outcome = f"failed: {f.reason}"
@@ -545,18 +508,94 @@ def run_migration(cfg: MigrateConfig, *, scenario: Scenario | None = None,
         outcome = f"failed: {e}"
         r.event("failed", reason=str(e))
     finally:
-        for proc in (probe, ctl):
-            if proc is not None:
-                proc.stop()
-                proc.close()
-        if dst is not None:
-            if completed and cfg.keep_destination:
-                options["destination_pid"] = dst.pid
-                r.event("destination_kept", pid=dst.pid)
-            else:
-                _cleanup_destination(r, dst)
-                dst.close()
+        _stop_processes(r, keep_destination=completed and cfg.keep_destination, options=options)
     return _record(cfg, scenario or Scenario(), r, outcome, started_utc, stats, options, src_host, guest_continues)
+
+
+def _preflight(r: _Run, options: dict[str, Any]) -> None:
+    """The VM runs on the source with wired memory (``options["source_wired"]``) and not on the destination."""
+    cfg = r.cfg
+    if not r.vm_exists(cfg.src_prefix, "source"):
+        raise _Failed(f"VM {cfg.vm!r} is not running on the source ({cfg.vmm_dir}/{cfg.vm} does not exist)")
+    wired = options["source_wired"] = _source_wired(r)
+    if wired is False:
+        raise _Failed(f"VM {cfg.vm!r} memory is not wired on the source (start it with bhyve -S): "
+                      "the migration patch supports wired memory only")
+    if r.vm_exists(cfg.dst_prefix, "destination"):
+        raise _Failed(f"VM {cfg.vm!r} already exists on the destination; "
+                      f"destroy it first (bhyvectl --vm={cfg.vm} --destroy)")
+
+
+def _wait_for_move(r: _Run, ctl: _Proc, dst: _Proc, deadline: float) -> float:
+    """Poll until bhyvectl succeeded and the source VM is gone; the host time it was seen gone.
+
+    The destination must still be running the guest one poll later.
+    """
+    cfg = r.cfg
+    ctl_rc: int | None = None
+    while True:
+        if ctl_rc is None and (ctl_rc := ctl.poll()) is not None:
+            r.event("migrate_command_exited", rc=ctl_rc)
+            if ctl_rc != 0:
+                raise _Failed(f"bhyvectl exited {ctl_rc}: {ctl.stderr_tail() or 'no message'}")
+        rc = dst.poll()
+        if rc is not None:
+            raise _Failed(f"destination bhyve exited {rc} during the migration: "
+                          f"{dst.stderr_tail() or 'no message'}")
+        if ctl_rc == 0 and not r.vm_exists(cfg.src_prefix, "source"):
+            t_done = time.monotonic()
+            r.event("source_vm_gone")
+            break
+        if time.monotonic() > deadline:
+            what = "bhyvectl had not returned" if ctl_rc is None else "the source VM still exists"
+            raise _Failed(f"timeout after {cfg.timeout_s:g} s: {what}")
+        time.sleep(cfg.poll_interval_s)
+    time.sleep(cfg.poll_interval_s)
+    if (rc := dst.poll()) is not None:
+        raise _Failed(f"destination bhyve exited {rc} right after the migration: {dst.stderr_tail()}")
+    return t_done
+
+
+def _probe_downtime(r: _Run, probe: _Proc, t_cmd: float) -> dict[str, Any]:
+    """Stop the probe once answers have resumed and measure the gap (``downtime_s``, ``recovered``, ...)."""
+    cfg = r.cfg
+    time.sleep(max(0.2, 10 * cfg.probe.interval_s))  # let answers resume before judging the gap
+    probe.stop(signal.SIGINT)  # ping prints "N packets transmitted" on SIGINT
+    r.event("probe_stopped")
+    if cfg.probe.kind == "ping":
+        return ping_downtime([ln for _, ln in probe.lines], cfg.probe.interval_s)
+    return lines_downtime([t for t, _ in probe.lines], t_cmd, time.monotonic())
+
+
+def bytes_moved(before: tuple[tuple[int, int] | None, tuple[int, int] | None],
+                after: tuple[tuple[int, int] | None, tuple[int, int] | None]) -> dict[str, Any]:
+    """The bytes the migration moved, from (source, destination) (ibytes, obytes) interface counters.
+
+    ``bytes_sent`` is the source's output when counted, else the destination's input, else None.
+    """
+    out: dict[str, Any] = {}
+    (src_before, dst_before), (src_after, dst_after) = before, after
+    if src_before and src_after:
+        out["src_obytes"] = src_after[1] - src_before[1]
+    if dst_before and dst_after:
+        out["dst_ibytes"] = dst_after[0] - dst_before[0]
+    out["bytes_sent"] = out.get("src_obytes", out.get("dst_ibytes"))
+    return out
+
+
+def _stop_processes(r: _Run, *, keep_destination: bool, options: dict[str, Any]) -> None:
+    """Stop the probe and bhyvectl; destroy and reap the destination unless it is kept (its pid recorded)."""
+    for proc in (r.probe, r.ctl):
+        if proc is not None:
+            proc.stop()
+            proc.close()
+    if r.dst is not None:
+        if keep_destination:
+            options["destination_pid"] = r.dst.pid
+            r.event("destination_kept", pid=r.dst.pid)
+        else:
+            _cleanup_destination(r, r.dst)
+            r.dst.close()
 
 
 def _cleanup_destination(r: _Run, dst: _Proc) -> None:
