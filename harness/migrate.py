@@ -60,8 +60,8 @@ from typing import Any
 import numpy as np
 
 from harness.guest import GuestImage, GuestWorkload, parse_workload
-from harness.preflight import check_migration
 from harness.link import ShapedLink, cleanup_stale
+from harness.preflight import check_migration
 from harness.qmp import QMPError
 from harness.record import (
     OUTCOME_COMPLETED,

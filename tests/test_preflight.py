@@ -8,7 +8,15 @@ import pytest
 
 from harness import preflight
 from harness.guest import GuestImage, parse_workload, workload_footprint_bytes
-from harness.preflight import GiB, MiB, PreflightError, check_fits, choose_backing, estimate_side, migration_sides
+from harness.preflight import (
+    GiB,
+    MiB,
+    PreflightError,
+    check_fits,
+    choose_backing,
+    estimate_side,
+    migration_sides,
+)
 
 HOST_AVAILABLE = 21 * GiB  # what this 24 GiB host typically has free
 
