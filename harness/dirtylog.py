@@ -53,6 +53,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,11 +311,14 @@ def _wait_for(pred: Any, timeout_s: float, what: str, vm: VM) -> None:
 def collect_dirtylog(workload: str, *, memory_bytes: int = 512 << 20, interval_s: float = 0.5,
                      seconds: float = 60.0, out: str | Path, smp: int = 1, boot_timeout_s: float = 300.0,
                      warmup_s: float = 2.0, first_pass_timeout_s: float = 600.0, max_syncs_per_s: float = 1000.0,
-                     keep_first_pass: bool = False) -> trace_fmt.Trace:
+                     keep_first_pass: bool = False, ram_backing: str = "anon",
+                     on_first_pass: Callable[[VM], None] | None = None) -> trace_fmt.Trace:
     """Boot a guest running ``workload``, trace ``seconds`` of its writes after QEMU's first pass, save to ``out``.
 
     Returns the loaded trace. Refuses in one line (pre-flight) a guest whose
-    resident part would not fit this host.
+    resident part would not fit this host. ``on_first_pass(vm)`` runs once
+    QEMU's first pass is done (e.g. to start a content-diff scan of a
+    ``ram_backing="shm"`` guest beside it, as the benchmark does).
     """
     if not interval_s > 0 or not seconds > 0:
         raise ConfigError(f"--interval and --seconds must be positive (got {interval_s}, {seconds})")
@@ -334,7 +338,7 @@ def collect_dirtylog(workload: str, *, memory_bytes: int = 512 << 20, interval_s
         trace_args += ["-trace", f"enable={e}"]
     # the records file grows 8 bytes per page sent: the whole guest once, then what the guest dirties
     host_bytes = memory_bytes // 512 + (256 << 20)
-    cfg = VMConfig(memory_bytes=memory_bytes, workload=wl, smp=smp, name="dirtylog", ram_backing="anon",
+    cfg = VMConfig(memory_bytes=memory_bytes, workload=wl, smp=smp, name="dirtylog", ram_backing=ram_backing,
                    host_bytes=host_bytes, extra_args=(*trace_args, "-D", str(fifo), "-msg", "timestamp=on"))
     reader = LogReader(fifo, max_syncs_per_s)
     reader.start()
@@ -359,6 +363,8 @@ def collect_dirtylog(workload: str, *, memory_bytes: int = 512 << 20, interval_s
             _wait_for(lambda: (vm.qmp.query_migrate().get("ram") or {}).get("dirty-sync-count", 0) >= 2,
                       first_pass_timeout_s, "QEMU did not finish its first pass", vm)
             timings["first_pass_wall_s"] = time.monotonic() - t_mig
+            if on_first_pass is not None:
+                on_first_pass(vm)
             deadline = time.monotonic() + seconds + interval_s
             while time.monotonic() < deadline:
                 vm.check_alive()
@@ -380,6 +386,7 @@ def collect_dirtylog(workload: str, *, memory_bytes: int = 512 << 20, interval_s
             timings["resident_bytes"] = float(vm.rss_bytes())
             qemu = vm.qemu
             image = vm.image
+            vm_backing = vm.backing
         time.sleep(0.1)  # QEMU is gone: the log is complete
         reader.stop()
         reader.join(5)
@@ -399,7 +406,7 @@ def collect_dirtylog(workload: str, *, memory_bytes: int = 512 << 20, interval_s
         meta = {
             "hypervisor": "qemu", "qemu_version": qemu.version, "qemu_version_line": qemu.version_line,
             "accel": "tcg", "collector": METHOD, "method": METHOD, "blind_spot": BLIND_SPOT,
-            "guest_memory_bytes": memory_bytes, "guest_smp": smp, "guest_ram_backing": "anon",
+            "guest_memory_bytes": memory_bytes, "guest_smp": smp, "guest_ram_backing": vm_backing,
             "guest_kernel": image.kernel_version if image else None, "guest_image_key": image.key if image else None,
             "workload": wl.spec, "workload_pattern": wl.pattern, "workload_params": wl.params,
             "workload_configured_rate_pages_per_s": wl.rate_pages_per_s,
@@ -408,7 +415,7 @@ def collect_dirtylog(workload: str, *, memory_bytes: int = 512 << 20, interval_s
                              "t_start_s/t_end_s are the syncs that bound them (QEMU's clock)",
             "requested_seconds": seconds, "collected_seconds": win.t_end_s[-1] - win.t_start_s[0],
             "collected_at": started_utc, "complete": True, "stopped_reason": "completed",
-            "first_pass_kept": keep_first_pass, "zero_page_fraction": info["first_pass_zero_page_fraction"],
+            "first_pass_kept": keep_first_pass, "t_active_epoch_s": float(sync.t_active_s or 0.0), "zero_page_fraction": info["first_pass_zero_page_fraction"],
             "passes_per_window_mean": float(np.mean(win.passes)),
             "qemu_dirty_sync_count": ram.get("dirty-sync-count"), "qemu_ram_normal": ram.get("normal"),
             "qemu_ram_duplicate": ram.get("duplicate"), "migration_parameters": MIGRATION_PARAMETERS,
