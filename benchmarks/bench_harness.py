@@ -128,19 +128,24 @@ def bench_collector_cost(sizes: list[int], seconds: float) -> None:
 
 def bench_compare(memory: int, spec: str, seconds: float) -> None:
     """Both collectors on one guest at once; see the module docstring (5)."""
-    snaps: list[tuple[float, float, np.ndarray]] = []
+    # (copy start, copy end) of the snapshot before and of the one after, and the pages that changed between
+    snaps: list[tuple[tuple[float, float], tuple[float, float], np.ndarray]] = []
     stop = threading.Event()
 
     def content_diff(vm: VM) -> None:
         live = vm.ram_view()
-        prev = np.array(live)
-        t_prev = time.time()
+        prev, cur = np.empty(memory, dtype=np.uint8), np.empty(memory, dtype=np.uint8)
+        np.copyto(cur, live)  # fault both buffers in first, as the collector does
+        t0 = time.time()
+        np.copyto(prev, live)
+        span_prev = (t0, time.time())
         while not stop.is_set():
-            time.sleep(max(0.0, t_prev + 0.5 - time.time()))
+            time.sleep(max(0.0, span_prev[0] + 0.5 - time.time()))
             t = time.time()
-            cur = np.array(live)
-            snaps.append((t_prev, t, changed_pages(prev, cur)))
-            prev, t_prev = cur, t
+            np.copyto(cur, live)
+            span = (t, time.time())
+            snaps.append((span_prev, span, changed_pages(prev, cur)))
+            prev, cur, span_prev = cur, prev, span
 
     threads: list[threading.Thread] = []
 
@@ -160,28 +165,31 @@ def bench_compare(memory: int, spec: str, seconds: float) -> None:
                 th.join(10)
     t0 = tr.meta["t_active_epoch_s"]
     dl_a, dl_b = tr.t_start_s + t0, tr.t_end_s + t0
-    inside = [(a, b, p) for a, b, p in snaps if a >= dl_a[0] and b <= dl_b[-1]]
-    print(f"  dirty log covers {dl_a[0]:.3f}..{dl_b[-1]:.3f} s; content diff took {len(snaps)} snapshots over "
-          f"{snaps[0][0]:.3f}..{snaps[-1][1]:.3f} s" if snaps else "  no content-diff snapshots")
+    inside = [(s0, s1, p) for s0, s1, p in snaps if s0[0] >= dl_a[0] and s1[1] <= dl_b[-1]]
+    if not inside:
+        print("  no content-diff window inside the dirty log's span")
+        return
     seen = total = 0
-    cd_n, dl_n, slack = [], [], []
-    for a, b, p in inside:
-        cover = np.flatnonzero((dl_b > a) & (dl_a < b))  # the dirty-log windows that cover [a, b]
-        union = np.unique(np.concatenate([tr.pages(int(i)) for i in cover]))
+    cd_n, dl_n, copy_s = [], [], []
+    for s0, s1, p in inside:
+        # a page that differs between the copies changed while [copy 1 start, copy 2 end]: the outer span
+        outer = np.flatnonzero((dl_b > s0[0]) & (dl_a < s1[1]))
+        union = np.unique(np.concatenate([tr.pages(int(i)) for i in outer]))
         seen += int(np.isin(p, union, assume_unique=True).sum())
         total += len(p)
+        # the same length of time as the content diff, from copy midpoint to copy midpoint
+        m0, m1 = (s0[0] + s0[1]) / 2, (s1[0] + s1[1]) / 2
+        mid = np.flatnonzero((dl_a >= m0 - 0.01) & (dl_b <= m1 + 0.01))
+        dl_n.append(len(np.unique(np.concatenate([tr.pages(int(i)) for i in mid]))) if len(mid) else 0)
         cd_n.append(len(p))
-        dl_n.append(len(union))
-        slack.append((dl_b[cover[-1]] - dl_a[cover[0]]) - (b - a))
-    if not inside:
-        return
-    cd_len = np.array([b - a for a, b, _ in inside])
-    print(f"side by side, {memory >> 20} MiB, {spec}: {len(inside)} content-diff windows "
-          f"(mean {cd_len.mean():.3f} s): content diff mean {np.mean(cd_n):.0f} pages/window, dirty log over "
-          f"the same spans (+{np.mean(slack) * 1e3:.0f} ms mean slack) {np.mean(dl_n):.0f} pages/window "
-          f"({100 * (np.mean(dl_n) / np.mean(cd_n) - 1):+.1f} %), dirty log >= content diff in "
-          f"{sum(d >= c for d, c in zip(dl_n, cd_n, strict=True))}/{len(inside)} windows; content-diff pages "
-          f"the dirty log also saw: {seen}/{total} ({100 * seen / max(total, 1):.2f} %)")
+        copy_s.append(s1[1] - s1[0])
+    win_s = np.mean([(s1[0] + s1[1] - s0[0] - s0[1]) / 2 for s0, s1, _ in inside])
+    print(f"side by side, {memory >> 20} MiB, {spec}: {len(inside)} content-diff windows of {win_s:.3f} s "
+          f"(copy {np.mean(copy_s):.3f} s): content diff {np.mean(cd_n):.0f} pages/window, dirty log over the "
+          f"same spans {np.mean(dl_n):.0f} pages/window ({100 * (np.mean(dl_n) / np.mean(cd_n) - 1):+.1f} %), "
+          f"dirty log >= content diff in {sum(d >= c for d, c in zip(dl_n, cd_n, strict=True))}/{len(inside)} "
+          f"windows; content-diff pages the dirty log saw in the windows covering them: "
+          f"{seen}/{total} ({100 * seen / max(total, 1):.2f} %)")
 
 
 def main() -> None:
