@@ -194,9 +194,8 @@ def _growth_to_come() -> int:
     grow = 0
     for vm in list(_LIVE):
         if vm.estimate is not None and vm.is_running():
-            now = vm.rss_bytes() + (vm.shm_path.stat().st_blocks * 512 if vm.shm_path and vm.shm_path.exists()
-                                    else 0)
-            grow += max(0, vm.estimate.total_bytes - vm.config.host_bytes - now)
+            # VmRSS includes the shm file's pages QEMU has touched (RssShmem), so it is the whole resident part
+            grow += max(0, vm.estimate.total_bytes - vm.config.host_bytes - vm.rss_bytes())
     return grow
 
 
