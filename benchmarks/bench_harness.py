@@ -170,7 +170,7 @@ def bench_compare(memory: int, spec: str, seconds: float) -> None:
         print("  no content-diff window inside the dirty log's span")
         return
     seen = total = 0
-    cd_n, dl_n, copy_s = [], [], []
+    cd_n, dl_n, dl_over, copy_s = [], [], [], []
     for s0, s1, p in inside:
         # a page that differs between the copies changed while [copy 1 start, copy 2 end]: the outer span
         outer = np.flatnonzero((dl_b > s0[0]) & (dl_a < s1[1]))
@@ -181,14 +181,17 @@ def bench_compare(memory: int, spec: str, seconds: float) -> None:
         m0, m1 = (s0[0] + s0[1]) / 2, (s1[0] + s1[1]) / 2
         mid = np.flatnonzero((dl_a >= m0 - 0.01) & (dl_b <= m1 + 0.01))
         dl_n.append(len(np.unique(np.concatenate([tr.pages(int(i)) for i in mid]))) if len(mid) else 0)
+        over = np.flatnonzero((dl_b > m0) & (dl_a < m1))  # the windows overlapping it: a slightly longer span
+        dl_over.append(len(np.unique(np.concatenate([tr.pages(int(i)) for i in over]))))
         cd_n.append(len(p))
         copy_s.append(s1[1] - s1[0])
     win_s = np.mean([(s1[0] + s1[1] - s0[0] - s0[1]) / 2 for s0, s1, _ in inside])
     print(f"side by side, {memory >> 20} MiB, {spec}: {len(inside)} content-diff windows of {win_s:.3f} s "
-          f"(copy {np.mean(copy_s):.3f} s): content diff {np.mean(cd_n):.0f} pages/window, dirty log over the "
+          f"(copy {np.mean(copy_s):.3f} s): content diff {np.mean(cd_n):.0f} pages/window, dirty log inside the "
           f"same spans {np.mean(dl_n):.0f} pages/window ({100 * (np.mean(dl_n) / np.mean(cd_n) - 1):+.1f} %), "
           f"dirty log >= content diff in {sum(d >= c for d, c in zip(dl_n, cd_n, strict=True))}/{len(inside)} "
-          f"windows; content-diff pages the dirty log saw in the windows covering them: "
+          f"windows; over the windows overlapping each span {np.mean(dl_over):.0f} pages/window, >= content diff "
+          f"in {sum(d >= c for d, c in zip(dl_over, cd_n, strict=True))}/{len(inside)}; content-diff pages the dirty log saw in the windows covering them: "
           f"{seen}/{total} ({100 * seen / max(total, 1):.2f} %)")
 
 
