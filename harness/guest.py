@@ -34,8 +34,13 @@ from ``miglab.workload=SPEC`` (for the console log only). Specs:
   ``hotcold:hot=H,rate=R[,hot_share=0.9]``, ``zipf:rate=R[,s=1.1][,span=S]``,
   ``seq:rate=R[,span=S]`` -- the synthetic patterns shared with ``sim``
   (see the briefing); rates in pages/s or bytes/s with a unit, sizes with a
-  unit. Harness-only keys: ``total=SIZE`` (region miglab-load allocates;
-  default: the guest's MemAvailable minus 48 MiB) and ``seed=N`` (default 1).
+  unit or as a share of the guest (``hot=10%``). The grammar is parsed once,
+  by :func:`sim.workload.split_spec` and :func:`sim.workload.parse_spec`; the
+  harness-only keys (:data:`sim.workload.HARNESS_ONLY_KEYS`) are
+  ``total=SIZE`` or ``fill=SHARE`` (``fill=0.25``: the region miglab-load
+  allocates and fills with non-zero data before writing; default: the guest's
+  MemAvailable minus 48 MiB) and ``seed=N`` (default 1). ``idle:fill=SHARE``
+  fills the region, then only reports (a used guest that does not write).
   The program prints ``miglab-load t=12.000 pages=5000 rate=5000.0
   total=60000 skipped=0`` once per second.
 * ``redis[:keys=N][,value=SIZE][,clients=C][,pipeline=P][,tests=set+get]`` --
