@@ -190,7 +190,9 @@ def collect(workload: str, *, memory_bytes: int = 512 << 20, interval_s: float =
     out_path = Path(out)
     if out_path.exists() and out_path.is_dir():
         raise ConfigError(f"-o {out_path}: is a directory")
-    cfg = vm_config or VMConfig(memory_bytes=memory_bytes, workload=wl, smp=smp, name="collect")
+    # content diff reads guest RAM from the shm file and holds two snapshots of it (the pre-flight counts them)
+    cfg = vm_config or VMConfig(memory_bytes=memory_bytes, workload=wl, smp=smp, name="collect",
+                                ram_backing="shm", host_bytes=2 * memory_bytes)
     n_target = max(1, int(round(seconds / interval_s)))
     c = Collection()
     started_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

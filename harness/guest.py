@@ -34,8 +34,13 @@ from ``miglab.workload=SPEC`` (for the console log only). Specs:
   ``hotcold:hot=H,rate=R[,hot_share=0.9]``, ``zipf:rate=R[,s=1.1][,span=S]``,
   ``seq:rate=R[,span=S]`` -- the synthetic patterns shared with ``sim``
   (see the briefing); rates in pages/s or bytes/s with a unit, sizes with a
-  unit. Harness-only keys: ``total=SIZE`` (region miglab-load allocates;
-  default: the guest's MemAvailable minus 48 MiB) and ``seed=N`` (default 1).
+  unit or as a share of the guest (``hot=10%``). The grammar is parsed once,
+  by :func:`sim.workload.split_spec` and :func:`sim.workload.parse_spec`; the
+  harness-only keys (:data:`sim.workload.HARNESS_ONLY_KEYS`) are
+  ``total=SIZE`` or ``fill=SHARE`` (``fill=0.25``: the region miglab-load
+  allocates and fills with non-zero data before writing; default: the guest's
+  MemAvailable minus 48 MiB) and ``seed=N`` (default 1). ``idle:fill=SHARE``
+  fills the region, then only reports (a used guest that does not write).
   The program prints ``miglab-load t=12.000 pages=5000 rate=5000.0
   total=60000 skipped=0`` once per second.
 * ``redis[:keys=N][,value=SIZE][,clients=C][,pipeline=P][,tests=set+get]`` --
@@ -74,7 +79,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sim.errors import ConfigError, MiglabError
-from sim.units import parse_rate, parse_size
+from sim.units import parse_size
+from sim.workload import GUEST_ONLY_PATTERNS, parse_fill, parse_size_or_share, parse_spec, split_spec
 
 log = logging.getLogger(__name__)
 
@@ -132,45 +138,21 @@ def _cmdline_safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.,:=+/-]", "_", text)
 
 
-_SPEC_KEYS: dict[str, set[str]] = {
-    "uniform": {"rate", "span", "total", "seed"},
-    "random": {"rate", "span", "total", "seed"},
-    "hotcold": {"rate", "hot", "hot_share", "total", "seed"},
-    "zipf": {"rate", "s", "span", "total", "seed"},
-    "seq": {"rate", "span", "total", "seed"},
-    "redis": {"keys", "value", "clients", "pipeline", "tests"},
-    "idle": set(),
-}
-
-
-def _split_spec(spec: str) -> tuple[str, dict[str, str]]:
-    text = str(spec).strip()
-    name, _, rest = text.partition(":")
-    name = name.strip().lower()
-    if name not in _SPEC_KEYS:
-        raise ConfigError(f"workload spec {spec!r}: unknown pattern {name!r} "
-                          f"(use {', '.join(sorted(_SPEC_KEYS))})")
-    kv: dict[str, str] = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or not value.strip():
-            raise ConfigError(f"workload spec {spec!r}: {item!r} is not key=value")
-        if key not in _SPEC_KEYS[name]:
-            raise ConfigError(f"workload spec {spec!r}: unknown key {key!r} for {name} "
-                              f"(allowed: {', '.join(sorted(_SPEC_KEYS[name])) or 'none'})")
-        if key in kv:
-            raise ConfigError(f"workload spec {spec!r}: key {key!r} given twice")
-        kv[key] = value.strip()
-    return name, kv
+WHERE = "workload spec"  # how a spec is named in error messages
 
 
 def _mib(spec: str, key: str, text: str, memory_bytes: int) -> int:
-    n = parse_size(text)
+    """A size key in whole MiB; a share of memory (``10%``) is rounded down to whole MiB."""
+    try:
+        n = parse_size_or_share(text, memory_bytes)
+    except ConfigError as e:
+        raise ConfigError(f"{WHERE} {spec!r}: {e}") from None
+    if str(text).strip().endswith("%"):
+        n -= n % (1024 * 1024)
     if n <= 0 or n % (1024 * 1024):
-        raise ConfigError(f"workload spec {spec!r}: {key}={text} must be a positive whole number of MiB")
+        raise ConfigError(f"{WHERE} {spec!r}: {key}={text} must be a positive whole number of MiB")
     if n > memory_bytes:
-        raise ConfigError(f"workload spec {spec!r}: {key}={text} exceeds the guest memory")
+        raise ConfigError(f"{WHERE} {spec!r}: {key}={text} exceeds the guest memory")
     return n // (1024 * 1024)
 
 
@@ -180,9 +162,9 @@ def _number(spec: str, key: str, text: str, lo: float, hi: float, kind: type = f
         v = kind(text)
     except ValueError:
         what = "an integer" if kind is int else "a number"
-        raise ConfigError(f"workload spec {spec!r}: {key}={text} is not {what}") from None
+        raise ConfigError(f"{WHERE} {spec!r}: {key}={text} is not {what}") from None
     if not lo <= v <= hi:
-        raise ConfigError(f"workload spec {spec!r}: {key}={text} is outside [{lo}, {hi}]")
+        raise ConfigError(f"{WHERE} {spec!r}: {key}={text} is outside [{lo}, {hi}]")
     return v
 
 
@@ -194,47 +176,75 @@ def _float(spec: str, key: str, text: str, lo: float, hi: float) -> float:
     return _number(spec, key, text, lo, hi, float)
 
 
+def _region_mib(spec: str, kv: dict[str, str], memory_bytes: int) -> int:
+    """The region miglab-load fills (``total=`` or ``fill=``); 0 lets the program take MemAvailable."""
+    if "fill" in kv:
+        try:
+            share = parse_fill(kv["fill"])
+        except ConfigError as e:
+            raise ConfigError(f"{WHERE} {spec!r}: {e}") from None
+        return int(memory_bytes * share) >> 20
+    return _mib(spec, "total", kv["total"], memory_bytes) if "total" in kv else 0
+
+
+def _parse_redis(spec: str, kv: dict[str, str], memory_bytes: int) -> GuestWorkload:
+    keys = _int(spec, "keys", kv.get("keys", "100000"), 1, 100_000_000)
+    value = parse_size(kv.get("value", "1KiB"))
+    if not 1 <= value <= 64 * 1024 * 1024:
+        raise ConfigError(f"{WHERE} {spec!r}: value={kv['value']} must be 1 B .. 64 MiB")
+    if keys * (value + 64) > memory_bytes * 0.7:
+        raise ConfigError(f"{WHERE} {spec!r}: keys x value (~{keys * (value + 64) >> 20} MiB) "
+                          f"does not fit in the guest's {memory_bytes >> 20} MiB")
+    clients = _int(spec, "clients", kv.get("clients", "4"), 1, 1000)
+    pipeline = _int(spec, "pipeline", kv.get("pipeline", "1"), 1, 10000)
+    tests = kv.get("tests", "set+get")
+    if not re.fullmatch(r"[a-z_]+(\+[a-z_]+)*", tests):
+        raise ConfigError(f"{WHERE} {spec!r}: tests={tests} must be redis-benchmark test names "
+                          "joined with '+', e.g. set+get")
+    params = {"keys": keys, "value_bytes": value, "clients": clients, "pipeline": pipeline,
+              "tests": tests.split("+")}
+    argv = ("redis", str(keys), str(value), str(clients), str(pipeline), tests.replace("+", ","))
+    return GuestWorkload(spec, "redis", "redis", argv, params)
+
+
+def redis_footprint_bytes(keys: int, value_bytes: int) -> int:
+    """Resident memory redis needs for ``keys`` values (dict entry, key, value and jemalloc rounding)."""
+    return int(keys * (value_bytes + 96) * 1.25) + (32 << 20)
+
+
 def parse_workload(spec: str, memory_bytes: int = 512 * 1024 * 1024) -> GuestWorkload:
     """Resolve a workload spec for a guest with ``memory_bytes`` of RAM.
 
+    The words and the model keys go through the one grammar parser,
+    :func:`sim.workload.parse_spec`; this adds what only the guest needs
+    (whole MiB, the harness-only keys ``total``/``fill``/``seed``, redis).
     Raises :class:`ConfigError` with one line naming the spec and the problem.
     """
-    name, kv = _split_spec(spec)
+    name, kv = split_spec(spec, where=WHERE)
+    if name in GUEST_ONLY_PATTERNS:
+        return _parse_redis(spec, kv, memory_bytes)
+    region_mib = _region_mib(spec, kv, memory_bytes)
     if name == "idle":
-        return GuestWorkload(spec, "idle", "idle", ("idle",), {})
-    if name == "redis":
-        keys = _int(spec, "keys", kv.get("keys", "100000"), 1, 100_000_000)
-        value = parse_size(kv.get("value", "1KiB"))
-        if not 1 <= value <= 64 * 1024 * 1024:
-            raise ConfigError(f"workload spec {spec!r}: value={kv['value']} must be 1 B .. 64 MiB")
-        if keys * (value + 64) > memory_bytes * 0.7:
-            raise ConfigError(f"workload spec {spec!r}: keys x value (~{keys * (value + 64) >> 20} MiB) "
-                              f"does not fit in the guest's {memory_bytes >> 20} MiB")
-        clients = _int(spec, "clients", kv.get("clients", "4"), 1, 1000)
-        pipeline = _int(spec, "pipeline", kv.get("pipeline", "1"), 1, 10000)
-        tests = kv.get("tests", "set+get")
-        if not re.fullmatch(r"[a-z_]+(\+[a-z_]+)*", tests):
-            raise ConfigError(f"workload spec {spec!r}: tests={tests} must be redis-benchmark test names "
-                              "joined with '+', e.g. set+get")
-        params = {"keys": keys, "value_bytes": value, "clients": clients, "pipeline": pipeline,
-                  "tests": tests.split("+")}
-        argv = ("redis", str(keys), str(value), str(clients), str(pipeline), tests.replace("+", ","))
-        return GuestWorkload(spec, "redis", "redis", argv, params)
-
-    if "rate" not in kv:
-        raise ConfigError(f"workload spec {spec!r}: rate=R is required (pages/s, or bytes/s with a unit)")
-    try:
-        rate, _given = parse_rate(kv["rate"], PAGE_SIZE_BYTES)
-    except ConfigError as e:
-        raise ConfigError(f"workload spec {spec!r}: {e}") from None
-    if not rate > 0:
-        raise ConfigError(f"workload spec {spec!r}: rate must be positive")
-    total_mib = _mib(spec, "total", kv["total"], memory_bytes) if "total" in kv else 0
+        if not region_mib:
+            return GuestWorkload(spec, "idle", "idle", ("idle",), {})
+        # an idle guest holding data: miglab-load fills the region, then only reports
+        argv = ("load", str(region_mib), "0", "0.0", "idle", "1", "0.0")
+        return GuestWorkload(spec, "load", "idle", argv, {"rate_pages_per_s": 0.0, "seed": 1,
+                                                           "total_bytes": region_mib << 20})
+    ws = parse_spec(spec, memory_bytes, PAGE_SIZE_BYTES, where=WHERE)
+    if not ws.rate_pages_per_s > 0:
+        raise ConfigError(f"{WHERE} {spec!r}: rate must be positive in a real guest (use idle for none)")
+    rate = ws.rate_pages_per_s
     seed = _int(spec, "seed", kv.get("seed", "1"), 0, 2**63 - 1)
-    params: dict = {"rate_pages_per_s": rate, "seed": seed, "total_bytes": total_mib << 20 or None}
+    if name == "hotcold" and "span" in kv:
+        # the guest writes the cold share over the region minus the hot set, which is the model's span
+        span_region = _mib(spec, "span", kv["span"], memory_bytes)
+        if region_mib and region_mib != span_region:
+            raise ConfigError(f"{WHERE} {spec!r}: hotcold writes its cold share over the whole region; "
+                              "give span= equal to total=/fill= or leave one out")
+        region_mib = span_region
+    params: dict = {"rate_pages_per_s": rate, "seed": seed, "total_bytes": region_mib << 20 or None}
     if name == "hotcold":
-        if "hot" not in kv:
-            raise ConfigError(f"workload spec {spec!r}: hotcold needs hot=SIZE")
         span_mib = _mib(spec, "hot", kv["hot"], memory_bytes)
         param = _float(spec, "hot_share", kv.get("hot_share", "0.9"), 0.0, 1.0)
         params.update(hot_bytes=span_mib << 20, hot_share=param)
@@ -244,10 +254,25 @@ def parse_workload(spec: str, memory_bytes: int = 512 * 1024 * 1024) -> GuestWor
         params["span_bytes"] = span_mib << 20 or None
         if name == "zipf":
             params["s"] = param
-    if total_mib and span_mib > total_mib:
-        raise ConfigError(f"workload spec {spec!r}: the span/hot set is larger than total")
-    argv = ("load", str(total_mib), str(span_mib), repr(float(rate)), name, str(seed), repr(param))
+    if region_mib and span_mib > region_mib:
+        raise ConfigError(f"{WHERE} {spec!r}: the span/hot set is larger than total")
+    argv = ("load", str(region_mib), str(span_mib), repr(float(rate)), name, str(seed), repr(param))
     return GuestWorkload(spec, "load", name, argv, params)
+
+
+def workload_footprint_bytes(workload: GuestWorkload | None, memory_bytes: int) -> int:
+    """Guest memory the workload makes resident (non-zero): what a pre-flight must budget for.
+
+    miglab-load touches every page of its region (all of MemAvailable when
+    ``total``/``fill`` are not given, so the whole guest); redis holds its key
+    space; an idle guest holds nothing.
+    """
+    if workload is None or workload.kind == "idle":
+        return 0
+    if workload.kind == "redis":
+        return redis_footprint_bytes(int(workload.params["keys"]), int(workload.params["value_bytes"]))
+    total = workload.params.get("total_bytes")
+    return int(total) if total else memory_bytes
 
 
 # ---------------------------------------------------------------------------

@@ -59,6 +59,7 @@ import numpy as np
 
 from harness.guest import GuestImage, GuestWorkload, parse_workload
 from harness.link import ShapedLink, cleanup_stale
+from harness.preflight import check_migration
 from harness.qmp import QMPError
 from harness.record import (
     OUTCOME_COMPLETED,
@@ -255,6 +256,7 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
     """
     opts = options or MigrateOptions()
     workload = validate_for_qemu(scenario)
+    check_migration(scenario.workload.memory_bytes, workload, verify_memory=opts.verify_memory)  # before booting
     timeout_s = opts.timeout_s if opts.timeout_s is not None else scenario.strategy.timeout_s
     qemu = find_qemu()
     host = HostInfo.collect(qemu.path)

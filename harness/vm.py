@@ -7,7 +7,7 @@ Usage (the collector and the migration runner both do this)::
     with VM(cfg) as vm:                     # boots; cleans up on any exit, even KeyboardInterrupt
         vm.wait_for_workload(timeout_s=60)  # first progress line of the workload on the console
         vm.qmp.query_status()               # a connected harness.qmp.QMP
-        ram = vm.read_ram()                 # bytes of guest RAM from the shm backing file
+        ram = vm.read_ram()                 # bytes of guest RAM from the shm backing file (shm backing only)
         for line in vm.console.new_lines(): ...
 
 A destination for migration is the same config with ``incoming=True``
@@ -20,10 +20,22 @@ What a :class:`VM` owns, all removed by :meth:`VM.close`:
 * a private run directory (``mkdtemp``, mode 0700, prefix ``miglab-``) with
   the QMP socket ``qmp.sock``, the serial console ``console.log`` and QEMU's
   stderr ``qemu.log``;
-* the guest RAM file ``/dev/shm/miglab-<pid>-<random>`` (a
-  ``memory-backend-file`` with ``share=on``, so the host can read guest RAM);
+* with the ``shm`` RAM backing, the guest RAM file
+  ``/dev/shm/miglab-<pid>-<random>`` (a ``memory-backend-file`` with
+  ``share=on``, so the host can read guest RAM);
 * the QEMU process, started in its own session so its whole process group is
   killed (SIGTERM, then SIGKILL).
+
+RAM backing (``VMConfig.ram_backing``): ``shm`` is the file above; ``anon``
+is ``memory-backend-ram`` with ``reserve=off`` (MAP_NORESERVE), so a page
+costs host memory only once the guest writes it -- migration reads untouched
+pages as zero without allocating them, where reading a tmpfs hole allocates
+it. ``auto`` (the default) keeps ``shm`` up to
+:data:`harness.preflight.SHM_AUTO_MAX_BYTES` (what the content-diff collector
+and ``--verify-memory`` read; every small-guest run as before) and uses
+``anon`` above. :meth:`VM.start` refuses, before launching, a guest whose
+estimated resident memory (:mod:`harness.preflight`) would not fit the host
+next to the growth still to come of the other guests this process runs.
 
 Set ``keep_logs_in`` to copy console and QEMU logs somewhere before the run
 directory goes. The QEMU binary is ``$MIGLAB_QEMU`` or ``qemu-system-x86_64``
@@ -51,7 +63,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.guest import GuestImage, GuestWorkload, ensure_guest, parse_workload
+from harness import preflight
+from harness.guest import GuestImage, GuestWorkload, ensure_guest, parse_workload, workload_footprint_bytes
 from harness.qmp import QMP
 from sim.errors import MiglabError
 
@@ -61,6 +74,7 @@ QEMU_MIN_MAJOR = 9
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "miglab-"
 BOOT_TIMEOUT_S = 90.0
+BOOT_S_PER_GIB = 3.0  # extra boot wait per GiB of a big guest (see VM.wait_for_workload)
 KILL_GRACE_S = 2.0
 WORKLOAD_LINE = re.compile(r"^miglab-(load|redis|idle) t=")
 
@@ -158,6 +172,13 @@ class VMConfig:
     qemu: str | None = None  # QEMU binary; default find_qemu()
     keep_logs_in: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    ram_backing: str = "auto"  # "auto" | "shm" | "anon" (see the module docstring)
+    host_bytes: int = 0  # what the owner holds beside this guest (collector buffers), for the pre-flight
+
+    @property
+    def backing(self) -> str:
+        """The RAM backing this guest gets (``auto`` resolved by size)."""
+        return preflight.choose_backing(self.memory_bytes, self.ram_backing)
 
     def resolved_workload(self) -> GuestWorkload | None:
         if self.workload is None or isinstance(self.workload, GuestWorkload):
@@ -166,6 +187,16 @@ class VMConfig:
 
 
 _LIVE: weakref.WeakSet[VM] = weakref.WeakSet()
+
+
+def _growth_to_come() -> int:
+    """Resident memory the guests this process runs are still expected to take on (estimate minus now)."""
+    grow = 0
+    for vm in list(_LIVE):
+        if vm.estimate is not None and vm.is_running():
+            # VmRSS includes the shm file's pages QEMU has touched (RssShmem), so it is the whole resident part
+            grow += max(0, vm.estimate.total_bytes - vm.config.host_bytes - vm.rss_bytes())
+    return grow
 
 
 @atexit.register
@@ -180,6 +211,7 @@ class VM:
     def __init__(self, config: VMConfig, image: GuestImage | None = None) -> None:
         self.config = config
         self.workload = config.resolved_workload()  # bad specs fail before anything starts
+        self.backing = config.backing
         self.image = image
         self.qemu = find_qemu(config.qemu)
         self.run_dir: Path | None = None
@@ -191,6 +223,7 @@ class VM:
         self.argv: list[str] = []
         self._closed = False
         self._ram_map: mmap.mmap | None = None
+        self.estimate: preflight.SideEstimate | None = None
 
     # -- lifecycle ------------------------------------------------------------
     def __enter__(self) -> VM:
@@ -206,15 +239,20 @@ class VM:
 
     def build_argv(self) -> list[str]:
         """The full command line (with the netns prefix when set)."""
-        assert self.run_dir is not None and self.shm_path is not None and self.image is not None
+        assert self.run_dir is not None and self.image is not None
         c = self.config
         mem_mib = c.memory_bytes >> 20
         if mem_mib << 20 != c.memory_bytes or mem_mib < 64:
             raise VMError(f"guest memory must be a whole number of MiB and at least 64 MiB, not {c.memory_bytes}")
+        if self.backing == "shm":
+            assert self.shm_path is not None
+            ram = f"memory-backend-file,id=ram0,size={mem_mib}M,mem-path={self.shm_path},share=on"
+        else:  # untouched pages are never allocated (MAP_NORESERVE)
+            ram = f"memory-backend-ram,id=ram0,size={mem_mib}M,reserve=off"
         argv = [
             self.qemu.path, "-name", c.name, "-accel", "tcg", "-display", "none", "-nodefaults", "-no-user-config",
             "-machine", f"{c.machine},memory-backend=ram0", "-m", f"{mem_mib}M", "-smp", str(c.smp),
-            "-object", f"memory-backend-file,id=ram0,size={mem_mib}M,mem-path={self.shm_path},share=on",
+            "-object", ram,
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
             "-append", self.image.cmdline(self.workload, c.extra_cmdline),
             "-serial", f"file:{self.console_path}",
@@ -232,11 +270,17 @@ class VM:
         """Launch QEMU and connect QMP. Does not wait for the guest to boot."""
         if self.proc is not None:
             raise VMError("VM already started")
+        self.estimate = preflight.estimate_side(self.config.name, self.config.memory_bytes,
+                                                workload_footprint_bytes(self.workload, self.config.memory_bytes),
+                                                self.backing, self.config.host_bytes)
+        preflight.check_fits((self.estimate,), preflight.mem_available_bytes() - _growth_to_come(),
+                             f"guest {self.config.name!r} ({self.config.memory_bytes >> 20} MiB)")
         if self.image is None:
             self.image = ensure_guest()
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"{SHM_PREFIX}{os.getpid()}-{self.config.name}-"))
         os.chmod(self.run_dir, 0o700)
-        self.shm_path = SHM_DIR / f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        if self.backing == "shm":
+            self.shm_path = SHM_DIR / f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         self.console = Console(self.console_path)
         self.argv = self.build_argv()
         log.info("starting %s: %s", self.config.name, " ".join(self.argv))
@@ -348,6 +392,23 @@ class VM:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def rss_bytes(self) -> int:
+        """Resident memory of the QEMU process now (0 when not running); shm file pages not included."""
+        pid = self._qemu_pid()
+        if pid is None:
+            return 0
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _qemu_pid(self) -> int | None:
+        """The QEMU process (under ``ip netns exec`` it is the Popen's pid too: netns exec execs)."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
     # -- the guest --------------------------------------------------------------
     def wait_for_console(self, pattern: str | re.Pattern[str], timeout_s: float = BOOT_TIMEOUT_S) -> str:
         """Block until a console line matches ``pattern``; return the line. Raises VMError on timeout or exit."""
@@ -371,8 +432,22 @@ class VM:
             time.sleep(0.05)
 
     def wait_for_workload(self, timeout_s: float = BOOT_TIMEOUT_S) -> str:
-        """Wait for the workload's first once-a-second progress line (the guest is up and loaded)."""
-        return self.wait_for_console(WORKLOAD_LINE, timeout_s)
+        """Wait for the workload's first once-a-second progress line (the guest is up and loaded).
+
+        A big guest boots slower (under TCG its kernel initialises a page array
+        of 1.6 % of memory, and the workload fills its region first), so the
+        wait grows by :data:`BOOT_S_PER_GIB` per GiB above 4 GiB and per GiB the
+        workload fills: 59 s were measured for 32 GiB holding 1.6 GiB of data.
+        """
+        return self.wait_for_console(WORKLOAD_LINE, timeout_s + self.boot_allowance_s())
+
+    def boot_allowance_s(self) -> float:
+        """Extra boot time a guest of this size and footprint gets beyond a caller's timeout."""
+        gib = 1 << 30
+        extra = max(0, self.config.memory_bytes - 4 * gib) / gib
+        if self.estimate is not None and self.config.memory_bytes > 4 * gib:
+            extra += self.estimate.workload_bytes / gib
+        return BOOT_S_PER_GIB * extra
 
     def ram_size(self) -> int:
         return self.config.memory_bytes
@@ -382,7 +457,9 @@ class VM:
 
         ``np.copyto(buf, vm.ram_view())`` snapshots 512 MiB in about 0.05 s.
         """
-        assert self.shm_path is not None
+        if self.shm_path is None:
+            raise VMError(f"{self.config.name}: guest RAM is anonymous ({self.backing}); only a shm-backed "
+                          "guest can be read from the host")
         if self._ram_map is None:
             fd = os.open(self.shm_path, os.O_RDONLY)
             try:
@@ -398,7 +475,9 @@ class VM:
         The read is not atomic with respect to the running guest; use
         ``qmp.stop()`` first for an exact snapshot.
         """
-        assert self.shm_path is not None
+        if self.shm_path is None:
+            raise VMError(f"{self.config.name}: guest RAM is anonymous ({self.backing}); only a shm-backed "
+                          "guest can be read from the host")
         n = self.config.memory_bytes
         if out is None:
             out = np.empty(n, dtype=np.uint8)
@@ -412,11 +491,15 @@ class VM:
 def leftovers(pid: int | None = None) -> dict[str, list[str]]:
     """RAM files in /dev/shm and QEMU processes started by process ``pid`` (default: this one).
 
+    QEMU processes are recognised by our RAM file or our run directory on their command line.
+
     Tests assert both lists are empty after every test. Matching on our pid
     keeps parallel miglab runs by other processes out of the picture.
     """
     prefix = f"{SHM_PREFIX}{os.getpid() if pid is None else pid}-"
     shm = sorted(str(p) for p in SHM_DIR.glob(f"{prefix}*"))
+    # an anonymous-RAM guest has no shm file; its QMP socket in our run directory names it
+    marks = (f"{SHM_DIR}/{prefix}".encode(), f"{tempfile.gettempdir()}/{prefix}".encode())
     procs = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -425,6 +508,6 @@ def leftovers(pid: int | None = None) -> dict[str, list[str]]:
             cmd = (d / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(b"qemu-system" in a for a in cmd[:6]) and any(f"{SHM_DIR}/{prefix}".encode() in a for a in cmd):
+        if any(b"qemu-system" in a for a in cmd[:6]) and any(m in a for a in cmd for m in marks):
             procs.append(f"{d.name}: {b' '.join(cmd[:3]).decode(errors='replace')}")
     return {"shm": shm, "qemu": procs}

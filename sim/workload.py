@@ -23,6 +23,31 @@ idle       no writes.
 
 Common keys: ``rate`` (required except idle), ``span`` (default: all memory).
 ``hotcold`` takes ``hot`` (required) and ``hot_share``; ``zipf`` takes ``s``.
+Sizes (``span``, ``hot``, ``total``) are bytes with a unit or a share of the
+guest's memory written ``N%`` (``hot=10%``).
+
+This module holds the one parser of the grammar (:func:`split_spec` for the
+words, :func:`parse_spec` for their meaning); ``harness/guest.py`` resolves the
+same specs for a real guest through it.
+
+Harness-only keys
+-----------------
+:data:`HARNESS_ONLY_KEYS` are keys only the in-guest program
+(``harness/workload/miglab-load.c``) acts on. The model **accepts and ignores**
+them, so one spec describes both a measured and a predicted run:
+
+* ``total=SIZE`` / ``fill=SHARE`` (``fill=0.25`` or ``fill=25%``; give one):
+  the region the guest program allocates and fills with non-zero data before
+  it starts writing (default: all the guest's free memory). The model's page
+  classes span the whole memory regardless; its zero pages come from a trace
+  or a calibrated model, never from these keys. For ``hotcold`` the guest
+  writes its cold share over the region minus the hot set, which is the
+  model's ``span``: give ``span`` equal to the region to make the two agree.
+* ``seed=N``: the guest program's random seed; the simulator uses the
+  scenario's seed.
+
+:data:`GUEST_ONLY_PATTERNS` (``redis``) run only in a real guest: the model
+refuses them in one line (simulate them from a trace of a real run).
 """
 
 from __future__ import annotations
@@ -39,7 +64,7 @@ from .trace import Trace, make_trace
 from .units import parse_rate, parse_size
 
 PATTERNS: dict[str, tuple[set[str], set[str]]] = {
-    # pattern: (required keys, optional keys)
+    # pattern: (required keys, optional keys) -- the keys the model acts on
     "uniform": ({"rate"}, {"span"}),
     "random": ({"rate"}, {"span"}),
     "hotcold": ({"rate", "hot"}, {"hot_share", "span"}),
@@ -47,12 +72,23 @@ PATTERNS: dict[str, tuple[set[str], set[str]]] = {
     "seq": ({"rate"}, {"span"}),
     "idle": (set(), set()),
 }
+#: Keys only the in-guest program acts on; every synthetic pattern takes them and the model ignores them.
+HARNESS_ONLY_KEYS: frozenset[str] = frozenset({"total", "fill", "seed"})
+#: Patterns that only a real guest runs (their keys), resolved by ``harness.guest.parse_workload``.
+GUEST_ONLY_PATTERNS: dict[str, frozenset[str]] = {
+    "redis": frozenset({"keys", "value", "clients", "pipeline", "tests"}),
+}
 ZIPF_BINS = 48
+_REQUIRED_WORDS = {"rate": "rate=R is required (pages/s, or bytes/s with a unit)", "hot": "needs hot=SIZE"}
 
 
 @dataclass(frozen=True)
 class WorkloadSpec:
-    """A parsed ``PATTERN:key=value,...`` spec, resolved against a guest size."""
+    """A parsed ``PATTERN:key=value,...`` spec, resolved against a guest size.
+
+    ``guest_keys`` holds the harness-only keys as given (``(key, text)`` pairs),
+    for ``harness.guest`` to resolve; the model never reads them.
+    """
 
     pattern: str
     rate_pages_per_s: float
@@ -61,55 +97,125 @@ class WorkloadSpec:
     hot_share: float = 0.9
     s: float = 1.1
     text: str = ""
+    guest_keys: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"pattern": self.pattern, "rate_pages_per_s": self.rate_pages_per_s, "span_pages": self.span_pages,
                 "hot_pages": self.hot_pages, "hot_share": self.hot_share, "s": self.s, "text": self.text}
 
 
-def parse_spec(text: str, memory_bytes: int, page_size: int = 4096, *, where: str = "workload") -> WorkloadSpec:
-    """Parse and resolve a spec; raise ConfigError naming ``where`` on any problem."""
-    pattern, _, rest = str(text).strip().partition(":")
-    pattern = pattern.strip()
-    if pattern not in PATTERNS:
-        raise ConfigError(f"{where}: unknown workload pattern {pattern!r} in {text!r} "
-                          f"(choose from {', '.join(PATTERNS)})")
+def allowed_keys(pattern: str) -> frozenset[str]:
+    """Every key ``pattern`` takes anywhere (model keys plus the harness-only ones)."""
+    if pattern in GUEST_ONLY_PATTERNS:
+        return GUEST_ONLY_PATTERNS[pattern]
     required, optional = PATTERNS[pattern]
+    extra = {"fill"} if pattern == "idle" else HARNESS_ONLY_KEYS  # an idle guest can hold data, not a seed
+    return frozenset(required | optional | extra)
+
+
+def split_spec(text: str, *, where: str = "workload") -> tuple[str, dict[str, str]]:
+    """The words of a spec: ``(pattern, {key: value text})``, every key checked against the grammar.
+
+    Raises ConfigError, one line starting ``{where} {text!r}:``, for an unknown
+    pattern or key, a word that is not ``key=value``, or a key given twice.
+    """
+    def bad(problem: str) -> ConfigError:
+        return ConfigError(f"{where} {str(text)!r}: {problem}")
+
+    pattern, _, rest = str(text).strip().partition(":")
+    pattern = pattern.strip().lower()
+    if pattern not in PATTERNS and pattern not in GUEST_ONLY_PATTERNS:
+        raise bad(f"unknown pattern {pattern!r} (an unknown workload pattern: "
+                  f"choose from {', '.join([*PATTERNS, *GUEST_ONLY_PATTERNS])})")
+    allowed = allowed_keys(pattern)
     kv: dict[str, str] = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = item.partition("=")
-        if not eq or not key.strip() or not value.strip():
-            raise ConfigError(f"{where}: expected key=value, got {item!r} in {text!r}")
         key = key.strip()
-        if key not in required | optional:
-            raise ConfigError(f"{where}: unknown key {key!r} for pattern {pattern!r} "
-                              f"(allowed: {', '.join(sorted(required | optional))})")
+        if not eq or not key or not value.strip():
+            raise bad(f"{item!r} is not key=value")
+        if key not in allowed:
+            raise bad(f"unknown key {key!r} for {pattern} (allowed: {', '.join(sorted(allowed)) or 'none'})")
+        if key in kv:
+            raise bad(f"key {key!r} given twice")
         kv[key] = value.strip()
-    missing = sorted(required - set(kv))
-    if missing:
-        raise ConfigError(f"{where}: pattern {pattern!r} needs {', '.join(missing)} (in {text!r})")
+    return pattern, kv
+
+
+def parse_size_or_share(text: str, memory_bytes: int) -> int:
+    """Bytes from a size with a unit (``64MiB``) or a share of guest memory (``10%``)."""
+    t = str(text).strip()
+    if t.endswith("%"):
+        try:
+            share = float(t[:-1])
+        except ValueError:
+            raise ConfigError(f"not a share of memory: {text!r}") from None
+        if not 0 < share <= 100:
+            raise ConfigError(f"share of memory {text!r} is outside (0%, 100%]")
+        return int(memory_bytes * share / 100.0)
+    return parse_size(t)
+
+
+def parse_fill(text: str) -> float:
+    """A share of guest memory in [0, 1], written ``0.25`` or ``25%``."""
+    t = str(text).strip()
+    try:
+        share = float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
+    except ValueError:
+        raise ConfigError(f"fill={text} is not a share (0.25 or 25%)") from None
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"fill={text} is outside [0, 1]")
+    return share
+
+
+def parse_spec(text: str, memory_bytes: int, page_size: int = 4096, *, where: str = "workload") -> WorkloadSpec:
+    """Parse and resolve a spec; raise ConfigError naming ``where`` and the spec on any problem.
+
+    Harness-only keys are accepted and kept unread in ``guest_keys``; a
+    guest-only pattern (redis) is refused in one line.
+    """
+    def bad(problem: str) -> ConfigError:
+        return ConfigError(f"{where} {str(text)!r}: {problem}")
+
+    pattern, kv = split_spec(text, where=where)
+    if pattern in GUEST_ONLY_PATTERNS:
+        raise bad(f"{pattern} runs only in a real guest; simulate it from a trace of one "
+                  "(miglab trace collect --workload ...)")
+    required, _optional = PATTERNS[pattern]
+    for key in sorted(required - set(kv)):
+        raise bad(f"{pattern} {_REQUIRED_WORDS[key]}" if key == "hot" else _REQUIRED_WORDS[key])
     n_pages = memory_bytes // page_size
     try:
         rate = parse_rate(kv["rate"], page_size)[0] if "rate" in kv else 0.0
-        span = parse_size(kv["span"]) // page_size if "span" in kv else n_pages
-        hot = parse_size(kv["hot"]) // page_size if "hot" in kv else 0
+        span_bytes = parse_size_or_share(kv["span"], memory_bytes) if "span" in kv else n_pages * page_size
+        hot = parse_size_or_share(kv["hot"], memory_bytes) // page_size if "hot" in kv else 0
         hot_share = float(kv.get("hot_share", 0.9))
         s = float(kv.get("s", 1.1))
+        if "fill" in kv:
+            parse_fill(kv["fill"])
+        if "total" in kv:
+            parse_size_or_share(kv["total"], memory_bytes)
     except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise bad(str(e)) from None
     except ValueError:
-        raise ConfigError(f"{where}: bad number in {text!r}") from None
+        raise bad("bad number") from None
+    span = span_bytes // page_size
     if rate < 0 or not np.isfinite(rate):
-        raise ConfigError(f"{where}: rate must be a non-negative number in {text!r}")
-    if not 0 < span <= n_pages:
-        raise ConfigError(f"{where}: span must be between one page and the guest's memory in {text!r}")
+        raise bad("rate must be a non-negative number")
+    if span_bytes > n_pages * page_size:
+        raise bad(f"span={kv.get('span')} exceeds the guest memory ({memory_bytes >> 20} MiB)")
+    if span < 1:
+        raise bad("span must be at least one page")
     if pattern == "hotcold" and not 0 < hot < span:
-        raise ConfigError(f"{where}: hot set must be smaller than the span and at least a page in {text!r}")
+        raise bad("hot set must be smaller than the span and at least a page")
     if not 0 <= hot_share <= 1:
-        raise ConfigError(f"{where}: hot_share must lie in [0, 1] in {text!r}")
+        raise bad(f"hot_share={kv.get('hot_share')} is outside [0, 1]")
     if s <= 0:
-        raise ConfigError(f"{where}: zipf exponent s must be positive in {text!r}")
-    return WorkloadSpec(pattern, rate, int(span), int(hot), hot_share, s, str(text))
+        raise bad("zipf exponent s must be positive")
+    if "total" in kv and "fill" in kv:
+        raise bad("give total= or fill=, not both")
+    guest = tuple((k, kv[k]) for k in sorted(kv) if k in HARNESS_ONLY_KEYS)
+    return WorkloadSpec(pattern, rate, int(span), int(hot), hot_share, s, str(text), guest)
 
 
 def zipf_weights(n: int, s: float) -> np.ndarray:

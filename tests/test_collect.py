@@ -57,6 +57,18 @@ def test_collect_cli_bad_input_is_one_line_exit_2(tmp_path, args, words):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+def test_a_content_diff_collection_that_cannot_fit_is_refused_before_booting(tmp_path):
+    from harness.preflight import PreflightError
+
+    # the shm file (whole guest) plus two host snapshots: 3 x 16 GiB cannot fit a 24 GiB host
+    with pytest.raises(PreflightError) as e:
+        collect("idle", memory_bytes=16 << 30, interval_s=0.5, seconds=1, out=tmp_path / "t.npz")
+    assert str(e.value).startswith("pre-flight: guest 'collect'") and "\n" not in str(e.value)
+    assert "/dev/shm" in str(e.value)
+    assert not (tmp_path / "t.npz").exists()
+    assert leftovers() == {"shm": [], "qemu": []}
+
+
 @pytest.mark.vm
 def test_collector_dirty_count_matches_configured_rate(tmp_path, guest_image):
     # uniform visits each page of the span once per cycle (64 MiB / 2000 pages/s = 8 s > the run), so every

@@ -42,6 +42,42 @@ def test_zipf_and_redis_specs():
     assert parse_workload("redis", 512 * MiB).params["keys"] == 100000
 
 
+GiB = 1 << 30
+
+
+def test_fill_and_hot_share_scale_with_a_big_guest():
+    wl = parse_workload("hotcold:hot=10%,rate=5000,fill=0.25", 64 * GiB)
+    # region = 25 % of 64 GiB, hot set = 10 % of 64 GiB rounded down to whole MiB
+    assert wl.argv == ("load", str(16 * 1024), str(int(64 * 1024 * 0.1)), "5000.0", "hotcold", "1", "0.9")
+    assert wl.params["total_bytes"] == 16 * GiB
+    assert parse_workload("uniform:rate=1000,fill=25%", 64 * GiB).argv[1] == str(16 * 1024)
+    assert parse_workload("uniform:rate=1000,total=50%,span=1GiB", 8 * GiB).argv[1:3] == ("4096", "1024")
+
+
+def test_idle_with_fill_runs_the_loader_without_writes():
+    wl = parse_workload("idle:fill=0.5", 32 * GiB)
+    assert wl.kind == "load" and wl.pattern == "idle" and wl.rate_pages_per_s == 0
+    assert wl.argv == ("load", str(16 * 1024), "0", "0.0", "idle", "1", "0.0")
+    assert parse_workload("idle", 32 * GiB).argv == ("idle",)
+
+
+def test_hotcold_span_is_the_guest_region():
+    # the model's hotcold span (hot + cold) is the region the guest program writes in
+    wl = parse_workload("hotcold:hot=64MiB,rate=5000,span=256MiB", 512 * MiB)
+    assert wl.argv[1:3] == ("256", "64")
+    with pytest.raises(ConfigError, match="span= equal to total"):
+        parse_workload("hotcold:hot=64MiB,rate=5000,span=256MiB,total=128MiB", 512 * MiB)
+
+
+def test_footprint_is_what_the_guest_makes_resident():
+    assert guest.workload_footprint_bytes(parse_workload("idle", 64 * GiB), 64 * GiB) == 0
+    assert guest.workload_footprint_bytes(parse_workload("idle:fill=0.25", 64 * GiB), 64 * GiB) == 16 * GiB
+    # no total/fill: miglab-load takes all free memory, so the whole guest is budgeted
+    assert guest.workload_footprint_bytes(parse_workload("uniform:rate=10", 64 * GiB), 64 * GiB) == 64 * GiB
+    r = guest.workload_footprint_bytes(parse_workload("redis:keys=100000,value=1KiB", 512 * MiB), 512 * MiB)
+    assert 100000 * 1024 < r < 512 * MiB
+
+
 @pytest.mark.parametrize("spec, words", [
     ("bogus:rate=5", "unknown pattern"),
     ("hotcold:rate=5000", "hot=SIZE"),
@@ -55,6 +91,12 @@ def test_zipf_and_redis_specs():
     ("redis:tests=set;reboot", "tests="),
     ("uniform:rate=5000,rate=6000", "given twice"),
     ("uniform:rate", "not key=value"),
+    ("uniform:rate=5000,fill=1.5", "outside [0, 1]"),
+    ("uniform:rate=5000,fill=0.5,total=64MiB", "not both"),
+    ("uniform:rate=5000,hot=10%", "unknown key 'hot'"),
+    ("hotcold:hot=120%,rate=5000", "outside (0%, 100%]"),
+    ("uniform:rate=0", "rate must be positive"),
+    ("idle:seed=3", "unknown key 'seed'"),
 ])
 def test_bad_specs_are_one_line_config_errors(spec, words):
     with pytest.raises(ConfigError) as e:
@@ -137,11 +179,37 @@ def test_miglab_load_prints_paced_progress(load_bin, pattern):
     assert sum(int(m.group(2)) for m in progress) == total
 
 
+def _rss_bytes(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_miglab_load_idle_fills_its_region_with_non_zero_pages(load_bin):
+    p = subprocess.Popen([str(load_bin), "64", "0", "0", "idle", "1"], stdout=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        assert p.stdout is not None
+        for line in p.stdout:
+            lines.append(line.rstrip("\n"))
+            if LINE.match(lines[-1]):
+                break
+        rss = _rss_bytes(p.pid)
+    finally:
+        p.kill()
+        p.wait()
+    assert lines[0].startswith("miglab-load start total_mib=64 span_mib=64 rate=0.000 pattern=idle")
+    assert LINE.match(lines[-1]).group(2) == "0"  # reports, never writes
+    assert rss >= 64 * MiB  # every page of the region was touched (made resident with a non-zero word)
+
+
 @pytest.mark.parametrize("argv, why", [
     (["16", "4", "3000", "spiral", "1"], "unknown PATTERN"),
     (["16", "4", "-3", "seq", "1"], "RATE must be a positive"),
     (["16", "4", "3000"], "wrong number of arguments"),
     (["16", "4", "3000", "hotcold", "1", "1.5"], "hot_share"),
+    (["16", "4", "0", "uniform", "1"], "0 only for idle"),
 ])
 def test_miglab_load_rejects_bad_arguments(load_bin, argv, why):
     p = subprocess.run([str(load_bin), *argv], capture_output=True, text=True, timeout=10)
@@ -165,3 +233,29 @@ def test_build_guest_is_cached_and_complete(guest_image):
         assert member in listing, member
     assert any(m.endswith("libjemalloc.so.2") for m in listing)
     assert any(m.endswith("ld-linux-x86-64.so.2") for m in listing)
+
+
+# -- one grammar: the model's side of the same specs --------------------------------------------
+
+def test_model_accepts_and_ignores_harness_only_keys():
+    from sim.workload import parse_spec
+
+    plain = parse_spec("hotcold:hot=64MiB,rate=5000", 512 * MiB)
+    with_guest = parse_spec("hotcold:hot=64MiB,rate=5000,total=256MiB,seed=3", 512 * MiB)
+    assert with_guest.to_dict() | {"text": ""} == plain.to_dict() | {"text": ""}
+    assert with_guest.guest_keys == (("seed", "3"), ("total", "256MiB"))
+    assert parse_spec("hotcold:hot=10%,rate=5000", 10 * GiB).hot_pages == GiB // 4096
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("redis:keys=10", "runs only in a real guest"),
+    ("uniform:rate=5,fill=2", "outside [0, 1]"),
+    ("uniform:rate=5,colour=blue", "unknown key 'colour'"),
+    ("uniform:rate=5,span=4GiB", "exceeds the guest memory"),
+])
+def test_model_refuses_what_the_grammar_refuses(spec, words):
+    from sim.workload import parse_spec
+
+    with pytest.raises(ConfigError) as e:
+        parse_spec(spec, 512 * MiB, where="workload.spec")
+    assert words in str(e.value) and spec in str(e.value) and str(e.value).startswith("workload.spec ")

@@ -3,11 +3,13 @@
  *
  * usage: miglab-load TOTAL_MIB SPAN_MIB RATE PATTERN SEED [PARAM]
  *
- *   TOTAL_MIB  size of the region it allocates and touches; 0 = MemAvailable minus a reserve
+ *   TOTAL_MIB  size of the region it allocates and fills with non-zero data (one counter per page,
+ *              so QEMU sends every page of it in full); 0 = MemAvailable minus a reserve
  *   SPAN_MIB   hotcold: the hot set (the first SPAN_MIB of the region);
  *              uniform/random/zipf/seq: the part of the region written; 0 = all of it
- *   RATE       page writes per second (may be fractional)
- *   PATTERN    uniform | random | hotcold | zipf | seq  (semantics: harness/guest.py, briefing)
+ *   RATE       page writes per second (may be fractional; 0 only for idle)
+ *   PATTERN    uniform | random | hotcold | zipf | seq | idle  (semantics: sim/workload.py);
+ *              idle fills the region, then only reports (a used guest that does not write)
  *   SEED       seed for the permutation and the random picks
  *   PARAM      hotcold: hot_share (default 0.9); zipf: exponent s (default 1.1)
  *
@@ -39,7 +41,7 @@
 #define PAGE_SIZE 4096UL
 #define RESERVE_MIB 48UL
 
-enum pattern { P_UNIFORM, P_RANDOM, P_HOTCOLD, P_ZIPF, P_SEQ };
+enum pattern { P_UNIFORM, P_RANDOM, P_HOTCOLD, P_ZIPF, P_SEQ, P_IDLE };
 
 static uint64_t rng_state[4];
 
@@ -106,8 +108,8 @@ static unsigned long mem_available_mib(void)
 
 static int parse_pattern(const char *s, enum pattern *p)
 {
-	static const char *names[] = {"uniform", "random", "hotcold", "zipf", "seq"};
-	for (int i = 0; i < 5; i++)
+	static const char *names[] = {"uniform", "random", "hotcold", "zipf", "seq", "idle"};
+	for (int i = 0; i < 6; i++)
 		if (strcmp(s, names[i]) == 0) {
 			*p = (enum pattern)i;
 			return 0;
@@ -118,7 +120,7 @@ static int parse_pattern(const char *s, enum pattern *p)
 static void usage_exit(const char *why)
 {
 	fprintf(stderr, "miglab-load error: %s\n"
-		"usage: miglab-load TOTAL_MIB SPAN_MIB RATE uniform|random|hotcold|zipf|seq SEED [PARAM]\n", why);
+		"usage: miglab-load TOTAL_MIB SPAN_MIB RATE uniform|random|hotcold|zipf|seq|idle SEED [PARAM]\n", why);
 	printf("miglab-load error: %s\n", why);
 	exit(2);
 }
@@ -137,11 +139,11 @@ int main(int argc, char **argv)
 	if (*end)
 		usage_exit("SPAN_MIB is not an integer");
 	double rate = strtod(argv[3], &end);
-	if (*end || !(rate > 0) || !isfinite(rate))
-		usage_exit("RATE must be a positive number of pages per second");
 	enum pattern pat;
 	if (parse_pattern(argv[4], &pat))
 		usage_exit("unknown PATTERN");
+	if (*end || !isfinite(rate) || !(rate > 0 || (pat == P_IDLE && rate == 0)))
+		usage_exit("RATE must be a positive number of pages per second (0 only for idle)");
 	uint64_t seed = strtoull(argv[5], &end, 10);
 	if (*end)
 		usage_exit("SEED is not an integer");
@@ -214,6 +216,15 @@ int main(int argc, char **argv)
 			cdf[i] /= acc;
 	}
 	printf("miglab-load ready touch_s=%.3f\n", now_s() - t_touch);
+
+	if (pat == P_IDLE) {
+		/* the data stays resident and unchanged; report like the writers so harnesses see progress */
+		const double t_idle = now_s();
+		for (;;) {
+			sleep_s(1.0);
+			printf("miglab-load t=%.3f pages=0 rate=0.0 total=0 skipped=0\n", now_s() - t_idle);
+		}
+	}
 
 	uint64_t cursor = 0; /* uniform / seq position */
 	uint64_t done = 0, skipped = 0, last_done = 0;
