@@ -320,3 +320,95 @@ def report_markdown(results: list[CaseResult], sampled: list[CaseResult] | None 
     if notes:
         lines += ["", notes.strip()]
     return "\n".join(lines) + "\n"
+
+
+def wire_speed_variant() -> list[CaseResult]:
+    """The cases again with the final copy at Gigabit wire speed (``host.final_copy_rate_Bps``), resume refitted.
+
+    The later xc_domain_save writes its last iteration through ``outbuf`` without
+    ``ratewrite``; SPECweb99's published 18.2 MB final round in 210 ms needs ~90 MB/s,
+    above the 500 Mbit/s cap. This variant shows what that reading does to each case.
+    """
+    rate = GBE_BPS * GBE_PAYLOAD_EFFICIENCY
+    over = {"host.final_copy_rate_Bps": rate}
+    quake = simulate(scenario("quake3", resume_s=0.0).replace(**over))
+    pub = PUBLISHED["quake3"]
+    assert pub.downtime_s is not None
+    resume = round(pub.downtime_s - quake.downtime_s, 5)
+    out = []
+    for case in ("specweb99", "quake3", "mmuncher"):
+        out.append(CaseResult(case, PUBLISHED[case], simulate(scenario(case, resume_s=resume).replace(**over))))
+    return out
+
+
+NOTES = """
+## Why the misses
+
+* **SPECweb99 downtime (+97 %).** The model's final round is 22.3 MB against the published 18.2 MB (+22 %),
+  and it is copied at Xen's 500 Mbit/s maximum, as §5.3 says: 357 ms, plus the 58 ms fixed cost fitted on
+  Quake 3. The paper's own numbers cannot come from a capped final copy: 18.2 MB in well under 210 ms needs
+  about 90 MB/s, above 500 Mbit/s (65.5 MB/s). Copied at Gigabit wire speed instead (the variant below; the
+  later xc_domain_save writes the last iteration through `outbuf`, bypassing `ratewrite`), SPECweb99's
+  downtime is within target, but MMuncher's then falls short by about a third, while at the cap MMuncher is
+  within target. No single pair (final rate, fixed cost) fits both published downtimes; the paper's two runs
+  evidently did not copy their last rounds at the same rate.
+* **SPECweb99 rounds (+5) and bytes (+10.8 %).** Xen stops SPECweb99 when a round sends more than the one
+  before at the maximum rate: 15.3 MB after 14.2 MB in round 8, a 7.7 % rise. In the model the rounds decline
+  smoothly onto a plateau of ~11 MB; a rise is then a matter of noise. Page-exact runs (sampled mode) see
+  Poisson noise only, about ±1.5 % of a round, so the rise comes later (round 12 with seed 0); the
+  expected-value mode stops at the median round at which that test fires (round 13). SPECweb99's real
+  write pattern is burstier than Poisson, which is what stopped it at round 8. The extra rounds are what
+  puts the bytes just over the target; the time is within it because the late rounds are short (about
+  0.2 s each at 500 Mbit/s).
+* **Rounds 3-6 (+24 to +49 %).** Fitted on rounds 1 and 2, the Zipf popularity keeps more warm pages than
+  SPECweb99 had: its rounds shrink more slowly. A model with a third parameter would need a third published
+  number to fit it on, and rounds 3+ are the test.
+* **MMuncher in sampled mode (+31 % bytes).** MMuncher is a sweep (each of its pages written once per
+  cycle). The sampled dirty source draws each window independently, so a sweep's windows overlap as if it
+  were random writes: the skip map fills more slowly and more is sent. The expected-value mode (the fit)
+  keeps the sweep. Prefer a trace or the expected mode for sweeping workloads.
+* **Quake 3** is a calibration case (its workload is fitted on its bytes and final round, the fixed
+  cost on its downtime); it checks only that a 64 MB guest with a small hot set ends on Xen's
+  "fewer than 50 pages" test with the published 148 KB final round.
+"""
+
+
+def report(sampled_seed: int = 0) -> str:
+    """The whole report (``results/clark2005/README.md``)."""
+    expected = evaluate()
+    sampled = evaluate("sampled", sampled_seed)
+    text = report_markdown(expected, sampled, NOTES)
+    wire = wire_speed_variant()
+    lines = ["", "## Variant: the final copy at Gigabit wire speed (fixed cost refitted on Quake 3)", "",
+             "| case | metric | published | simulated | error |", "|---|---|---:|---:|---:|"]
+    for cr in wire:
+        for metric in ("downtime_s",):
+            pub = cr.published_value(metric)
+            if pub is not None:
+                lines.append(f"| {cr.case} | {metric} | {_fmt(metric, pub)} | {_fmt(metric, cr.simulated(metric))} | "
+                             f"{_err(metric, cr.error(metric))} |")
+    old = simulate(scenario("specweb99").replace(**{"strategy.stop_rule": "xen-ratio"}))
+    sw = expected[0].result
+    lines += ["", "## The same SPECweb99 workload under the earlier `xen` rule (now `xen-ratio`)", "",
+              "| rule | rounds | bytes | total time | downtime |", "|---|---:|---:|---:|---:|",
+              "| published | 8 | 960.0 MB | 71.0 s | 210 ms |",
+              f"| `xen` (skip, adaptive rate, xc_domain_save's test) | {sw.rounds} | {_fmt('bytes_sent', sw.bytes_sent)} "
+              f"| {_fmt('total_time_s', sw.total_time_s)} | {_fmt('downtime_s', sw.downtime_s)} |",
+              f"| `xen-ratio` (no skip, link rate, dirtied >= sent) | {old.rounds} | {_fmt('bytes_sent', old.bytes_sent)} "
+              f"| {_fmt('total_time_s', old.total_time_s)} | {_fmt('downtime_s', old.downtime_s)} |"]
+    return text + "\n".join(lines) + "\n"
+
+
+def write_scenarios(directory: str) -> list[str]:
+    """Write each case's scenario as TOML into ``directory`` (the repository keeps them in examples/clark2005)."""
+    from pathlib import Path
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for case in PUBLISHED:
+        path = out / f"{case}.toml"
+        path.write_text(f"# Clark et al. (NSDI 2005), {case}: see sim/clark.py for the published numbers and the fit.\n"
+                        + scenario(case).to_toml())
+        paths.append(str(path))
+    return paths
