@@ -3,7 +3,9 @@
 One migration is one SimPy environment. The top process ``migrate`` runs the
 strategy's phases as sub-processes:
 
-* ``precopy_round``: send one round's pages while the guest keeps running;
+* ``precopy_round``: send one round's pages while the guest keeps running
+  (under the ``xen`` rule, :func:`sim.xen.xen_precopy_round`: Xen's pass,
+  which skips pages dirtied again before their turn, at Xen's adaptive rate);
 * ``stop_and_copy``: pause the guest, send what is left plus device state;
 * ``postcopy``: resume on the destination at once, with ``background_push``
   streaming the rest while ``run_guest`` touches pages and ``serve_fault``
@@ -330,10 +332,9 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator:
     prev_pending = math.inf
     switch_due = False
     xen = isinstance(m.rule, XenRule)
-    if xen:
+    if isinstance(m.rule, XenRule):
         m.zero_left = 0.0  # xc_domain_save sends every page in full
-        if isinstance(m.rule, XenRule):  # (narrows the type)
-            m.rule.expected_counts = not m.pages.exact
+        m.rule.expected_counts = not m.pages.exact
     sticky = _StickyDirt(m) if m.bhyve and m.sc.host.bhyve_sticky_dirty else None
     while True:
         pending = m.pages.count()
