@@ -32,7 +32,8 @@ ends the round, what to do next (``decide``). The rules:
 
     Always switches over. The rounds themselves (skip, rate) are
     :mod:`sim.xen`; the rule also holds the adaptive rate, since the test
-    reads it.
+    reads it. On expected-value page counts, which carry no noise, the first
+    test takes its median outcome (:meth:`XenRule._sent_more`).
 ``xen-ratio``
     miglab's earlier reading of the same limits, kept because it is a
     rate-free rule that works with any copy mechanics: stop after
