@@ -3,7 +3,9 @@
 One migration is one SimPy environment. The top process ``migrate`` runs the
 strategy's phases as sub-processes:
 
-* ``precopy_round``: send one round's pages while the guest keeps running;
+* ``precopy_round``: send one round's pages while the guest keeps running
+  (under the ``xen`` rule, :func:`sim.xen.xen_precopy_round`: Xen's pass,
+  which skips pages dirtied again before their turn, at Xen's adaptive rate);
 * ``stop_and_copy``: pause the guest, send what is left plus device state;
 * ``postcopy``: resume on the destination at once, with ``background_push``
   streaming the rest while ``run_guest`` touches pages and ``serve_fault``
@@ -36,10 +38,11 @@ from .errors import ConfigError
 from .model import DirtyModel
 from .result import ROUND_COLUMNS, Result
 from .scenario import Scenario
-from .stoprules import RoundInfo, make_rule
+from .stoprules import RoundInfo, XenRule, make_rule
 from .trace import Trace
 from .trace import load as load_trace
 from .workload import parse_spec, spec_model
+from .xen import xen_precopy_round
 
 BHYVE_LOWMEM_LIMIT_BYTES = 3 * 2**30
 ZERO_PAGE_WIRE_BYTES = 1  # QEMU's RAM_SAVE_FLAG_ZERO page: the header plus one byte
@@ -237,7 +240,13 @@ def precopy_round(env: simpy.Environment, m: Migration, round_no: int, pages: fl
     m.xbzrle_hits += xbz
     wire, seconds = m.cost(pages, zero, xbz, m.live_rate_Bps)
     paused = 0.0
-    if m.bhyve and seconds > 0:
+    if m.bhyve and round_no >= 1 and m.sc.host.bhyve_dirty_search_s_per_page > 0:
+        # live_migrate_send pauses the vCPUs while search_dirty_pages walks the guest (rounds 1..N-1).
+        search = m.n_pages * m.sc.host.bhyve_dirty_search_s_per_page
+        paused_s = search + math.ceil(pages / max(m.sc.host.bhyve_chunk_pages, 1)) * m.sc.host.bhyve_chunk_pause_s
+        seconds += search
+        paused = min(1.0, paused_s / seconds)
+    elif m.bhyve and seconds > 0:
         chunks = math.ceil(pages / max(m.sc.host.bhyve_chunk_pages, 1))
         paused = min(1.0, chunks * m.sc.host.bhyve_chunk_pause_s / seconds)
     yield env.timeout(seconds)
@@ -259,10 +268,13 @@ def stop_and_copy(env: simpy.Environment, m: Migration, phase: str = "stopcopy")
     m.final_pages = pages
     zero = m.send_pages(pages)[1] if pages > 0 else 0.0
     xbz = (pages - zero) * m.xbzrle_ratio(len(m.rounds))
-    wire, seconds = m.cost(pages, zero, xbz, m.switch_rate_Bps)
+    rate = final_copy_rate_Bps(m)
+    wire, seconds = m.cost(pages, zero, xbz, rate)
     wire += sc.host.device_state_bytes
-    seconds += sc.host.device_state_bytes / m.switch_rate_Bps
-    fixed = sc.host.cold_restart_s if phase == "cold" else sc.host.switchover_s
+    seconds += sc.host.device_state_bytes / rate
+    fixed = sc.host.cold_restart_s if phase == "cold" else sc.host.switchover_s + sc.host.resume_s
+    if m.bhyve and phase != "cold":
+        fixed += m.n_pages * sc.host.bhyve_dirty_search_s_per_page  # the last search runs with the vCPUs paused
     downtime = fixed + seconds + sc.link.rtt_s / 2
     if m.return_path and phase != "cold":
         # close_return_path_on_source() runs before migration_completion_end(): the clock keeps running
@@ -278,6 +290,16 @@ def stop_and_copy(env: simpy.Environment, m: Migration, phase: str = "stopcopy")
     m.record(round=len(m.rounds), phase=phase, t_start_s=t0, duration_s=downtime, pages=pages, zero_pages=zero,
              xbzrle_pages=xbz, bytes=wire, pending_pages_after=0.0, new_dirty_pages=0.0,
              throttle_pct=m.throttle_pct, threshold_bytes=math.nan)
+
+
+def final_copy_rate_Bps(m: Migration) -> float:
+    """The rate of the final stop-and-copy: the host's measured one, Xen's maximum, or the link's."""
+    host, st = m.sc.host, m.sc.strategy
+    if host.final_copy_rate_Bps is not None:
+        return min(host.final_copy_rate_Bps, m.sc.link.bandwidth_Bps)
+    if isinstance(m.rule, XenRule) and m.rule.adaptive:
+        return min(m.switch_rate_Bps, st.xen_max_rate_Bps)  # Clark et al. §5.3: "at the maximum allowable rate"
+    return m.switch_rate_Bps
 
 
 def postcopy_switch(env: simpy.Environment, m: Migration) -> Generator:
@@ -309,6 +331,11 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator:
     total_sent = 0.0
     prev_pending = math.inf
     switch_due = False
+    xen = isinstance(m.rule, XenRule)
+    if isinstance(m.rule, XenRule):
+        m.zero_left = 0.0  # xc_domain_save sends every page in full
+        m.rule.expected_counts = not m.pages.exact
+    sticky = _StickyDirt(m) if m.bhyve and m.sc.host.bhyve_sticky_dirty else None
     while True:
         pending = m.pages.count()
         if st.kind == "hybrid" and round_no >= st.postcopy_after_rounds:
@@ -319,17 +346,24 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator:
             if not (m.rule.sync == "iteration" and pending - m.chunk_pages < m.threshold_pages):
                 return "postcopy"
             switch_due = True
-        pages = m.rule.round_pages(pending, m.threshold_pages, m.chunk_pages)
-        yield env.process(precopy_round(env, m, round_no, pages))
+        skipped = 0.0
+        if xen:
+            pages, skipped = yield env.process(xen_precopy_round(env, m, round_no))
+        else:
+            pages = m.rule.round_pages(pending, m.threshold_pages, m.chunk_pages)
+            yield env.process(precopy_round(env, m, round_no, pages))
         total_sent += pages
         new = m.sync_dirty()
+        if sticky is not None:
+            sticky.keep(m)
         m.mark()
         pending = m.pages.count()
         if round_no >= 1:
             m.resent_ws = max(m.resent_ws, pending)
         m.rounds[-1].update(pending_pages_after=pending, new_dirty_pages=new)
         m.expected_downtime_s = pending * m.page_size / m.measured_bw_Bps
-        info = RoundInfo(round_no, pages, new, pending, total_sent, m.n_pages, m.threshold_pages)
+        info = RoundInfo(round_no, pages, new, pending, total_sent, m.n_pages, m.threshold_pages,
+                         skipped_pages=skipped, seconds=m.rounds[-1]["duration_s"], page_size=m.page_size)
         decision = m.rule.decide(info)
         round_no += 1
         if decision == "complete":
@@ -349,9 +383,33 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator:
             if st.on_round_limit == "switchover":
                 return "stopcopy"
             return "cancel"
-        if pages <= 0 and pending > 0:
+        if pages <= 0 and pending > 0 and skipped <= 0:
             m.reason = "no progress possible"
             return "cancel"
+
+
+class _StickyDirt:
+    """The early bhyve live migration (D30954): VPO_VMM_DIRTY stays set once a page is dirtied.
+
+    Every page dirtied since the migration began is in every later round's dirty list, so
+    it is sent again each round; per-round clearing came later, with highmem support.
+    """
+
+    def __init__(self, m: Migration) -> None:
+        self.g0 = m.g
+        self.ever = np.zeros(m.n_pages, dtype=bool) if isinstance(m.pages, ExactPages) else None
+
+    def keep(self, m: Migration) -> None:
+        """After a sync: pending becomes everything dirtied since the first round began."""
+        pages = m.pages
+        if isinstance(pages, ExactPages):
+            assert self.ever is not None
+            # Round 0 sends everything, so what is pending after its sync was dirtied.
+            self.ever |= pages.pending
+            pages.pending |= self.ever
+        else:
+            ever = pages.n * pages.fraction_dirtied(m.g - self.g0)
+            pages.pending = np.maximum(pages.pending, ever)
 
 
 def migrate(env: simpy.Environment, m: Migration) -> Generator:

@@ -29,7 +29,7 @@ from .units import parse_bandwidth, parse_duration, parse_size
 SCHEMA_VERSION = 1
 
 StrategyKind = Literal["precopy", "postcopy", "hybrid", "stopcopy"]
-StopRule = Literal["qemu", "bhyve", "xen", "simgrid"]
+StopRule = Literal["qemu", "bhyve", "xen", "simgrid", "xen-ratio"]
 WorkloadKind = Literal["trace", "model", "synthetic"]
 ScalingLaw = Literal["absolute", "proportional"]
 ModelMode = Literal["expected", "sampled"]
@@ -133,6 +133,23 @@ class Host:
     (``bhyve_chunk_pause_s``), lowmem (below 3 GiB) and highmem (from 4 GiB)
     segments, wired memory only; ``bhyve_lowmem_only`` reproduces the first
     versions, which migrated lowmem alone.
+
+    The last round's mechanics: ``final_copy_rate_Bps`` is the rate the final
+    stop-and-copy achieves (None: the link rate times
+    ``throughput_efficiency``, or for the ``xen`` rule Xen's maximum rate);
+    ``resume_s`` is a fixed cost after it, until the guest runs on the
+    destination (Clark et al. report it apart: "an additional 9 ms elapse
+    while the VM starts up"), added to ``switchover_s``. Together they let
+    QEMU, Xen and bhyve hosts each carry their own last-round constants.
+
+    ``bhyve_sticky_dirty`` reproduces the early live-migration versions
+    (D30954), which left ``VPO_VMM_DIRTY`` set once a page was dirtied, so the
+    page is sent again in every later round. ``bhyve_dirty_search_s_per_page``
+    is the vCPU pause while ``search_dirty_pages`` (usr.sbin/bhyve/migration.c,
+    called from ``live_migrate_send`` between ``vm_vcpu_pause`` and
+    ``vm_vcpu_resume``) walks the guest's pages at the start of every round
+    after the first; in the final round the vCPUs are already paused, so it
+    adds to the downtime. Neither constant has been calibrated on a bhyve host.
     """
 
     switchover_s: float = 0.0
@@ -150,6 +167,10 @@ class Host:
     bhyve_chunk_pause_s: float = 20e-6
     bhyve_page_send_s: float = 2e-6
     bhyve_lowmem_only: bool = False
+    final_copy_rate_Bps: float | None = None
+    resume_s: float = 0.0
+    bhyve_sticky_dirty: bool = False
+    bhyve_dirty_search_s_per_page: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +202,20 @@ class Strategy:
     ``max_rounds`` is a guard: ``on_round_limit`` says whether
     hitting it cancels the migration (QEMU has no forced switchover) or
     switches over anyway (Xen-style).
+
+    The ``xen`` rule is xc_domain_save's loop (see :mod:`sim.xen`): each pass
+    skips pages dirtied again before their turn (checked once per batch of
+    ``xen_batch_pages``), the live rate starts at ``xen_min_rate_Bps`` and
+    after a round whose dirtying rate exceeded it becomes that rate plus
+    ``xen_rate_increment_Bps``, capped at ``xen_max_rate_Bps`` (defaults: Xen's
+    100, 50 and 500 "Mbit/s", where Xen's Mbit is 2**20 bits); and it stops on
+    ``xen_max_iters``, ``xen_max_factor``, ``xen_min_dirty_pages`` or a round
+    that sent more than the one before at the maximum rate.
+    ``xen_rate_adaptation=False`` is the later Xen built without
+    ``ADAPTIVE_SAVE``: no rate limit, and no rate-at-maximum stop.
+    ``xen_skip_redirtied=False`` turns the skip off (an ablation).
+    ``xen-ratio`` is miglab's earlier approximation of Xen (see
+    :mod:`sim.stoprules`).
     """
 
     kind: StrategyKind = "precopy"
@@ -209,6 +244,12 @@ class Strategy:
     on_round_limit: Literal["cancel", "switchover"] = "cancel"
     qemu_sync: Literal["iteration", "pass"] = "iteration"
     qemu_iteration_s: float = 0.05
+    xen_min_rate_Bps: float = 100 * 131072.0
+    xen_rate_increment_Bps: float = 50 * 131072.0
+    xen_max_rate_Bps: float = 500 * 131072.0
+    xen_rate_adaptation: bool = True
+    xen_skip_redirtied: bool = True
+    xen_batch_pages: int = 1024
 
 
 @dataclass(frozen=True)
@@ -411,6 +452,10 @@ def validate(obj: Any, where: str = "scenario") -> None:
             raise ConfigError(f"{where}: throughput_efficiency must lie in (0, 1.5]")
         if obj.dirty_rate_factor < 0:
             raise ConfigError(f"{where}: dirty_rate_factor must not be negative")
+        if obj.final_copy_rate_Bps is not None and obj.final_copy_rate_Bps <= 0:
+            raise ConfigError(f"{where}: final_copy_rate_Bps must be positive")
+        if obj.resume_s < 0 or obj.bhyve_dirty_search_s_per_page < 0:
+            raise ConfigError(f"{where}: host times must not be negative")
     elif isinstance(obj, Strategy):
         if obj.downtime_limit_s <= 0:
             raise ConfigError(f"{where}: downtime limit must be positive")
@@ -424,3 +469,8 @@ def validate(obj: Any, where: str = "scenario") -> None:
             raise ConfigError(f"{where}: throttle percentages must lie in [0, 100]")
         if obj.xbzrle_cache_bytes < 0:
             raise ConfigError(f"{where}: xbzrle cache must not be negative")
+        if not 0 < obj.xen_min_rate_Bps <= obj.xen_max_rate_Bps or obj.xen_rate_increment_Bps < 0:
+            raise ConfigError(f"{where}: Xen rates need 0 < xen_min_rate_Bps <= xen_max_rate_Bps "
+                              "and a non-negative xen_rate_increment_Bps")
+        if obj.xen_batch_pages < 1 or obj.xen_max_iters < 1:
+            raise ConfigError(f"{where}: xen_batch_pages and xen_max_iters must be at least 1")

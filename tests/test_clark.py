@@ -1,0 +1,97 @@
+"""Clark et al. (NSDI 2005) as golden tests: the paper's numbers against the ``xen`` rule (sim/clark.py).
+
+Targets (issue 15): bytes and total time within 10 %, downtime within 25 %, rounds within one. Where the
+model meets a target the test asserts the target; where it misses (results/clark2005/README.md says why),
+the test pins today's error to within a few points, so that a change of the model shows here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sim import clark
+from sim.scenario import Scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: (case, metric) -> today's error where the target is missed (documented in the report).
+MISSED = {("specweb99", "bytes_sent"): 0.108, ("specweb99", "downtime_s"): 0.973, ("specweb99", "rounds"): 5.0}
+
+
+@pytest.fixture(scope="module")
+def results():
+    return {cr.case: cr for cr in clark.evaluate()}
+
+
+@pytest.mark.parametrize("mbit, seconds", [(128, 32.0), (256, 16.0), (512, 8.0)])
+def test_stop_and_copy_arithmetic_of_section_4_2(results, mbit, seconds):
+    r = results[f"stopcopy-{mbit}"].result
+    assert r.total_time_s == pytest.approx(seconds, rel=1e-9)
+    assert r.downtime_s == pytest.approx(seconds, rel=1e-9)
+    assert r.bytes_sent == 512 * 2**20
+
+
+PUBLISHED_METRICS = [(case, metric) for case in ("specweb99", "quake3", "mmuncher") for metric in clark.TARGETS
+                     if clark.CaseResult(case, clark.PUBLISHED[case], None).published_value(metric) is not None]
+
+
+@pytest.mark.parametrize("case, metric", PUBLISHED_METRICS)
+def test_published_case(results, case, metric):
+    err = results[case].error(metric)
+    assert err is not None
+    if (case, metric) in MISSED:
+        assert err == pytest.approx(MISSED[case, metric], abs=1.0 if metric == "rounds" else 0.03)
+    else:
+        assert abs(err) <= clark.TARGETS[metric]
+
+
+def test_specweb99_first_two_rounds_are_the_fit_and_the_rest_a_prediction(results):
+    cr = results["specweb99"]
+    live = cr.live_bytes
+    pub = cr.published.round_bytes
+    assert live[0] == pytest.approx(pub[0], rel=1e-3) and live[1] == pytest.approx(pub[1], rel=1e-3)
+    # rounds 3-8 decline like the paper's, each within a factor of 1.5
+    for got, want in zip(live[2:8], pub[2:8], strict=True):
+        assert want / 1.5 <= got <= want * 1.5
+    assert cr.result.reason == "sent more than the previous round at the maximum rate"
+    assert cr.result.total_time_s == pytest.approx(71.0, rel=0.10)
+
+
+def test_quake3_ends_on_the_fifty_page_test_with_the_published_final_round(results):
+    cr = results["quake3"]
+    assert cr.result.reason.startswith("fewer than 50 pages")
+    assert cr.final_bytes == pytest.approx(148 * 1024, rel=0.05)
+
+
+def test_sampled_mode_agrees_on_specweb99():
+    e = clark.evaluate()[0]
+    s = clark.CaseResult("specweb99", clark.PUBLISHED["specweb99"],
+                         clark.simulate(clark.scenario("specweb99", mode="sampled")))
+    assert s.result.bytes_sent == pytest.approx(e.result.bytes_sent, rel=0.03)
+    assert abs(s.result.rounds - e.result.rounds) <= 2
+
+
+def test_committed_scenarios_are_the_modules(tmp_path):
+    for path in clark.write_scenarios(str(tmp_path)):
+        name = Path(path).name
+        committed = ROOT / "examples" / "clark2005" / name
+        assert Scenario.from_toml(committed) == Scenario.from_toml(path), name
+
+
+def test_fits_reproduce_the_stored_workloads():
+    """Re-run each fit (only on what the module docstring says) and compare with FITTED."""
+    def parse(spec):
+        head, _, rest = spec.partition(":")
+        return head, {k: v for k, v in (kv.split("=") for kv in rest.split(","))}
+
+    for case, fit, keys in [("specweb99", clark.fit_specweb99, ("s", "rate")),
+                            ("quake3", clark.fit_quake3, ("hot", "rate")),
+                            ("mmuncher", clark.fit_mmuncher, ("rate",))]:
+        got, want = parse(fit()), parse(clark.FITTED[case])
+        assert got[0] == want[0]
+        for k in keys:
+            g, w = (float(x[1][k].removesuffix("MiB")) for x in (got, want))
+            assert g == pytest.approx(w, rel=0.02), (case, k)
+    assert clark.fit_resume_s() == pytest.approx(clark.FITTED["resume_s"], abs=2e-4)
