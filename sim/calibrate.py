@@ -1,4 +1,4 @@
-"""Calibrate a :class:`~sim.model.DirtyModel` from a trace, and sample page-exact sets from it.
+"""Calibrate a :class:`~sim.model.DirtyModel` from a trace.
 
 Three steps, each usable on its own:
 
@@ -19,9 +19,8 @@ Three steps, each usable on its own:
 3. :func:`calibrate` runs both on a trace and returns the model with its fit
    report and provenance.
 
-:func:`sample_dirty` / :func:`sample_dirty_pages` draw the page-exact set of
-pages a model dirties in one window ("sampled page-exact mode"); the expected
-value of its size is ``model.working_set(window_s)``.
+Drawing page-exact sets from a fitted model is :mod:`sim.sampling`'s job; the
+packed-bitmap primitives are in :mod:`sim.bitmap`.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares, nnls
 
+from .bitmap import row_bytes, set_bits
 from .errors import ConfigError, TraceError
 from .model import DirtyModel, PageClass
 from .trace import Trace
@@ -57,58 +57,6 @@ LINEAR_REGIME_X = 0.02
 #: seq workloads) is not a mixture of exponentials: poisson classes alone miss it by ~30 %.
 #: The criterion only picks a sweep class where it fits better.
 DEFAULT_KINDS: tuple[str, ...] = ("poisson", "sweep")
-#: Sampling draws at most this many random numbers per batch (bounds memory).
-SAMPLE_BATCH = 1 << 23
-
-
-# ---------------------------------------------------------------------------
-# Packed bitmaps
-# ---------------------------------------------------------------------------
-def _row_bytes(n_bits: int) -> int:
-    """Bytes of a packed bitmap of ``n_bits`` bits, padded to whole uint64 words."""
-    return (n_bits + 63) // 64 * 8
-
-
-def popcount(bitmap: np.ndarray) -> int:
-    """Number of set bits in a packed bitmap (any unsigned dtype, any shape)."""
-    b = np.ascontiguousarray(bitmap)
-    if b.dtype == np.uint8 and b.size % 8 == 0:
-        b = b.view(np.uint64)
-    return int(np.bitwise_count(b).sum(dtype=np.int64))
-
-
-def set_bits(bitmap: np.ndarray, pages: np.ndarray, scratch: np.ndarray | None = None) -> None:
-    """OR the bits of ``pages`` (page numbers relative to bit 0) into packed ``bitmap`` in place.
-
-    ``bitmap`` is uint8 with little bit order. Scattering into a boolean array
-    and packing it measured faster than ``np.bitwise_or.at`` or a ``reduceat``
-    over bytes, even at 5 % density. ``scratch`` (an all-False bool array of
-    ``8 * len(bitmap)``) avoids a fresh allocation; it is left all-False.
-    """
-    if len(pages) == 0:
-        return
-    n_bits = 8 * len(bitmap)
-    mask = np.zeros(n_bits, dtype=bool) if scratch is None else scratch
-    mask[pages] = True
-    bitmap |= np.packbits(mask, bitorder="little")
-    if scratch is not None:
-        mask[pages] = False
-
-
-def interval_bitmaps(trace: Trace, intervals: Sequence[int] | None = None) -> np.ndarray:
-    """Packed bitmaps of ``intervals`` (default all) as an ``(n, row_bytes)`` uint8 array.
-
-    Rows are padded to whole uint64 words (``row_bytes = ceil(n_pages / 64) * 8``);
-    padding bits are zero. Memory is ``n * n_pages / 8`` bytes: callers with
-    huge traces should go through :func:`working_set_curve`, which streams.
-    """
-    idx = range(trace.n_intervals) if intervals is None else list(intervals)
-    rb = _row_bytes(trace.n_pages)
-    out = np.zeros((len(idx), rb), dtype=np.uint8)
-    scratch = np.zeros(8 * rb, dtype=bool)
-    for r, i in enumerate(idx):
-        set_bits(out[r], trace.pages(i), scratch)
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -184,7 +132,7 @@ def working_set_curve(trace: Trace, windows: Sequence[int] | np.ndarray | None =
     sums = np.zeros(len(ks), dtype=np.int64)
 
     # Column chunk: n rows of chunk_bytes must fit the budget; whole uint64 words.
-    full = _row_bytes(trace.n_pages)
+    full = row_bytes(trace.n_pages)
     chunk_bytes = max(8, min(full, budget_bytes // n // 8 * 8))
     bounds, idx, base = _chunk_plan(trace, chunk_bytes)
     n_chunks = len(bounds) - 1
@@ -494,183 +442,6 @@ def calibrate(trace: Trace, max_classes: int = 3, *, kinds: Sequence[str] = DEFA
         "miglab_version": __version__,
     }
     return DirtyModel(trace.n_pages, trace.page_size, classes, zpf, report, source)
-
-
-# ---------------------------------------------------------------------------
-# Sampled page-exact mode
-# ---------------------------------------------------------------------------
-def class_ranges(model: DirtyModel) -> list[tuple[int, int]]:
-    """Page range ``[lo, hi)`` each class of ``model`` occupies, in class order.
-
-    Classes sit back to back from page 0; fractional page counts are rounded
-    at the cumulative boundaries, so the ranges tile ``[0, round(sum pages))``.
-    """
-    edges = np.rint(np.concatenate([[0.0], np.cumsum([c.pages for c in model.classes])])).astype(np.int64)
-    edges = np.minimum(edges, model.n_pages)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-
-
-def _bernoulli_positions(n: int, p: float, rng: np.random.Generator):
-    """Yield sorted batches of the indices in ``[0, n)`` kept by independent Bernoulli(p) trials.
-
-    Geometric skips: the gap to the next success is Geometric(p), so the cost
-    is O(n p), not O(n), and each batch holds at most SAMPLE_BATCH indices.
-    """
-    if n <= 0 or p <= 0.0:
-        return
-    if p >= 1.0:
-        for a in range(0, n, SAMPLE_BATCH):
-            yield np.arange(a, min(n, a + SAMPLE_BATCH), dtype=np.int64)
-        return
-    pos = -1
-    while True:
-        expect = (n - 1 - pos) * p
-        size = int(min(SAMPLE_BATCH, expect + 6 * math.sqrt(expect + 1) + 16))
-        gaps = rng.geometric(p, size=size)
-        idx = pos + np.cumsum(gaps, dtype=np.int64)
-        if idx[-1] >= n:
-            yield idx[idx < n]
-            return
-        yield idx
-        pos = int(idx[-1])
-
-
-_BIT = np.array([1, 2, 4, 8, 16, 32, 64, 128], dtype=np.uint8)
-#: Above this per-page probability one uint32 draw per page beats geometric skips.
-DIRECT_DRAW_P = 0.08
-
-
-def _or_positions(bitmap: np.ndarray, pages: np.ndarray) -> None:
-    """OR the bits of ``pages`` into a packed little-endian bitmap (few or sparse pages)."""
-    np.bitwise_or.at(bitmap, pages >> 3, _BIT[pages & 7])
-
-
-def _set_range(bitmap: np.ndarray, lo: int, hi: int) -> None:
-    """Set bits ``[lo, hi)`` of a packed little-endian bitmap."""
-    if hi <= lo:
-        return
-    a, b = (lo + 7) // 8, hi // 8
-    if a <= b:
-        bitmap[a:b] = 0xFF
-        _or_positions(bitmap, np.r_[np.arange(lo, min(hi, 8 * a)), np.arange(max(lo, 8 * b), hi)].astype(np.int64))
-    else:  # within one byte
-        _or_positions(bitmap, np.arange(lo, hi, dtype=np.int64))
-
-
-def _bernoulli_direct(bitmap: np.ndarray, lo: int, hi: int, p: float, rng: np.random.Generator) -> None:
-    """Set each bit of ``[lo, hi)`` with probability ``p``: one uint32 draw per page, byte-aligned chunks."""
-    thr = int(round(p * 2.0**32))
-    if thr >= 2**32:
-        _set_range(bitmap, lo, hi)
-        return
-    thr32 = np.uint32(thr)
-    a0 = lo - lo % 8
-    end = (hi + 7) // 8 * 8
-    for a in range(a0, end, SAMPLE_BATCH):
-        b = min(a + SAMPLE_BATCH, end)
-        hit = rng.integers(0, 2**32, size=b - a, dtype=np.uint32) < thr32
-        if a < lo:
-            hit[:lo - a] = False
-        if b > hi:
-            hit[hi - a:] = False
-        bitmap[a // 8:b // 8] |= np.packbits(hit, bitorder="little")
-
-
-def sample_dirty(model: DirtyModel, window_s: float, rng: np.random.Generator,
-                 pending: np.ndarray | None = None) -> np.ndarray:
-    """Draw the pages ``model`` dirties in one window of ``window_s`` seconds, page-exact.
-
-    Returns a packed bitmap (uint8, little bit order, ``ceil(n_pages / 8)``
-    bytes; the layout of :meth:`sim.trace.Trace.bitmap`). If ``pending`` is
-    given the new pages are ORed into it in place and it is returned: pass the
-    set of pages already dirty and not yet sent, and a page dirtied again
-    counts once.
-
-    Page layout: class ``k`` occupies the contiguous range
-    :func:`class_ranges` gives (classes back to back from page 0); pages
-    beyond the classes are never dirtied.
-
-    * poisson class: every page is dirtied independently with
-      ``p = 1 - exp(-rate * window_s)``. Below ``p = DIRECT_DRAW_P`` the draw
-      uses geometric skips (cost O(pages dirtied)); above, one uint32 per page
-      in byte-aligned chunks (probability resolution 2**-32).
-    * sweep class: a contiguous run of ``pages * min(1, rate * window_s)``
-      pages (stochastically rounded) starting at a uniformly random phase,
-      wrapping within the class.
-
-    Disjoint windows are independent draws, which is exact for poisson
-    classes (memoryless) and an approximation for sweeps. The expected number
-    of set bits is ``model.working_set(window_s)``. Memory: the bitmap (32 MiB
-    for a 1 TiB guest of 2**28 pages) plus ``SAMPLE_BATCH`` draws at a time.
-    """
-    nbytes = (model.n_pages + 7) // 8
-    if pending is None:
-        out = np.zeros(nbytes, dtype=np.uint8)
-    else:
-        if pending.dtype != np.uint8 or pending.shape != (nbytes,):
-            raise ConfigError(f"pending must be a uint8 bitmap of {nbytes} bytes")
-        out = pending
-    if window_s < 0 or not math.isfinite(window_s):
-        raise ConfigError(f"window_s must be finite and >= 0, got {window_s}")
-    for c, (lo, hi) in zip(model.classes, class_ranges(model), strict=True):
-        n = hi - lo
-        x = c.rate_per_page_per_s * window_s
-        if n <= 0 or x <= 0:
-            continue
-        if c.kind == "sweep":
-            run_f = n * min(1.0, x)
-            run = int(run_f) + int(rng.random() < run_f - int(run_f))
-            if run <= 0:
-                continue
-            start = int(rng.integers(n))
-            first = min(run, n - start)
-            _set_range(out, lo + start, lo + start + first)
-            _set_range(out, lo, lo + run - first)
-            continue
-        p = -math.expm1(-x)
-        if p < DIRECT_DRAW_P:
-            for batch in _bernoulli_positions(n, p, rng):
-                _or_positions(out, batch + lo)
-        else:
-            _bernoulli_direct(out, lo, hi, p, rng)
-    return out
-
-
-def sample_dirty_pages(model: DirtyModel, window_s: float, rng: np.random.Generator) -> np.ndarray:
-    """Sorted page numbers (int64) dirtied in one window: the same law as :func:`sample_dirty`.
-
-    For engines that want page lists (e.g. to give each page an instant in
-    the window) rather than a bitmap. Memory is 8 bytes per page returned.
-    """
-    if window_s < 0 or not math.isfinite(window_s):
-        raise ConfigError(f"window_s must be finite and >= 0, got {window_s}")
-    out: list[np.ndarray] = []
-    for c, (lo, hi) in zip(model.classes, class_ranges(model), strict=True):
-        n = hi - lo
-        x = c.rate_per_page_per_s * window_s
-        if n <= 0 or x <= 0:
-            continue
-        if c.kind == "sweep":
-            run_f = n * min(1.0, x)
-            run = int(run_f) + int(rng.random() < run_f - int(run_f))
-            start = int(rng.integers(n))
-            first = min(run, n - start)
-            out += [np.arange(lo, lo + run - first, dtype=np.int64),
-                    np.arange(lo + start, lo + start + first, dtype=np.int64)]
-            continue
-        p = -math.expm1(-x)
-        if p < DIRECT_DRAW_P:
-            out += [batch + lo for batch in _bernoulli_positions(n, p, rng)]
-            continue
-        thr = int(round(p * 2.0**32))
-        for a in range(lo, hi, SAMPLE_BATCH):
-            b = min(a + SAMPLE_BATCH, hi)
-            if thr >= 2**32:
-                out.append(np.arange(a, b, dtype=np.int64))
-            else:
-                hit = rng.integers(0, 2**32, size=b - a, dtype=np.uint32) < np.uint32(thr)
-                out.append(a + np.flatnonzero(hit))
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------

@@ -11,19 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.cli import main
+from sim.bitmap import interval_bitmaps, popcount
 from sim.calibrate import (
     calibrate,
-    class_ranges,
     default_window_counts,
     fit_classes,
-    interval_bitmaps,
-    popcount,
-    sample_dirty,
-    sample_dirty_pages,
     working_set_curve,
 )
 from sim.errors import ConfigError, TraceError
 from sim.model import DirtyModel, PageClass
+from sim.sampling import class_ranges, sample_dirty_pages
 from sim.trace import load, make_trace, save
 
 
@@ -248,16 +245,21 @@ MODEL = DirtyModel(100000, 4096, (PageClass(1000, 50.0), PageClass(20000, 1.0), 
                                   PageClass(10001, 2.0, "sweep")))
 
 
+def sampled_bitmap(model, window_s, rng):
+    """One draw of :func:`sample_dirty_pages` as a packed bitmap in the layout of Trace.bitmap."""
+    mask = np.zeros(model.n_pages, dtype=bool)
+    mask[sample_dirty_pages(model, window_s, rng)] = True
+    return np.packbits(mask, bitorder="little")
+
+
 @pytest.mark.parametrize("window_s", [0.01, 0.3, 5.0])
 def test_sampled_mean_matches_working_set(window_s):
     rng = np.random.default_rng(11)
     draws = 200
-    counts = np.array([popcount(sample_dirty(MODEL, window_s, rng)) for _ in range(draws)])
     lists = np.array([len(sample_dirty_pages(MODEL, window_s, rng)) for _ in range(draws)])
     expect = float(MODEL.working_set(window_s))
     # variance of a sum of independent Bernoullis <= its mean; the sweep run adds at most +-1
     se = math.sqrt(expect / draws) + 1.0
-    assert abs(counts.mean() - expect) < 5 * se
     assert abs(lists.mean() - expect) < 5 * se
 
 
@@ -265,38 +267,31 @@ def test_sampled_sets_respect_class_ranges_and_layout():
     rng = np.random.default_rng(5)
     ranges = class_ranges(MODEL)
     assert ranges[0] == (0, 1000) and ranges[-1] == (71000, 81001)
-    bm = sample_dirty(MODEL, 0.05, rng)
-    assert bm.shape == ((MODEL.n_pages + 7) // 8,)
-    pages = np.flatnonzero(np.unpackbits(bm, bitorder="little"))
-    assert pages.max() < 81001  # nothing beyond the classes
-    # same layout as Trace.bitmap
-    trace = make_trace([pages], [0.0], [1.0], n_pages=MODEL.n_pages)
-    assert np.array_equal(trace.bitmap(0), bm)
+    pages = sample_dirty_pages(MODEL, 0.05, rng)
+    assert pages.dtype == np.int64
+    assert np.all(np.diff(pages) > 0)  # sorted, each page once
+    assert pages.min() >= 0 and pages.max() < 81001  # nothing beyond the classes
     # the sweep class dirties one contiguous (cyclic) run of about 10001 * 0.1 pages
     sweep = pages[pages >= 71000] - 71000
     assert len(sweep) in (1000, 1001)
     gaps = np.diff(sweep)
     assert (gaps == 1).sum() >= len(sweep) - 2
-    lst = sample_dirty_pages(MODEL, 0.05, rng)
-    assert np.all(np.diff(lst) > 0) and lst.max() < 81001
 
 
-def test_sampled_pending_is_ored_in_place():
+def test_sampled_dense_path_dirties_every_hot_page():
     rng = np.random.default_rng(6)
-    pending = np.zeros((MODEL.n_pages + 7) // 8, dtype=np.uint8)
-    pending[-10:] = 0xFF  # pages beyond the classes: no draw may clear them
-    before = popcount(pending)
-    out = sample_dirty(MODEL, 10.0, rng, pending=pending)  # hot class p ~ 1: the dense path
-    assert out is pending
-    assert (pending[-10:] == 0xFF).all() and popcount(pending) > before
-    assert popcount(pending[:125]) == 1000  # hot class: every page dirtied at rate 50/s over 10 s
+    pages = sample_dirty_pages(MODEL, 10.0, rng)  # hot class p ~ 1: one uint32 draw per page
+    assert np.array_equal(pages[pages < 1000], np.arange(1000))  # rate 50/s over 10 s
+    assert pages.max() < 81001  # pages beyond the classes are never dirtied
     with pytest.raises(ConfigError):
-        sample_dirty(MODEL, 1.0, rng, pending=np.zeros(3, dtype=np.uint8))
+        sample_dirty_pages(MODEL, -1.0, rng)
+    with pytest.raises(ConfigError):
+        sample_dirty_pages(MODEL, math.inf, rng)
 
 
 def test_sampled_mode_scales_to_a_terabyte_guest():
     model = DirtyModel(2**28, 4096, (PageClass(12288, 20.0), PageClass(2**28 - 12288, 1e-4)))
-    bm = sample_dirty(model, 0.1, np.random.default_rng(0))
+    bm = sampled_bitmap(model, 0.1, np.random.default_rng(0))
     assert bm.nbytes == 2**25
     expect = float(model.working_set(0.1))
     assert abs(popcount(bm) - expect) < 6 * math.sqrt(expect)
