@@ -31,6 +31,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,64 @@ def _chunk_plan(trace: Trace, chunk_bytes: int) -> tuple[np.ndarray, np.ndarray,
     return bounds, idx, base
 
 
+def _checked_windows(trace: Trace, windows: Sequence[int] | np.ndarray | None) -> np.ndarray:
+    """The sorted, distinct window lengths (intervals) to measure; default :func:`default_window_counts`."""
+    n = trace.n_intervals
+    if n == 0:
+        raise TraceError(trace.path or "<trace>", "has no intervals, so no working-set curve")
+    ks = default_window_counts(n) if windows is None else np.unique(np.asarray(windows, dtype=np.int64))
+    if len(ks) == 0 or ks[0] < 1 or ks[-1] > n:
+        raise ConfigError(f"window lengths must be between 1 and {n} intervals, got {list(map(int, ks))}")
+    return ks
+
+
+def _fill_chunk(buf: np.ndarray, trace: Trace, idx: np.ndarray, base: np.ndarray, c: int, p0: int,
+                scratch: np.ndarray) -> None:
+    """Row ``i`` of ``buf`` becomes interval ``i``'s bitmap of column chunk ``c`` (pages from ``p0``)."""
+    buf.fill(0)
+    for i in range(trace.n_intervals):
+        s, e = int(idx[i, c]), int(idx[i, c + 1])
+        if e > s:
+            pages = base[i, c] + np.cumsum(trace.deltas[s:e], dtype=np.int64) - p0
+            set_bits(buf[i], pages, scratch)
+
+
+def _count_windows(words: np.ndarray, ks: np.ndarray, sums: np.ndarray, tmp: np.ndarray) -> None:
+    """Add to ``sums[j]`` the distinct pages of every window of ``ks[j]`` rows of ``words``, summed over windows.
+
+    ``words`` (one interval's bitmap chunk per row, uint64) is overwritten: by the doubling
+    scheme, after step ``p`` row ``i`` holds the window of ``p`` intervals starting at ``i``.
+    Any other ``k`` is the OR of two overlapping windows of the power of two below it, built in
+    ``tmp`` a block of rows at a time.
+    """
+    n = len(words)
+    block_rows = len(tmp)
+    pow2_of = {int(k): 1 << (int(k).bit_length() - 1) for k in ks}
+    p = 1  # rows 0..n-p of `words` now hold the windows of p intervals
+    while True:
+        for j, k in enumerate(ks):
+            if pow2_of[int(k)] != p:
+                continue
+            n_win = n - int(k) + 1
+            if k == p:
+                sums[j] += int(np.bitwise_count(words[:n_win]).sum(dtype=np.int64))
+                continue
+            shift = int(k) - p
+            for a in range(0, n_win, block_rows):
+                r = min(block_rows, n_win - a)
+                np.bitwise_or(words[a:a + r], words[a + shift:a + shift + r], out=tmp[:r])
+                sums[j] += int(np.bitwise_count(tmp[:r]).sum(dtype=np.int64))
+        if 2 * p > ks[-1]:
+            return
+        # In place, ascending blocks of at most p rows: the rows read (i + p)
+        # are still windows of p when row i becomes a window of 2p.
+        last = n - 2 * p  # last row that holds a window of 2p
+        for a in range(0, last + 1, p):
+            r = min(p, last + 1 - a)
+            words[a:a + r] |= words[a + p:a + p + r]
+        p *= 2
+
+
 def working_set_curve(trace: Trace, windows: Sequence[int] | np.ndarray | None = None, *,
                       budget_bytes: int = WORKING_SET_BUDGET_BYTES,
                       progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -123,62 +182,23 @@ def working_set_curve(trace: Trace, windows: Sequence[int] | np.ndarray | None =
     """
     from tqdm import tqdm
 
+    ks = _checked_windows(trace, windows)
     n = trace.n_intervals
-    if n == 0:
-        raise TraceError(trace.path or "<trace>", "has no intervals, so no working-set curve")
-    ks = default_window_counts(n) if windows is None else np.unique(np.asarray(windows, dtype=np.int64))
-    if len(ks) == 0 or ks[0] < 1 or ks[-1] > n:
-        raise ConfigError(f"window lengths must be between 1 and {n} intervals, got {list(map(int, ks))}")
     sums = np.zeros(len(ks), dtype=np.int64)
-
     # Column chunk: n rows of chunk_bytes must fit the budget; whole uint64 words.
-    full = row_bytes(trace.n_pages)
-    chunk_bytes = max(8, min(full, budget_bytes // n // 8 * 8))
+    chunk_bytes = max(8, min(row_bytes(trace.n_pages), budget_bytes // n // 8 * 8))
     bounds, idx, base = _chunk_plan(trace, chunk_bytes)
     n_chunks = len(bounds) - 1
     buf = np.zeros((n, chunk_bytes), dtype=np.uint8)
-    words = buf.view(np.uint64)
     scratch = np.zeros(8 * chunk_bytes, dtype=bool)
     # OR temporaries for non-power-of-two k are built this many rows at a time.
     block_rows = max(1, min(n, (32 * 2**20) // chunk_bytes))
     tmp = np.empty((block_rows, chunk_bytes // 8), dtype=np.uint64)
-    pow2_of = {int(k): 1 << (int(k).bit_length() - 1) for k in ks}
-
     quiet = progress is False or (progress is None and (n_chunks < 4 or not sys.stderr.isatty()))
     for c in tqdm(range(n_chunks), desc="working set", unit="chunk", disable=quiet, leave=False):
-        p0 = int(bounds[c])
-        buf.fill(0)
-        for i in range(n):
-            s, e = int(idx[i, c]), int(idx[i, c + 1])
-            if e > s:
-                pages = base[i, c] + np.cumsum(trace.deltas[s:e], dtype=np.int64) - p0
-                set_bits(buf[i], pages, scratch)
-        p = 1  # rows 0..n-p of `words` now hold the windows of p intervals
-        while True:
-            for j, k in enumerate(ks):
-                if pow2_of[int(k)] != p:
-                    continue
-                n_win = n - int(k) + 1
-                if k == p:
-                    sums[j] += int(np.bitwise_count(words[:n_win]).sum(dtype=np.int64))
-                    continue
-                shift = int(k) - p
-                for a in range(0, n_win, block_rows):
-                    r = min(block_rows, n_win - a)
-                    np.bitwise_or(words[a:a + r], words[a + shift:a + shift + r], out=tmp[:r])
-                    sums[j] += int(np.bitwise_count(tmp[:r]).sum(dtype=np.int64))
-            if 2 * p > ks[-1]:
-                break
-            # In place, ascending blocks of at most p rows: the rows read (i + p)
-            # are still windows of p when row i becomes a window of 2p.
-            last = n - 2 * p  # last row that holds a window of 2p
-            for a in range(0, last + 1, p):
-                r = min(p, last + 1 - a)
-                words[a:a + r] |= words[a + p:a + p + r]
-            p *= 2
-
-    counts = n - ks + 1
-    return window_durations(trace, ks), sums / counts
+        _fill_chunk(buf, trace, idx, base, c, int(bounds[c]), scratch)
+        _count_windows(buf.view(np.uint64), ks, sums, tmp)
+    return window_durations(trace, ks), sums / (n - ks + 1)
 
 
 # ---------------------------------------------------------------------------
@@ -248,6 +268,146 @@ def _split_run(run: tuple[str, np.ndarray, np.ndarray], pieces: int) -> list[tup
             if len(ww)]
 
 
+#: A candidate class before refinement: (kind, pages, rate per page per second).
+_Start = tuple[str, float, float]
+#: A refined fit: (parameters ``[pages..., log rates...]``, kinds, weighted residual sum of squares).
+_Fit = tuple[np.ndarray, list[str], float]
+#: NNLS candidates refined per class count: every subset of this many leading ones.
+_LEAD_CANDIDATES = 7
+#: Size of the log-spaced rate dictionary NNLS chooses from.
+_DICTIONARY_RATES = 160
+
+
+@dataclass(frozen=True)
+class _Curve:
+    """A validated working-set curve, sorted by window, with the fit's weights and rate bounds."""
+
+    window_s: np.ndarray
+    pages: np.ndarray
+    n_pages: int
+
+    @property
+    def weight(self) -> np.ndarray:
+        """Relative weighting: short windows (which decide downtime) count as much as long ones."""
+        return 1.0 / np.maximum(self.pages, 1.0)
+
+    @property
+    def log_rate_bounds(self) -> tuple[float, float]:
+        """Rates from ``1e-3 / T_max`` (never bends) to ``20 / T_min`` (dirty in every window), as logs."""
+        return math.log(1e-3 / float(self.window_s[-1])), math.log(20.0 / float(self.window_s[0]))
+
+
+def _checked_curve(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequence[float], n_pages: int,
+                   max_classes: int, kinds: Sequence[str]) -> _Curve:
+    """Validate :func:`fit_classes`'s arguments and sort the curve by window length."""
+    t = np.asarray(window_s, dtype=np.float64)
+    d = np.asarray(pages, dtype=np.float64)
+    if t.ndim != 1 or t.shape != d.shape or len(t) == 0:
+        raise ConfigError("window_s and pages must be non-empty 1-D arrays of equal length")
+    if not (np.isfinite(t).all() and np.isfinite(d).all()) or (t <= 0).any() or (d < 0).any():
+        raise ConfigError("window_s must be positive and pages non-negative (finite)")
+    if n_pages <= 0 or max_classes < 1:
+        raise ConfigError(f"need n_pages > 0 and max_classes >= 1 (got {n_pages}, {max_classes})")
+    bad = [k for k in kinds if k not in ("poisson", "sweep")]
+    if bad or not kinds:
+        raise ConfigError(f"unknown class kind(s) {bad} (choose poisson, sweep)")
+    order = np.argsort(t)
+    return _Curve(t[order], d[order], n_pages)
+
+
+def _starts(k: int, cands: list[_Start], runs: list[tuple[str, np.ndarray, np.ndarray]], kinds: Sequence[str],
+            log_bounds: tuple[float, float], d_max: float) -> list[list[_Start]]:
+    """Starting points for a ``k``-class refinement, all of exactly ``k`` classes."""
+    inits: list[list[_Start]] = []
+    lead = cands[:_LEAD_CANDIDATES]
+    for combo in itertools.combinations(range(len(lead)), min(k, len(lead))):
+        inits.append([lead[i] for i in combo])
+    if runs and len(runs) < k:  # fewer runs than classes: split the heaviest run
+        inits.append(cands[1:] + _split_run(runs[0], k - len(runs) + 1))
+    # Log-spaced starts cover curves NNLS summarised with fewer atoms.
+    for kind in kinds:
+        rs = np.exp(np.linspace(log_bounds[0] + 2, log_bounds[1] - 1, k))
+        inits.append([(kind, d_max / k, float(r)) for r in rs])
+    return [i for i in inits if len(i) == k]
+
+
+def _best_fits(curve: _Curve, max_classes: int, kinds: Sequence[str]) -> dict[int, _Fit]:
+    """Per class count K, the refined fit of least residual whose K classes are all real and distinct."""
+    t, d, weight, log_bounds = curve.window_s, curve.pages, curve.weight, curve.log_rate_bounds
+    rates = np.exp(np.linspace(*log_bounds, _DICTIONARY_RATES))
+    runs = _nnls_runs(t, d, weight, list(kinds), rates)
+    cands = [_run_class(*run) for run in runs]
+    best: dict[int, _Fit] = {}
+    for k in range(1, max_classes + 1):
+        for init in _starts(k, cands, runs, kinds, log_bounds, float(d.max())):
+            x, ks, rss = _refine(init, t, d, weight, curve.n_pages, log_bounds)
+            if (k == 1 or _distinct(x, ks, k)) and (k not in best or rss < best[k][2]):
+                best[k] = (x, ks, rss)
+    return best
+
+
+def _criterion(best: dict[int, _Fit], n_windows: int) -> dict[int, float]:
+    """BIC per class count on the relative residuals, with the ``FIT_NOISE_FLOOR`` under the residual."""
+    m = n_windows
+    return {k: m * math.log(rss / m + FIT_NOISE_FLOOR**2) + 2 * k * math.log(max(m, 2))
+            for k, (_, _, rss) in best.items()}
+
+
+def _fit_to_classes(fit: _Fit) -> list[PageClass]:
+    """The classes of a refined fit, hottest first, without those under half a page."""
+    x, ks, _ = fit
+    kk = len(ks)
+    classes = [PageClass(float(x[j]), float(math.exp(x[kk + j])), ks[j]) for j in range(kk) if x[j] >= 0.5]
+    classes.sort(key=lambda c: -c.rate_per_page_per_s)
+    return classes
+
+
+def _saturated_notes(classes: Sequence[PageClass], log_rate_hi: float) -> list[str]:
+    """Notes for classes at the upper rate bound: dirty in every interval, so the rate is only a lower bound."""
+    return [f"a class of {c.pages:.0f} pages is dirty in every interval: its rate "
+            f"{c.rate_per_page_per_s:.3g}/s is only a lower bound"
+            for c in classes if math.log(c.rate_per_page_per_s) >= log_rate_hi - 1e-6]
+
+
+def _spread_linear_tail(classes: list[PageClass], n_pages: int, t_max: float) -> tuple[list[PageClass], list[str]]:
+    """A slowest class that never bends only fixes pages x rate: make it the cold remainder of the guest."""
+    if len(classes) <= 1:
+        return classes, []
+    slow = classes[-1]
+    others = sum(c.pages for c in classes[:-1])
+    largest = max(c.pages for c in classes)
+    free = n_pages - others
+    # A sweep stays linear until it wraps (rate x T = 1), a poisson class bends at once.
+    linear_x = 1.0 if slow.kind == "sweep" else LINEAR_REGIME_X
+    if not (slow.rate_per_page_per_s * t_max < linear_x and slow.pages < largest and free > slow.pages):
+        return classes, []
+    spread = PageClass(free, slow.pages * slow.rate_per_page_per_s / free, slow.kind)
+    note = (f"the slowest class stays linear over the trace ({slow.pages:.0f} pages at "
+            f"{slow.rate_per_page_per_s:.3g}/s); only its write rate is determined, so it is "
+            f"spread over the {free:.0f} pages no other class holds")
+    return [*classes[:-1], spread], [note]
+
+
+def _sweep_hint(classes: Sequence[PageClass], curve: _Curve, kinds: Sequence[str]) -> list[str]:
+    """A poisson-only fit more than 5 % off: suggest allowing sweep classes."""
+    if "sweep" in kinds or not classes:
+        return []
+    t, d = curve.window_s, curve.pages
+    fitted = sum((c.dirtied(t) for c in classes), np.zeros_like(t))
+    if float(np.max(np.abs(fitted - d) / np.maximum(d, 1.0))) <= 0.05:
+        return []
+    return ["the fit is off by more than 5 %: if the workload sweeps memory (each page once "
+            "per cycle), allow sweep classes (kinds=('poisson', 'sweep'); drop --poisson-only)"]
+
+
+def _trim_to_guest(classes: list[PageClass], n_pages: int) -> list[PageClass]:
+    """Scale the classes down proportionally if the overshoot penalty left a sliver over the guest."""
+    total = sum(c.pages for c in classes)
+    if total <= n_pages:
+        return classes
+    return [PageClass(c.pages * n_pages / total, c.rate_per_page_per_s, c.kind) for c in classes]
+
+
 def fit_classes(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequence[float], n_pages: int,
                 max_classes: int = 3, *, kinds: Sequence[str] = DEFAULT_KINDS,
                 ) -> tuple[tuple[PageClass, ...], dict[str, Any]]:
@@ -279,86 +439,23 @@ def fit_classes(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequ
     ``window_s``, ``observed``, ``fitted``, ``residual``), ``n_classes``,
     ``criterion`` (BIC per K tried) and ``notes``.
     """
-    t = np.asarray(window_s, dtype=np.float64)
-    d = np.asarray(pages, dtype=np.float64)
-    if t.ndim != 1 or t.shape != d.shape or len(t) == 0:
-        raise ConfigError("window_s and pages must be non-empty 1-D arrays of equal length")
-    if not (np.isfinite(t).all() and np.isfinite(d).all()) or (t <= 0).any() or (d < 0).any():
-        raise ConfigError("window_s must be positive and pages non-negative (finite)")
-    if n_pages <= 0 or max_classes < 1:
-        raise ConfigError(f"need n_pages > 0 and max_classes >= 1 (got {n_pages}, {max_classes})")
-    bad = [k for k in kinds if k not in ("poisson", "sweep")]
-    if bad or not kinds:
-        raise ConfigError(f"unknown class kind(s) {bad} (choose poisson, sweep)")
-    order = np.argsort(t)
-    t, d = t[order], d[order]
-    m = len(t)
-    notes: list[str] = []
+    curve = _checked_curve(window_s, pages, n_pages, max_classes, kinds)
+    t, d = curve.window_s, curve.pages
     if d.max() <= 0:
-        rep = _report((), t, d, {}, ["the trace dirties no pages"])
-        return (), rep
-
-    if m < 4:
-        notes.append(f"only {m} window length(s): a class's pages and rate are barely determined; "
+        return (), _report((), t, d, {}, ["the trace dirties no pages"])
+    notes: list[str] = []
+    if len(t) < 4:
+        notes.append(f"only {len(t)} window length(s): a class's pages and rate are barely determined; "
                      "use a trace of more intervals")
-    weight = 1.0 / np.maximum(d, 1.0)
-    t_min, t_max = float(t[0]), float(t[-1])
-    log_bounds = (math.log(1e-3 / t_max), math.log(20.0 / t_min))
-    rates = np.exp(np.linspace(*log_bounds, 160))
-    runs = _nnls_runs(t, d, weight, list(kinds), rates)
-    cands = [_run_class(*run) for run in runs]
-
-    best: dict[int, tuple[np.ndarray, list[str], float]] = {}
-    for k in range(1, max_classes + 1):
-        inits: list[list[tuple[str, float, float]]] = []
-        lead = cands[:7]
-        for combo in itertools.combinations(range(len(lead)), min(k, len(lead))):
-            inits.append([lead[i] for i in combo])
-        if runs and len(runs) < k:  # fewer runs than classes: split the heaviest run
-            inits.append(cands[1:] + _split_run(runs[0], k - len(runs) + 1))
-        # Log-spaced starts cover curves NNLS summarised with fewer atoms.
-        for kind in kinds:
-            rs = np.exp(np.linspace(log_bounds[0] + 2, log_bounds[1] - 1, k))
-            inits.append([(kind, float(d.max()) / k, float(r)) for r in rs])
-        inits = [i for i in inits if len(i) == k]
-        for init in inits:
-            x, ks, rss = _refine(init, t, d, weight, n_pages, log_bounds)
-            # Only fits whose classes are all real and distinct stand for K classes.
-            if (k == 1 or _distinct(x, ks, k)) and (k not in best or rss < best[k][2]):
-                best[k] = (x, ks, rss)
-
-    criterion = {k: m * math.log(rss / m + FIT_NOISE_FLOOR**2) + 2 * k * math.log(max(m, 2))
-                 for k, (_, _, rss) in best.items()}
+    best = _best_fits(curve, max_classes, kinds)
+    criterion = _criterion(best, len(t))
     k_best = min(criterion, key=lambda k: (criterion[k], k))
-    x, ks, _ = best[k_best]
-    kk = len(ks)
-    classes = [PageClass(float(x[j]), float(math.exp(x[kk + j])), ks[j]) for j in range(kk) if x[j] >= 0.5]
-    classes.sort(key=lambda c: -c.rate_per_page_per_s)
-    for c in classes:
-        if math.log(c.rate_per_page_per_s) >= log_bounds[1] - 1e-6:
-            notes.append(f"a class of {c.pages:.0f} pages is dirty in every interval: its rate "
-                         f"{c.rate_per_page_per_s:.3g}/s is only a lower bound")
-    # A never-bending class only fixes pages x rate: make it the cold remainder.
-    if len(classes) > 1:
-        slow = classes[-1]
-        others = sum(c.pages for c in classes[:-1])
-        largest = max(c.pages for c in classes)
-        free = n_pages - others
-        # A sweep stays linear until it wraps (rate x T = 1), a poisson class bends at once.
-        linear_x = 1.0 if slow.kind == "sweep" else LINEAR_REGIME_X
-        if slow.rate_per_page_per_s * t_max < linear_x and slow.pages < largest and free > slow.pages:
-            classes[-1] = PageClass(free, slow.pages * slow.rate_per_page_per_s / free, slow.kind)
-            notes.append(f"the slowest class stays linear over the trace ({slow.pages:.0f} pages at "
-                         f"{slow.rate_per_page_per_s:.3g}/s); only its write rate is determined, so it is "
-                         f"spread over the {free:.0f} pages no other class holds")
-    if "sweep" not in kinds and classes:
-        fitted = sum((c.dirtied(t) for c in classes), np.zeros_like(t))
-        if float(np.max(np.abs(fitted - d) / np.maximum(d, 1.0))) > 0.05:
-            notes.append("the fit is off by more than 5 %: if the workload sweeps memory (each page once "
-                         "per cycle), allow sweep classes (kinds=('poisson', 'sweep'); drop --poisson-only)")
-    total = sum(c.pages for c in classes)
-    if total > n_pages:  # penalty left a sliver over: trim proportionally
-        classes = [PageClass(c.pages * n_pages / total, c.rate_per_page_per_s, c.kind) for c in classes]
+    classes = _fit_to_classes(best[k_best])
+    notes += _saturated_notes(classes, curve.log_rate_bounds[1])
+    classes, spread = _spread_linear_tail(classes, n_pages, float(t[-1]))
+    notes += spread
+    notes += _sweep_hint(classes, curve, kinds)
+    classes = _trim_to_guest(classes, n_pages)
     return tuple(classes), _report(tuple(classes), t, d, criterion, notes)
 
 

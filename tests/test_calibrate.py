@@ -13,6 +13,13 @@ from hypothesis import strategies as st
 from harness.cli import main
 from sim.bitmap import interval_bitmaps, popcount
 from sim.calibrate import (
+    _checked_curve,
+    _criterion,
+    _fit_to_classes,
+    _saturated_notes,
+    _spread_linear_tail,
+    _sweep_hint,
+    _trim_to_guest,
     calibrate,
     default_window_counts,
     fit_classes,
@@ -190,6 +197,72 @@ def test_fit_rejects_bad_input():
         fit_classes([1.0], [1.0], 100, kinds=("zipf",))
     classes, report = fit_classes([1.0, 2.0], [0.0, 0.0], 100)
     assert classes == () and report["n_classes"] == 0
+
+
+# -- the fit's phases, one at a time ---------------------------------------------
+def test_checked_curve_sorts_by_window_and_bounds_the_rates():
+    curve = _checked_curve([4.0, 1.0, 2.0], [40.0, 10.0, 20.0], 1000, 2, ("poisson",))
+    assert curve.window_s.tolist() == [1.0, 2.0, 4.0] and curve.pages.tolist() == [10.0, 20.0, 40.0]
+    assert curve.weight.tolist() == [0.1, 0.05, 0.025]
+    lo, hi = curve.log_rate_bounds
+    assert lo == pytest.approx(math.log(1e-3 / 4.0)) and hi == pytest.approx(math.log(20.0))
+    with pytest.raises(ConfigError, match="max_classes"):
+        _checked_curve([1.0], [1.0], 100, 0, ("poisson",))
+    with pytest.raises(ConfigError, match="kind"):
+        _checked_curve([1.0], [1.0], 100, 1, ())
+
+
+def test_criterion_adds_no_class_below_the_noise_floor():
+    # Both fits are far below the 0.1 % noise floor: the extra class's parameters decide.
+    best = {1: (np.zeros(2), ["poisson"], 1e-12), 2: (np.zeros(4), ["poisson"] * 2, 1e-14)}
+    crit = _criterion(best, 20)
+    assert crit[1] < crit[2]
+    # A real improvement wins it.
+    crit = _criterion({1: best[1][:2] + (1.0,), 2: best[2][:2] + (1e-6,)}, 20)
+    assert crit[2] < crit[1]
+
+
+def test_fit_to_classes_drops_slivers_and_sorts_hottest_first():
+    x = np.array([100.0, 0.2, 50.0, math.log(0.5), math.log(90.0), math.log(8.0)])
+    classes = _fit_to_classes((x, ["poisson", "poisson", "sweep"], 0.0))
+    assert classes == [PageClass(50.0, pytest.approx(8.0), "sweep"), PageClass(100.0, pytest.approx(0.5))]
+
+
+def test_saturated_classes_get_a_note():
+    hi = math.log(20.0)
+    notes = _saturated_notes([PageClass(10.0, 20.0), PageClass(500.0, 0.1)], hi)
+    assert len(notes) == 1 and "10 pages" in notes[0] and "lower bound" in notes[0]
+
+
+def test_linear_tail_is_spread_over_the_free_pages():
+    hot, slow = PageClass(1000.0, 5.0), PageClass(100.0, 1e-4)
+    classes, notes = _spread_linear_tail([hot, slow], 10_000, 60.0)
+    assert classes[0] == hot and classes[1].pages == 9000.0
+    assert classes[1].pages * classes[1].rate_per_page_per_s == pytest.approx(100.0 * 1e-4)  # write rate kept
+    assert len(notes) == 1
+    # One that bends within the trace stays as fitted; so does a lone class.
+    assert _spread_linear_tail([hot, PageClass(100.0, 1.0)], 10_000, 60.0) == ([hot, PageClass(100.0, 1.0)], [])
+    assert _spread_linear_tail([slow], 10_000, 60.0) == ([slow], [])
+    # A sweep is linear until it wraps: rate x T_max = 0.6 < 1.
+    sweep = PageClass(100.0, 0.01, "sweep")
+    assert _spread_linear_tail([hot, sweep], 10_000, 60.0)[0][1].pages == 9000.0
+
+
+def test_sweep_hint_only_for_a_poor_poisson_only_fit():
+    t = np.geomspace(0.1, 100.0, 12)
+    sweep = DirtyModel(10_000, 4096, (PageClass(5000.0, 0.05, "sweep"),))
+    curve = _checked_curve(t, sweep.working_set(t), 10_000, 1, ("poisson",))
+    assert _sweep_hint([PageClass(5000.0, 0.05)], curve, ("poisson",))  # exponential vs a ramp: > 5 % off
+    assert not _sweep_hint([PageClass(5000.0, 0.05, "sweep")], curve, ("poisson",))  # exact
+    assert not _sweep_hint([PageClass(5000.0, 0.05)], curve, ("poisson", "sweep"))
+
+
+def test_trim_to_guest_scales_only_an_overshoot():
+    fits = [PageClass(60.0, 1.0), PageClass(40.0, 0.1)]
+    assert _trim_to_guest(fits, 100) == fits
+    trimmed = _trim_to_guest([PageClass(60.0, 1.0), PageClass(60.0, 0.1)], 100)
+    assert sum(c.pages for c in trimmed) == pytest.approx(100.0)
+    assert [c.rate_per_page_per_s for c in trimmed] == [1.0, 0.1]
 
 
 # -- calibrate and rescale ------------------------------------------------------
