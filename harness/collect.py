@@ -50,11 +50,10 @@ from harness.qmp import QMPError
 from harness.vm import VM, VMConfig
 from sim import trace as trace_fmt
 from sim.errors import ConfigError
-from sim.units import parse_duration, parse_size
+from sim.units import PAGE_SIZE_BYTES, parse_duration, parse_size
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE_BYTES = 4096
 CHECKPOINT_S = 10.0
 METHOD = "content-diff"
 BLIND_SPOT = "a write that leaves content unchanged is not seen"
