@@ -12,6 +12,10 @@ Two cooperating SimPy processes share the pending set:
   transfer time, queued behind ``postcopy_queue_bytes`` of push data already in
   the socket (QEMU without postcopy-preempt).
 
+They hand each other the step's faults through a :class:`PostcopyState`, and
+see the migration through :class:`sim.migration.MigrationState`, so this
+module never imports the engine.
+
 Reads: traces record writes only. The guest is assumed to touch
 ``1 + read_write_ratio`` times as many pages as it writes, drawn from the same
 distribution, i.e. it walks through the trace (or model) that much faster.
