@@ -418,6 +418,19 @@ def test_postcopy_imports_without_the_engine():
     assert out.stdout.strip() == "False"
 
 
+def test_sampled_mode_needs_no_calibration_code():
+    """The sampler lives beside the dirty sources: simulating a sampled model loads neither scipy nor the fit."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from sim import Scenario, Strategy, Workload, simulate; "
+            "simulate(Scenario(workload=Workload(spec='hotcold:hot=8MiB,rate=2000', memory_bytes=64 * 2**20, "
+            "mode='sampled'), strategy=Strategy(kind='postcopy'))); "
+            "print('scipy' in sys.modules, 'sim.calibrate' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
 def test_postcopy_state_hands_faults_over_once():
     from sim.postcopy import PostcopyState
 
