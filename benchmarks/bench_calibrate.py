@@ -7,7 +7,7 @@ Not part of ``make test``. Run ``.venv/bin/python benchmarks/bench_calibrate.py 
 2. A 256 GiB-guest trace (64 Mi pages, 5 % dirty per interval, a few intervals):
    save, ``load`` and building every interval's bitmap (``Trace.bitmap`` and
    ``interval_bitmaps``), then the streamed ``working_set_curve``.
-3. ``fit_classes`` on the 16 GiB curve, and ``sample_dirty`` on a 1 TiB guest.
+3. ``fit_classes`` on the 16 GiB curve, and ``sample_dirty_pages`` on a 1 TiB guest.
 
 Peak memory is measured with ``tracemalloc`` (numpy reports its buffers to it),
 in a separate repetition from the timing so tracing does not skew the seconds.
@@ -30,14 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sim.calibrate import (  # noqa: E402
-    fit_classes,
-    interval_bitmaps,
-    sample_dirty,
-    sample_dirty_pages,
-    working_set_curve,
-)
+from sim.bitmap import interval_bitmaps  # noqa: E402
+from sim.calibrate import fit_classes, working_set_curve  # noqa: E402
 from sim.model import DirtyModel, PageClass  # noqa: E402
+from sim.sampling import sample_dirty_pages  # noqa: E402
 from sim.trace import Trace, load, make_trace, save  # noqa: E402
 
 MiB = 2**20
@@ -122,8 +118,9 @@ def main() -> int:
     tib = DirtyModel(2**28 // scale, 4096, (PageClass(12288, 20.0), PageClass(2**28 // scale - 12288, 0.01)))
     rng = np.random.default_rng(1)
     for w in (0.1, 1.0, 30.0):
-        bm = measure(f"sample_dirty, {tib.memory_bytes / 2**40:g} TiB guest, window {w:g} s", lambda w=w: sample_dirty(tib, w, rng))
-        print(f"  {int(np.bitwise_count(bm).sum())} pages (expected {float(tib.working_set(w)):.0f})")
+        got = measure(f"sample_dirty_pages, {tib.memory_bytes / 2**40:g} TiB guest, window {w:g} s",
+                      lambda w=w: sample_dirty_pages(tib, w, rng))
+        print(f"  {len(got)} pages (expected {float(tib.working_set(w)):.0f})")
 
     print(f"max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     return 0

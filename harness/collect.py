@@ -49,10 +49,10 @@ from harness.vm import VM, VMConfig
 from sim import trace as trace_fmt
 from sim.errors import ConfigError
 from sim.interrupt import sigterm_as_interrupt
+from sim.units import PAGE_SIZE_BYTES
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE_BYTES = 4096
 CHECKPOINT_S = 10.0
 METHOD = "content-diff"
 BLIND_SPOT = "a write that leaves content unchanged is not seen"

@@ -65,10 +65,11 @@ from harness.guest import GuestWorkload, cache_root, parse_workload
 from harness.vm import VM, VMConfig
 from sim import trace as trace_fmt
 from sim.errors import ConfigError, MiglabError
+from sim.units import PAGE_SIZE_BYTES
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE_BYTES = 4096
+
 METHOD = "dirty-log"
 BLIND_SPOT = "none for guest writes: QEMU's dirty log sees every write; DMA by devices is not tracked here"
 SINK_SOURCE = Path(__file__).with_name("workload") / "miglab-streamsink.c"

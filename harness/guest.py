@@ -79,14 +79,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sim.errors import ConfigError, MiglabError
-from sim.units import parse_size
+from sim.units import PAGE_SIZE_BYTES, parse_size
 from sim.workload import GUEST_ONLY_PATTERNS, parse_fill, parse_size_or_share, parse_spec, split_spec
 
 log = logging.getLogger(__name__)
 
 # Bump when the build recipe changes in a way the input hash cannot see.
 BUILD_VERSION = 3
-PAGE_SIZE_BYTES = 4096
 KERNEL_META_PACKAGE = "linux-image-amd64"
 REDIS_PACKAGES: tuple[str, ...] = ("redis-tools", "libjemalloc2", "liblzf1")
 REDIS_BINARIES: dict[str, str] = {  # name in the guest -> file in redis-tools

@@ -75,7 +75,11 @@ from harness.record import (
 from harness.vm import VM, Console, VMConfig, find_qemu
 from sim.errors import ConfigError, MiglabError
 from sim.scenario import Scenario, Strategy
-from sim.units import format_bytes, format_duration
+from sim.units import (
+    PAGE_SIZE_BYTES,
+    format_bytes,
+    format_duration,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,6 @@ FINAL_STATUSES = ("completed", "failed", "cancelled")
 DEST_DEATH_GRACE_S = 5.0
 CANCEL_WAIT_S = 10.0
 DEST_START_TIMEOUT_S = 15.0
-PAGE_SIZE_BYTES = 4096
 _PROGRESS_LINE = re.compile(r"^miglab-(load|redis|idle) t=([0-9.]+)(?:.*?\brate=([0-9.]+))?")
 
 

@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sim.errors import ConfigError
+from sim.units import PAGE_SIZE_BYTES
 
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 MiB = 1 << 20
-PAGE_SIZE_BYTES = 4096
+
 #: struct page is 64 bytes per 4 KiB page on x86-64 (1.5625 %, "about 1.6 %").
 STRUCT_PAGE_SHARE = 64 / PAGE_SIZE_BYTES
 #: The kernel, its early allocations and the unpacked initramfs (redis included), measured idle at 512 MiB.

@@ -1,4 +1,4 @@
-"""Calibrate a :class:`~sim.model.DirtyModel` from a trace, and sample page-exact sets from it.
+"""Calibrate a :class:`~sim.model.DirtyModel` from a trace.
 
 Three steps, each usable on its own:
 
@@ -19,9 +19,8 @@ Three steps, each usable on its own:
 3. :func:`calibrate` runs both on a trace and returns the model with its fit
    report and provenance.
 
-:func:`sample_dirty` / :func:`sample_dirty_pages` draw the page-exact set of
-pages a model dirties in one window ("sampled page-exact mode"); the expected
-value of its size is ``model.working_set(window_s)``.
+Drawing page-exact sets from a fitted model is :mod:`sim.sampling`'s job; the
+packed-bitmap primitives are in :mod:`sim.bitmap`.
 """
 
 from __future__ import annotations
@@ -31,11 +30,13 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares, nnls
 
+from .bitmap import row_bytes, set_bits
 from .errors import ConfigError, TraceError
 from .model import DirtyModel, PageClass
 from .trace import Trace
@@ -55,58 +56,6 @@ LINEAR_REGIME_X = 0.02
 #: seq workloads) is not a mixture of exponentials: poisson classes alone miss it by ~30 %.
 #: The criterion only picks a sweep class where it fits better.
 DEFAULT_KINDS: tuple[str, ...] = ("poisson", "sweep")
-#: Sampling draws at most this many random numbers per batch (bounds memory).
-SAMPLE_BATCH = 1 << 23
-
-
-# ---------------------------------------------------------------------------
-# Packed bitmaps
-# ---------------------------------------------------------------------------
-def _row_bytes(n_bits: int) -> int:
-    """Bytes of a packed bitmap of ``n_bits`` bits, padded to whole uint64 words."""
-    return (n_bits + 63) // 64 * 8
-
-
-def popcount(bitmap: np.ndarray) -> int:
-    """Number of set bits in a packed bitmap (any unsigned dtype, any shape)."""
-    b = np.ascontiguousarray(bitmap)
-    if b.dtype == np.uint8 and b.size % 8 == 0:
-        b = b.view(np.uint64)
-    return int(np.bitwise_count(b).sum(dtype=np.int64))
-
-
-def set_bits(bitmap: np.ndarray, pages: np.ndarray, scratch: np.ndarray | None = None) -> None:
-    """OR the bits of ``pages`` (page numbers relative to bit 0) into packed ``bitmap`` in place.
-
-    ``bitmap`` is uint8 with little bit order. Scattering into a boolean array
-    and packing it measured faster than ``np.bitwise_or.at`` or a ``reduceat``
-    over bytes, even at 5 % density. ``scratch`` (an all-False bool array of
-    ``8 * len(bitmap)``) avoids a fresh allocation; it is left all-False.
-    """
-    if len(pages) == 0:
-        return
-    n_bits = 8 * len(bitmap)
-    mask = np.zeros(n_bits, dtype=bool) if scratch is None else scratch
-    mask[pages] = True
-    bitmap |= np.packbits(mask, bitorder="little")
-    if scratch is not None:
-        mask[pages] = False
-
-
-def interval_bitmaps(trace: Trace, intervals: Sequence[int] | None = None) -> np.ndarray:
-    """Packed bitmaps of ``intervals`` (default all) as an ``(n, row_bytes)`` uint8 array.
-
-    Rows are padded to whole uint64 words (``row_bytes = ceil(n_pages / 64) * 8``);
-    padding bits are zero. Memory is ``n * n_pages / 8`` bytes: callers with
-    huge traces should go through :func:`working_set_curve`, which streams.
-    """
-    idx = range(trace.n_intervals) if intervals is None else list(intervals)
-    rb = _row_bytes(trace.n_pages)
-    out = np.zeros((len(idx), rb), dtype=np.uint8)
-    scratch = np.zeros(8 * rb, dtype=bool)
-    for r, i in enumerate(idx):
-        set_bits(out[r], trace.pages(i), scratch)
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -157,6 +106,64 @@ def _chunk_plan(trace: Trace, chunk_bytes: int) -> tuple[np.ndarray, np.ndarray,
     return bounds, idx, base
 
 
+def _checked_windows(trace: Trace, windows: Sequence[int] | np.ndarray | None) -> np.ndarray:
+    """The sorted, distinct window lengths (intervals) to measure; default :func:`default_window_counts`."""
+    n = trace.n_intervals
+    if n == 0:
+        raise TraceError(trace.path or "<trace>", "has no intervals, so no working-set curve")
+    ks = default_window_counts(n) if windows is None else np.unique(np.asarray(windows, dtype=np.int64))
+    if len(ks) == 0 or ks[0] < 1 or ks[-1] > n:
+        raise ConfigError(f"window lengths must be between 1 and {n} intervals, got {list(map(int, ks))}")
+    return ks
+
+
+def _fill_chunk(buf: np.ndarray, trace: Trace, idx: np.ndarray, base: np.ndarray, c: int, p0: int,
+                scratch: np.ndarray) -> None:
+    """Row ``i`` of ``buf`` becomes interval ``i``'s bitmap of column chunk ``c`` (pages from ``p0``)."""
+    buf.fill(0)
+    for i in range(trace.n_intervals):
+        s, e = int(idx[i, c]), int(idx[i, c + 1])
+        if e > s:
+            pages = base[i, c] + np.cumsum(trace.deltas[s:e], dtype=np.int64) - p0
+            set_bits(buf[i], pages, scratch)
+
+
+def _count_windows(words: np.ndarray, ks: np.ndarray, sums: np.ndarray, tmp: np.ndarray) -> None:
+    """Add to ``sums[j]`` the distinct pages of every window of ``ks[j]`` rows of ``words``, summed over windows.
+
+    ``words`` (one interval's bitmap chunk per row, uint64) is overwritten: by the doubling
+    scheme, after step ``p`` row ``i`` holds the window of ``p`` intervals starting at ``i``.
+    Any other ``k`` is the OR of two overlapping windows of the power of two below it, built in
+    ``tmp`` a block of rows at a time.
+    """
+    n = len(words)
+    block_rows = len(tmp)
+    pow2_of = {int(k): 1 << (int(k).bit_length() - 1) for k in ks}
+    p = 1  # rows 0..n-p of `words` now hold the windows of p intervals
+    while True:
+        for j, k in enumerate(ks):
+            if pow2_of[int(k)] != p:
+                continue
+            n_win = n - int(k) + 1
+            if k == p:
+                sums[j] += int(np.bitwise_count(words[:n_win]).sum(dtype=np.int64))
+                continue
+            shift = int(k) - p
+            for a in range(0, n_win, block_rows):
+                r = min(block_rows, n_win - a)
+                np.bitwise_or(words[a:a + r], words[a + shift:a + shift + r], out=tmp[:r])
+                sums[j] += int(np.bitwise_count(tmp[:r]).sum(dtype=np.int64))
+        if 2 * p > ks[-1]:
+            return
+        # In place, ascending blocks of at most p rows: the rows read (i + p)
+        # are still windows of p when row i becomes a window of 2p.
+        last = n - 2 * p  # last row that holds a window of 2p
+        for a in range(0, last + 1, p):
+            r = min(p, last + 1 - a)
+            words[a:a + r] |= words[a + p:a + p + r]
+        p *= 2
+
+
 def working_set_curve(trace: Trace, windows: Sequence[int] | np.ndarray | None = None, *,
                       budget_bytes: int = WORKING_SET_BUDGET_BYTES,
                       progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -173,62 +180,23 @@ def working_set_curve(trace: Trace, windows: Sequence[int] | np.ndarray | None =
     """
     from tqdm import tqdm
 
+    ks = _checked_windows(trace, windows)
     n = trace.n_intervals
-    if n == 0:
-        raise TraceError(trace.path or "<trace>", "has no intervals, so no working-set curve")
-    ks = default_window_counts(n) if windows is None else np.unique(np.asarray(windows, dtype=np.int64))
-    if len(ks) == 0 or ks[0] < 1 or ks[-1] > n:
-        raise ConfigError(f"window lengths must be between 1 and {n} intervals, got {list(map(int, ks))}")
     sums = np.zeros(len(ks), dtype=np.int64)
-
     # Column chunk: n rows of chunk_bytes must fit the budget; whole uint64 words.
-    full = _row_bytes(trace.n_pages)
-    chunk_bytes = max(8, min(full, budget_bytes // n // 8 * 8))
+    chunk_bytes = max(8, min(row_bytes(trace.n_pages), budget_bytes // n // 8 * 8))
     bounds, idx, base = _chunk_plan(trace, chunk_bytes)
     n_chunks = len(bounds) - 1
     buf = np.zeros((n, chunk_bytes), dtype=np.uint8)
-    words = buf.view(np.uint64)
     scratch = np.zeros(8 * chunk_bytes, dtype=bool)
     # OR temporaries for non-power-of-two k are built this many rows at a time.
     block_rows = max(1, min(n, (32 * 2**20) // chunk_bytes))
     tmp = np.empty((block_rows, chunk_bytes // 8), dtype=np.uint64)
-    pow2_of = {int(k): 1 << (int(k).bit_length() - 1) for k in ks}
-
     quiet = progress is False or (progress is None and (n_chunks < 4 or not sys.stderr.isatty()))
     for c in tqdm(range(n_chunks), desc="working set", unit="chunk", disable=quiet, leave=False):
-        p0 = int(bounds[c])
-        buf.fill(0)
-        for i in range(n):
-            s, e = int(idx[i, c]), int(idx[i, c + 1])
-            if e > s:
-                pages = base[i, c] + np.cumsum(trace.deltas[s:e], dtype=np.int64) - p0
-                set_bits(buf[i], pages, scratch)
-        p = 1  # rows 0..n-p of `words` now hold the windows of p intervals
-        while True:
-            for j, k in enumerate(ks):
-                if pow2_of[int(k)] != p:
-                    continue
-                n_win = n - int(k) + 1
-                if k == p:
-                    sums[j] += int(np.bitwise_count(words[:n_win]).sum(dtype=np.int64))
-                    continue
-                shift = int(k) - p
-                for a in range(0, n_win, block_rows):
-                    r = min(block_rows, n_win - a)
-                    np.bitwise_or(words[a:a + r], words[a + shift:a + shift + r], out=tmp[:r])
-                    sums[j] += int(np.bitwise_count(tmp[:r]).sum(dtype=np.int64))
-            if 2 * p > ks[-1]:
-                break
-            # In place, ascending blocks of at most p rows: the rows read (i + p)
-            # are still windows of p when row i becomes a window of 2p.
-            last = n - 2 * p  # last row that holds a window of 2p
-            for a in range(0, last + 1, p):
-                r = min(p, last + 1 - a)
-                words[a:a + r] |= words[a + p:a + p + r]
-            p *= 2
-
-    counts = n - ks + 1
-    return window_durations(trace, ks), sums / counts
+        _fill_chunk(buf, trace, idx, base, c, int(bounds[c]), scratch)
+        _count_windows(buf.view(np.uint64), ks, sums, tmp)
+    return window_durations(trace, ks), sums / (n - ks + 1)
 
 
 # ---------------------------------------------------------------------------
@@ -298,6 +266,146 @@ def _split_run(run: tuple[str, np.ndarray, np.ndarray], pieces: int) -> list[tup
             if len(ww)]
 
 
+#: A candidate class before refinement: (kind, pages, rate per page per second).
+_Start = tuple[str, float, float]
+#: A refined fit: (parameters ``[pages..., log rates...]``, kinds, weighted residual sum of squares).
+_Fit = tuple[np.ndarray, list[str], float]
+#: NNLS candidates refined per class count: every subset of this many leading ones.
+_LEAD_CANDIDATES = 7
+#: Size of the log-spaced rate dictionary NNLS chooses from.
+_DICTIONARY_RATES = 160
+
+
+@dataclass(frozen=True)
+class _Curve:
+    """A validated working-set curve, sorted by window, with the fit's weights and rate bounds."""
+
+    window_s: np.ndarray
+    pages: np.ndarray
+    n_pages: int
+
+    @property
+    def weight(self) -> np.ndarray:
+        """Relative weighting: short windows (which decide downtime) count as much as long ones."""
+        return 1.0 / np.maximum(self.pages, 1.0)
+
+    @property
+    def log_rate_bounds(self) -> tuple[float, float]:
+        """Rates from ``1e-3 / T_max`` (never bends) to ``20 / T_min`` (dirty in every window), as logs."""
+        return math.log(1e-3 / float(self.window_s[-1])), math.log(20.0 / float(self.window_s[0]))
+
+
+def _checked_curve(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequence[float], n_pages: int,
+                   max_classes: int, kinds: Sequence[str]) -> _Curve:
+    """Validate :func:`fit_classes`'s arguments and sort the curve by window length."""
+    t = np.asarray(window_s, dtype=np.float64)
+    d = np.asarray(pages, dtype=np.float64)
+    if t.ndim != 1 or t.shape != d.shape or len(t) == 0:
+        raise ConfigError("window_s and pages must be non-empty 1-D arrays of equal length")
+    if not (np.isfinite(t).all() and np.isfinite(d).all()) or (t <= 0).any() or (d < 0).any():
+        raise ConfigError("window_s must be positive and pages non-negative (finite)")
+    if n_pages <= 0 or max_classes < 1:
+        raise ConfigError(f"need n_pages > 0 and max_classes >= 1 (got {n_pages}, {max_classes})")
+    bad = [k for k in kinds if k not in ("poisson", "sweep")]
+    if bad or not kinds:
+        raise ConfigError(f"unknown class kind(s) {bad} (choose poisson, sweep)")
+    order = np.argsort(t)
+    return _Curve(t[order], d[order], n_pages)
+
+
+def _starts(k: int, cands: list[_Start], runs: list[tuple[str, np.ndarray, np.ndarray]], kinds: Sequence[str],
+            log_bounds: tuple[float, float], d_max: float) -> list[list[_Start]]:
+    """Starting points for a ``k``-class refinement, all of exactly ``k`` classes."""
+    inits: list[list[_Start]] = []
+    lead = cands[:_LEAD_CANDIDATES]
+    for combo in itertools.combinations(range(len(lead)), min(k, len(lead))):
+        inits.append([lead[i] for i in combo])
+    if runs and len(runs) < k:  # fewer runs than classes: split the heaviest run
+        inits.append(cands[1:] + _split_run(runs[0], k - len(runs) + 1))
+    # Log-spaced starts cover curves NNLS summarised with fewer atoms.
+    for kind in kinds:
+        rs = np.exp(np.linspace(log_bounds[0] + 2, log_bounds[1] - 1, k))
+        inits.append([(kind, d_max / k, float(r)) for r in rs])
+    return [i for i in inits if len(i) == k]
+
+
+def _best_fits(curve: _Curve, max_classes: int, kinds: Sequence[str]) -> dict[int, _Fit]:
+    """Per class count K, the refined fit of least residual whose K classes are all real and distinct."""
+    t, d, weight, log_bounds = curve.window_s, curve.pages, curve.weight, curve.log_rate_bounds
+    rates = np.exp(np.linspace(*log_bounds, _DICTIONARY_RATES))
+    runs = _nnls_runs(t, d, weight, list(kinds), rates)
+    cands = [_run_class(*run) for run in runs]
+    best: dict[int, _Fit] = {}
+    for k in range(1, max_classes + 1):
+        for init in _starts(k, cands, runs, kinds, log_bounds, float(d.max())):
+            x, ks, rss = _refine(init, t, d, weight, curve.n_pages, log_bounds)
+            if (k == 1 or _distinct(x, ks, k)) and (k not in best or rss < best[k][2]):
+                best[k] = (x, ks, rss)
+    return best
+
+
+def _criterion(best: dict[int, _Fit], n_windows: int) -> dict[int, float]:
+    """BIC per class count on the relative residuals, with the ``FIT_NOISE_FLOOR`` under the residual."""
+    m = n_windows
+    return {k: m * math.log(rss / m + FIT_NOISE_FLOOR**2) + 2 * k * math.log(max(m, 2))
+            for k, (_, _, rss) in best.items()}
+
+
+def _fit_to_classes(fit: _Fit) -> list[PageClass]:
+    """The classes of a refined fit, hottest first, without those under half a page."""
+    x, ks, _ = fit
+    kk = len(ks)
+    classes = [PageClass(float(x[j]), float(math.exp(x[kk + j])), ks[j]) for j in range(kk) if x[j] >= 0.5]
+    classes.sort(key=lambda c: -c.rate_per_page_per_s)
+    return classes
+
+
+def _saturated_notes(classes: Sequence[PageClass], log_rate_hi: float) -> list[str]:
+    """Notes for classes at the upper rate bound: dirty in every interval, so the rate is only a lower bound."""
+    return [f"a class of {c.pages:.0f} pages is dirty in every interval: its rate "
+            f"{c.rate_per_page_per_s:.3g}/s is only a lower bound"
+            for c in classes if math.log(c.rate_per_page_per_s) >= log_rate_hi - 1e-6]
+
+
+def _spread_linear_tail(classes: list[PageClass], n_pages: int, t_max: float) -> tuple[list[PageClass], list[str]]:
+    """A slowest class that never bends only fixes pages x rate: make it the cold remainder of the guest."""
+    if len(classes) <= 1:
+        return classes, []
+    slow = classes[-1]
+    others = sum(c.pages for c in classes[:-1])
+    largest = max(c.pages for c in classes)
+    free = n_pages - others
+    # A sweep stays linear until it wraps (rate x T = 1), a poisson class bends at once.
+    linear_x = 1.0 if slow.kind == "sweep" else LINEAR_REGIME_X
+    if not (slow.rate_per_page_per_s * t_max < linear_x and slow.pages < largest and free > slow.pages):
+        return classes, []
+    spread = PageClass(free, slow.pages * slow.rate_per_page_per_s / free, slow.kind)
+    note = (f"the slowest class stays linear over the trace ({slow.pages:.0f} pages at "
+            f"{slow.rate_per_page_per_s:.3g}/s); only its write rate is determined, so it is "
+            f"spread over the {free:.0f} pages no other class holds")
+    return [*classes[:-1], spread], [note]
+
+
+def _sweep_hint(classes: Sequence[PageClass], curve: _Curve, kinds: Sequence[str]) -> list[str]:
+    """A poisson-only fit more than 5 % off: suggest allowing sweep classes."""
+    if "sweep" in kinds or not classes:
+        return []
+    t, d = curve.window_s, curve.pages
+    fitted = sum((c.dirtied(t) for c in classes), np.zeros_like(t))
+    if float(np.max(np.abs(fitted - d) / np.maximum(d, 1.0))) <= 0.05:
+        return []
+    return ["the fit is off by more than 5 %: if the workload sweeps memory (each page once "
+            "per cycle), allow sweep classes (kinds=('poisson', 'sweep'); drop --poisson-only)"]
+
+
+def _trim_to_guest(classes: list[PageClass], n_pages: int) -> list[PageClass]:
+    """Scale the classes down proportionally if the overshoot penalty left a sliver over the guest."""
+    total = sum(c.pages for c in classes)
+    if total <= n_pages:
+        return classes
+    return [PageClass(c.pages * n_pages / total, c.rate_per_page_per_s, c.kind) for c in classes]
+
+
 def fit_classes(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequence[float], n_pages: int,
                 max_classes: int = 3, *, kinds: Sequence[str] = DEFAULT_KINDS,
                 ) -> tuple[tuple[PageClass, ...], dict[str, Any]]:
@@ -329,86 +437,23 @@ def fit_classes(window_s: np.ndarray | Sequence[float], pages: np.ndarray | Sequ
     ``window_s``, ``observed``, ``fitted``, ``residual``), ``n_classes``,
     ``criterion`` (BIC per K tried) and ``notes``.
     """
-    t = np.asarray(window_s, dtype=np.float64)
-    d = np.asarray(pages, dtype=np.float64)
-    if t.ndim != 1 or t.shape != d.shape or len(t) == 0:
-        raise ConfigError("window_s and pages must be non-empty 1-D arrays of equal length")
-    if not (np.isfinite(t).all() and np.isfinite(d).all()) or (t <= 0).any() or (d < 0).any():
-        raise ConfigError("window_s must be positive and pages non-negative (finite)")
-    if n_pages <= 0 or max_classes < 1:
-        raise ConfigError(f"need n_pages > 0 and max_classes >= 1 (got {n_pages}, {max_classes})")
-    bad = [k for k in kinds if k not in ("poisson", "sweep")]
-    if bad or not kinds:
-        raise ConfigError(f"unknown class kind(s) {bad} (choose poisson, sweep)")
-    order = np.argsort(t)
-    t, d = t[order], d[order]
-    m = len(t)
-    notes: list[str] = []
+    curve = _checked_curve(window_s, pages, n_pages, max_classes, kinds)
+    t, d = curve.window_s, curve.pages
     if d.max() <= 0:
-        rep = _report((), t, d, {}, ["the trace dirties no pages"])
-        return (), rep
-
-    if m < 4:
-        notes.append(f"only {m} window length(s): a class's pages and rate are barely determined; "
+        return (), _report((), t, d, {}, ["the trace dirties no pages"])
+    notes: list[str] = []
+    if len(t) < 4:
+        notes.append(f"only {len(t)} window length(s): a class's pages and rate are barely determined; "
                      "use a trace of more intervals")
-    weight = 1.0 / np.maximum(d, 1.0)
-    t_min, t_max = float(t[0]), float(t[-1])
-    log_bounds = (math.log(1e-3 / t_max), math.log(20.0 / t_min))
-    rates = np.exp(np.linspace(*log_bounds, 160))
-    runs = _nnls_runs(t, d, weight, list(kinds), rates)
-    cands = [_run_class(*run) for run in runs]
-
-    best: dict[int, tuple[np.ndarray, list[str], float]] = {}
-    for k in range(1, max_classes + 1):
-        inits: list[list[tuple[str, float, float]]] = []
-        lead = cands[:7]
-        for combo in itertools.combinations(range(len(lead)), min(k, len(lead))):
-            inits.append([lead[i] for i in combo])
-        if runs and len(runs) < k:  # fewer runs than classes: split the heaviest run
-            inits.append(cands[1:] + _split_run(runs[0], k - len(runs) + 1))
-        # Log-spaced starts cover curves NNLS summarised with fewer atoms.
-        for kind in kinds:
-            rs = np.exp(np.linspace(log_bounds[0] + 2, log_bounds[1] - 1, k))
-            inits.append([(kind, float(d.max()) / k, float(r)) for r in rs])
-        inits = [i for i in inits if len(i) == k]
-        for init in inits:
-            x, ks, rss = _refine(init, t, d, weight, n_pages, log_bounds)
-            # Only fits whose classes are all real and distinct stand for K classes.
-            if (k == 1 or _distinct(x, ks, k)) and (k not in best or rss < best[k][2]):
-                best[k] = (x, ks, rss)
-
-    criterion = {k: m * math.log(rss / m + FIT_NOISE_FLOOR**2) + 2 * k * math.log(max(m, 2))
-                 for k, (_, _, rss) in best.items()}
+    best = _best_fits(curve, max_classes, kinds)
+    criterion = _criterion(best, len(t))
     k_best = min(criterion, key=lambda k: (criterion[k], k))
-    x, ks, _ = best[k_best]
-    kk = len(ks)
-    classes = [PageClass(float(x[j]), float(math.exp(x[kk + j])), ks[j]) for j in range(kk) if x[j] >= 0.5]
-    classes.sort(key=lambda c: -c.rate_per_page_per_s)
-    for c in classes:
-        if math.log(c.rate_per_page_per_s) >= log_bounds[1] - 1e-6:
-            notes.append(f"a class of {c.pages:.0f} pages is dirty in every interval: its rate "
-                         f"{c.rate_per_page_per_s:.3g}/s is only a lower bound")
-    # A never-bending class only fixes pages x rate: make it the cold remainder.
-    if len(classes) > 1:
-        slow = classes[-1]
-        others = sum(c.pages for c in classes[:-1])
-        largest = max(c.pages for c in classes)
-        free = n_pages - others
-        # A sweep stays linear until it wraps (rate x T = 1), a poisson class bends at once.
-        linear_x = 1.0 if slow.kind == "sweep" else LINEAR_REGIME_X
-        if slow.rate_per_page_per_s * t_max < linear_x and slow.pages < largest and free > slow.pages:
-            classes[-1] = PageClass(free, slow.pages * slow.rate_per_page_per_s / free, slow.kind)
-            notes.append(f"the slowest class stays linear over the trace ({slow.pages:.0f} pages at "
-                         f"{slow.rate_per_page_per_s:.3g}/s); only its write rate is determined, so it is "
-                         f"spread over the {free:.0f} pages no other class holds")
-    if "sweep" not in kinds and classes:
-        fitted = sum((c.dirtied(t) for c in classes), np.zeros_like(t))
-        if float(np.max(np.abs(fitted - d) / np.maximum(d, 1.0))) > 0.05:
-            notes.append("the fit is off by more than 5 %: if the workload sweeps memory (each page once "
-                         "per cycle), allow sweep classes (kinds=('poisson', 'sweep'); drop --poisson-only)")
-    total = sum(c.pages for c in classes)
-    if total > n_pages:  # penalty left a sliver over: trim proportionally
-        classes = [PageClass(c.pages * n_pages / total, c.rate_per_page_per_s, c.kind) for c in classes]
+    classes = _fit_to_classes(best[k_best])
+    notes += _saturated_notes(classes, curve.log_rate_bounds[1])
+    classes, spread = _spread_linear_tail(classes, n_pages, float(t[-1]))
+    notes += spread
+    notes += _sweep_hint(classes, curve, kinds)
+    classes = _trim_to_guest(classes, n_pages)
     return tuple(classes), _report(tuple(classes), t, d, criterion, notes)
 
 
@@ -492,183 +537,6 @@ def calibrate(trace: Trace, max_classes: int = 3, *, kinds: Sequence[str] = DEFA
         "miglab_version": __version__,
     }
     return DirtyModel(trace.n_pages, trace.page_size, classes, zpf, report, source)
-
-
-# ---------------------------------------------------------------------------
-# Sampled page-exact mode
-# ---------------------------------------------------------------------------
-def class_ranges(model: DirtyModel) -> list[tuple[int, int]]:
-    """Page range ``[lo, hi)`` each class of ``model`` occupies, in class order.
-
-    Classes sit back to back from page 0; fractional page counts are rounded
-    at the cumulative boundaries, so the ranges tile ``[0, round(sum pages))``.
-    """
-    edges = np.rint(np.concatenate([[0.0], np.cumsum([c.pages for c in model.classes])])).astype(np.int64)
-    edges = np.minimum(edges, model.n_pages)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-
-
-def _bernoulli_positions(n: int, p: float, rng: np.random.Generator):
-    """Yield sorted batches of the indices in ``[0, n)`` kept by independent Bernoulli(p) trials.
-
-    Geometric skips: the gap to the next success is Geometric(p), so the cost
-    is O(n p), not O(n), and each batch holds at most SAMPLE_BATCH indices.
-    """
-    if n <= 0 or p <= 0.0:
-        return
-    if p >= 1.0:
-        for a in range(0, n, SAMPLE_BATCH):
-            yield np.arange(a, min(n, a + SAMPLE_BATCH), dtype=np.int64)
-        return
-    pos = -1
-    while True:
-        expect = (n - 1 - pos) * p
-        size = int(min(SAMPLE_BATCH, expect + 6 * math.sqrt(expect + 1) + 16))
-        gaps = rng.geometric(p, size=size)
-        idx = pos + np.cumsum(gaps, dtype=np.int64)
-        if idx[-1] >= n:
-            yield idx[idx < n]
-            return
-        yield idx
-        pos = int(idx[-1])
-
-
-_BIT = np.array([1, 2, 4, 8, 16, 32, 64, 128], dtype=np.uint8)
-#: Above this per-page probability one uint32 draw per page beats geometric skips.
-DIRECT_DRAW_P = 0.08
-
-
-def _or_positions(bitmap: np.ndarray, pages: np.ndarray) -> None:
-    """OR the bits of ``pages`` into a packed little-endian bitmap (few or sparse pages)."""
-    np.bitwise_or.at(bitmap, pages >> 3, _BIT[pages & 7])
-
-
-def _set_range(bitmap: np.ndarray, lo: int, hi: int) -> None:
-    """Set bits ``[lo, hi)`` of a packed little-endian bitmap."""
-    if hi <= lo:
-        return
-    a, b = (lo + 7) // 8, hi // 8
-    if a <= b:
-        bitmap[a:b] = 0xFF
-        _or_positions(bitmap, np.r_[np.arange(lo, min(hi, 8 * a)), np.arange(max(lo, 8 * b), hi)].astype(np.int64))
-    else:  # within one byte
-        _or_positions(bitmap, np.arange(lo, hi, dtype=np.int64))
-
-
-def _bernoulli_direct(bitmap: np.ndarray, lo: int, hi: int, p: float, rng: np.random.Generator) -> None:
-    """Set each bit of ``[lo, hi)`` with probability ``p``: one uint32 draw per page, byte-aligned chunks."""
-    thr = int(round(p * 2.0**32))
-    if thr >= 2**32:
-        _set_range(bitmap, lo, hi)
-        return
-    thr32 = np.uint32(thr)
-    a0 = lo - lo % 8
-    end = (hi + 7) // 8 * 8
-    for a in range(a0, end, SAMPLE_BATCH):
-        b = min(a + SAMPLE_BATCH, end)
-        hit = rng.integers(0, 2**32, size=b - a, dtype=np.uint32) < thr32
-        if a < lo:
-            hit[:lo - a] = False
-        if b > hi:
-            hit[hi - a:] = False
-        bitmap[a // 8:b // 8] |= np.packbits(hit, bitorder="little")
-
-
-def sample_dirty(model: DirtyModel, window_s: float, rng: np.random.Generator,
-                 pending: np.ndarray | None = None) -> np.ndarray:
-    """Draw the pages ``model`` dirties in one window of ``window_s`` seconds, page-exact.
-
-    Returns a packed bitmap (uint8, little bit order, ``ceil(n_pages / 8)``
-    bytes; the layout of :meth:`sim.trace.Trace.bitmap`). If ``pending`` is
-    given the new pages are ORed into it in place and it is returned: pass the
-    set of pages already dirty and not yet sent, and a page dirtied again
-    counts once.
-
-    Page layout: class ``k`` occupies the contiguous range
-    :func:`class_ranges` gives (classes back to back from page 0); pages
-    beyond the classes are never dirtied.
-
-    * poisson class: every page is dirtied independently with
-      ``p = 1 - exp(-rate * window_s)``. Below ``p = DIRECT_DRAW_P`` the draw
-      uses geometric skips (cost O(pages dirtied)); above, one uint32 per page
-      in byte-aligned chunks (probability resolution 2**-32).
-    * sweep class: a contiguous run of ``pages * min(1, rate * window_s)``
-      pages (stochastically rounded) starting at a uniformly random phase,
-      wrapping within the class.
-
-    Disjoint windows are independent draws, which is exact for poisson
-    classes (memoryless) and an approximation for sweeps. The expected number
-    of set bits is ``model.working_set(window_s)``. Memory: the bitmap (32 MiB
-    for a 1 TiB guest of 2**28 pages) plus ``SAMPLE_BATCH`` draws at a time.
-    """
-    nbytes = (model.n_pages + 7) // 8
-    if pending is None:
-        out = np.zeros(nbytes, dtype=np.uint8)
-    else:
-        if pending.dtype != np.uint8 or pending.shape != (nbytes,):
-            raise ConfigError(f"pending must be a uint8 bitmap of {nbytes} bytes")
-        out = pending
-    if window_s < 0 or not math.isfinite(window_s):
-        raise ConfigError(f"window_s must be finite and >= 0, got {window_s}")
-    for c, (lo, hi) in zip(model.classes, class_ranges(model), strict=True):
-        n = hi - lo
-        x = c.rate_per_page_per_s * window_s
-        if n <= 0 or x <= 0:
-            continue
-        if c.kind == "sweep":
-            run_f = n * min(1.0, x)
-            run = int(run_f) + int(rng.random() < run_f - int(run_f))
-            if run <= 0:
-                continue
-            start = int(rng.integers(n))
-            first = min(run, n - start)
-            _set_range(out, lo + start, lo + start + first)
-            _set_range(out, lo, lo + run - first)
-            continue
-        p = -math.expm1(-x)
-        if p < DIRECT_DRAW_P:
-            for batch in _bernoulli_positions(n, p, rng):
-                _or_positions(out, batch + lo)
-        else:
-            _bernoulli_direct(out, lo, hi, p, rng)
-    return out
-
-
-def sample_dirty_pages(model: DirtyModel, window_s: float, rng: np.random.Generator) -> np.ndarray:
-    """Sorted page numbers (int64) dirtied in one window: the same law as :func:`sample_dirty`.
-
-    For engines that want page lists (e.g. to give each page an instant in
-    the window) rather than a bitmap. Memory is 8 bytes per page returned.
-    """
-    if window_s < 0 or not math.isfinite(window_s):
-        raise ConfigError(f"window_s must be finite and >= 0, got {window_s}")
-    out: list[np.ndarray] = []
-    for c, (lo, hi) in zip(model.classes, class_ranges(model), strict=True):
-        n = hi - lo
-        x = c.rate_per_page_per_s * window_s
-        if n <= 0 or x <= 0:
-            continue
-        if c.kind == "sweep":
-            run_f = n * min(1.0, x)
-            run = int(run_f) + int(rng.random() < run_f - int(run_f))
-            start = int(rng.integers(n))
-            first = min(run, n - start)
-            out += [np.arange(lo, lo + run - first, dtype=np.int64),
-                    np.arange(lo + start, lo + start + first, dtype=np.int64)]
-            continue
-        p = -math.expm1(-x)
-        if p < DIRECT_DRAW_P:
-            out += [batch + lo for batch in _bernoulli_positions(n, p, rng)]
-            continue
-        thr = int(round(p * 2.0**32))
-        for a in range(lo, hi, SAMPLE_BATCH):
-            b = min(a + SAMPLE_BATCH, hi)
-            if thr >= 2**32:
-                out.append(np.arange(a, b, dtype=np.int64))
-            else:
-                hit = rng.integers(0, 2**32, size=b - a, dtype=np.uint32) < np.uint32(thr)
-                out.append(a + np.flatnonzero(hit))
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
 def format_classes(model: DirtyModel) -> str:

@@ -198,7 +198,7 @@ class SampledDirt:
         self.looped = False
 
     def window(self, g0: float, g1: float) -> tuple[np.ndarray, np.ndarray]:
-        from .calibrate import sample_dirty_pages  # geometric-skip sampler: no O(class size) draws
+        from .sampling import sample_dirty_pages  # geometric-skip sampler: no O(class size) draws
 
         T = (g1 - g0) * self.time_scale
         if T <= 0:

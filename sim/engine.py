@@ -35,7 +35,9 @@ import simpy
 from . import __version__
 from .dirty import ExactPages, ExpectedPages, SampledDirt, TraceDirt
 from .errors import ConfigError
+from .migration import ZERO_PAGE_WIRE_BYTES
 from .model import DirtyModel
+from .postcopy import postcopy
 from .result import ROUND_COLUMNS, Result
 from .scenario import Scenario
 from .stoprules import RoundInfo, XenRule, make_rule
@@ -45,7 +47,6 @@ from .workload import parse_spec, spec_model
 from .xen import xen_precopy_round
 
 BHYVE_LOWMEM_LIMIT_BYTES = 3 * 2**30
-ZERO_PAGE_WIRE_BYTES = 1  # QEMU's RAM_SAVE_FLAG_ZERO page: the header plus one byte
 
 
 @functools.lru_cache(maxsize=8)
@@ -450,8 +451,6 @@ def migrate(env: simpy.Environment, m: Migration) -> Generator:
     if not m.reason:
         m.reason = f"switched to post-copy after {len([r for r in m.rounds if r['phase'] == 'precopy'])} rounds"
     yield env.process(postcopy_switch(env, m))
-    from .postcopy import postcopy
-
     m.pc_start = env.now
     yield env.process(postcopy(env, m))
 

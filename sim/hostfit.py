@@ -260,6 +260,92 @@ def _loss(obs: Sequence[Observation], scs: list[Scenario], idx: list[int], param
     return total / max(len(obs), 1)
 
 
+class _Evaluations:
+    """Counts simulator evaluations across the fit's stages; reports the rate stage's to ``on_eval``."""
+
+    def __init__(self, on_eval: Callable[[int, float], None] | None = None) -> None:
+        self.n = 0
+        self.on_eval = on_eval
+
+    def count(self, value: float | None = None) -> None:
+        self.n += 1
+        if value is not None and self.on_eval is not None:
+            self.on_eval(self.n, value)
+
+
+def _start_point(train: Sequence[Observation]) -> tuple[dict[str, float], dict[str, float]]:
+    """Stage 1: the directly read constants, and the starting point of every later stage."""
+    direct = direct_estimates(train)
+    slow = slowdown_estimate(train)
+    if slow is not None:
+        direct["host.dirty_rate_factor"] = slow
+    start = {**start_values(train), **direct, "host.postcopy_queue_bytes": float(QUEUE_REF_BYTES),
+             "host.postcopy_switch_s": 0.0}
+    return direct, start
+
+
+def _prepared(obs: Sequence[Observation], direct: dict[str, float]) -> tuple[list[Scenario], list[int]]:
+    """The distinct scenarios of ``obs`` with the direct constants applied, and each run's index into them."""
+    return _unique_scenarios([Observation(o.run_id, o.group, o.scenario.replace(**_coerced(direct)), o.measured)
+                              for o in obs])
+
+
+def _fit_rate_constants(pre: Sequence[Observation], scs: list[Scenario], idx: list[int], start: dict[str, float],
+                        maxfev: int, evals: _Evaluations) -> dict[str, float]:
+    """Stage 2: link efficiency and per-page cost by Nelder-Mead on total time and bytes."""
+    from scipy.optimize import minimize
+
+    rate_metrics = ("total_time_s", "bytes_sent")
+
+    def loss(x: np.ndarray) -> float:
+        value = _loss(pre, scs, idx, {**_params_from_x(x), "host.switchover_s": start["host.switchover_s"]},
+                      rate_metrics)
+        evals.count(value)
+        return value
+
+    x = _x_from_params(start)
+    steps = np.array([0.15, 2.0])
+    res = None
+    # Restarts with a fresh simplex: the loss has flat steps (whole rounds), where a simplex can collapse early.
+    for scale in (1.0, 0.3, 0.1):
+        simplex = np.vstack([x] + [x + np.eye(len(steps))[i] * steps[i] * scale for i in range(len(steps))])
+        r = minimize(loss, x, method="Nelder-Mead",
+                     options={"maxfev": maxfev // 3, "initial_simplex": simplex, "xatol": 1e-4, "fatol": 1e-6})
+        if res is None or r.fun <= res.fun:
+            res, x = r, r.x
+    assert res is not None
+    return _params_from_x(res.x)
+
+
+def _fit_fixed_cost(key: str, obs: Sequence[Observation], scs: list[Scenario], idx: list[int],
+                    constants: dict[str, float], upper_s: float, xatol_s: float, maxiter: int,
+                    evals: _Evaluations) -> float:
+    """Stages 3 and 5: a switchover's fixed cost, alone, on downtime; 0 unless it beats no cost at all."""
+    from scipy.optimize import minimize_scalar
+
+    def dloss(cost_s: float) -> float:
+        evals.count()
+        return _loss(obs, scs, idx, {**constants, key: cost_s}, ("downtime_s",))
+
+    r = minimize_scalar(dloss, bounds=(0.0, upper_s), method="bounded",
+                        options={"xatol": xatol_s, "maxiter": maxiter})
+    return float(r.x) if r.fun <= dloss(0.0) else 0.0
+
+
+def _fit_queue_bytes(post: Sequence[Observation], scs: list[Scenario], idx: list[int],
+                     constants: dict[str, float], evals: _Evaluations) -> float:
+    """Stage 4: the post-copy request queue (bytes), on a log scale around ``QUEUE_REF_BYTES``, all metrics."""
+    from scipy.optimize import minimize_scalar
+
+    def qloss(lq: float) -> float:
+        evals.count()
+        return _loss(post, scs, idx, {**constants, "host.postcopy_queue_bytes": math.exp(lq) * QUEUE_REF_BYTES})
+
+    q = minimize_scalar(qloss, bounds=(math.log(1 / 64), math.log(256)), method="bounded",
+                        options={"xatol": 0.05, "maxiter": 30})
+    return float(round(math.exp(q.x) * QUEUE_REF_BYTES))
+
+
 def fit(observations: Sequence[Observation], *, maxfev: int | None = None,
         on_eval: Callable[[int, float], None] | None = None) -> HostFit:
     """Fit the host constants on ``observations`` (completed runs only) and return them.
@@ -281,83 +367,30 @@ def fit(observations: Sequence[Observation], *, maxfev: int | None = None,
     5. a bounded 1-D search on ``postcopy_switch_s`` over the same runs, on
        downtime only.
     """
-    from scipy.optimize import minimize, minimize_scalar
-
     maxfev = maxfev or DEFAULT_MAXFEV
     train = [o for o in observations if o.completed]
     if not train:
         raise ConfigError("no completed runs to fit the host constants on")
-    direct = direct_estimates(train)
-    slow = slowdown_estimate(train)
-    if slow is not None:
-        direct["host.dirty_rate_factor"] = slow
-    start = {**start_values(train), **direct, "host.postcopy_queue_bytes": float(QUEUE_REF_BYTES),
-             "host.postcopy_switch_s": 0.0}
-    n_eval = 0
-
-    def prepared(obs: list[Observation]) -> tuple[list[Scenario], list[int]]:
-        return _unique_scenarios([Observation(o.run_id, o.group, o.scenario.replace(**_coerced(direct)), o.measured)
-                                  for o in obs])
-
+    evals = _Evaluations(on_eval)
+    direct, start = _start_point(train)
     pre = [o for o in train if o.scenario.strategy.kind == "precopy"] or train
-    scs, idx = prepared(pre)
-    rate_metrics = ("total_time_s", "bytes_sent")
-
-    def loss(x: np.ndarray) -> float:
-        nonlocal n_eval
-        n_eval += 1
-        value = _loss(pre, scs, idx, {**_params_from_x(x), "host.switchover_s": start["host.switchover_s"]},
-                      rate_metrics)
-        if on_eval is not None:
-            on_eval(n_eval, value)
-        return value
-
-    x = _x_from_params(start)
-    steps = np.array([0.15, 2.0])
-    res = None
-    # Restarts with a fresh simplex: the loss has flat steps (whole rounds), where a simplex can collapse early.
-    for scale in (1.0, 0.3, 0.1):
-        simplex = np.vstack([x] + [x + np.eye(len(steps))[i] * steps[i] * scale for i in range(len(steps))])
-        r = minimize(loss, x, method="Nelder-Mead",
-                     options={"maxfev": maxfev // 3, "initial_simplex": simplex, "xatol": 1e-4, "fatol": 1e-6})
-        if res is None or r.fun <= res.fun:
-            res, x = r, r.x
-    assert res is not None
-    constants = {**_params_from_x(res.x), **direct}
-
-    def fit_fixed_cost(key: str, obs: list[Observation], o_scs: list[Scenario], o_idx: list[int],
-                       upper_s: float, xatol_s: float, maxiter: int) -> None:
-        """A switchover's fixed cost, alone, on downtime; 0 unless it beats no cost at all."""
-        def dloss(cost_s: float) -> float:
-            nonlocal n_eval
-            n_eval += 1
-            return _loss(obs, o_scs, o_idx, {**constants, key: cost_s}, ("downtime_s",))
-
-        r = minimize_scalar(dloss, bounds=(0.0, upper_s), method="bounded",
-                            options={"xatol": xatol_s, "maxiter": maxiter})
-        constants[key] = float(r.x) if r.fun <= dloss(0.0) else 0.0
-
-    fit_fixed_cost("host.switchover_s", pre, scs, idx, 0.5, 5e-4, 40)
+    scs, idx = _prepared(pre, direct)
+    constants = {**_fit_rate_constants(pre, scs, idx, start, maxfev, evals), **direct}
+    constants["host.switchover_s"] = _fit_fixed_cost("host.switchover_s", pre, scs, idx, constants,
+                                                     0.5, 5e-4, 40, evals)
     total_loss = _loss(pre, scs, idx, constants) * len(pre)
     post = [o for o in train if o.scenario.strategy.kind in ("postcopy", "hybrid")]
     if post:
-        pscs, pidx = prepared(post)
-
-        def qloss(lq: float) -> float:
-            nonlocal n_eval
-            n_eval += 1
-            return _loss(post, pscs, pidx, {**constants, "host.postcopy_queue_bytes": math.exp(lq) * QUEUE_REF_BYTES})
-
-        q = minimize_scalar(qloss, bounds=(math.log(1 / 64), math.log(256)), method="bounded",
-                            options={"xatol": 0.05, "maxiter": 30})
-        constants["host.postcopy_queue_bytes"] = float(round(math.exp(q.x) * QUEUE_REF_BYTES))
-        fit_fixed_cost("host.postcopy_switch_s", post, pscs, pidx, 0.1, 1e-4, 30)
+        pscs, pidx = _prepared(post, direct)
+        constants["host.postcopy_queue_bytes"] = _fit_queue_bytes(post, pscs, pidx, constants, evals)
+        constants["host.postcopy_switch_s"] = _fit_fixed_cost("host.postcopy_switch_s", post, pscs, pidx,
+                                                              constants, 0.1, 1e-4, 30, evals)
         total_loss += _loss(post, pscs, pidx, constants) * len(post)
     value = total_loss / (len(pre) + len(post)) if pre is not train else total_loss / len(train)
     groups = tuple(sorted({o.group for o in train}))
-    log.info("host fit on %d runs: loss %.4f after %d evaluations: %s", len(train), value, n_eval, constants)
+    log.info("host fit on %d runs: loss %.4f after %d evaluations: %s", len(train), value, evals.n, constants)
     return HostFit(constants=constants, train_groups=groups, n_train_runs=len(train), loss=value,
-                   evaluations=n_eval, start=start)
+                   evaluations=evals.n, start=start)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import numpy as np
 
 from .atomic import atomic_open
 from .errors import ConfigError
+from .units import PAGE_SIZE_BYTES
 
 MODEL_FORMAT = "miglab-model"
 MODEL_VERSION = 1
@@ -56,7 +57,7 @@ class DirtyModel:
     """A working-set model of one workload on a guest of ``n_pages`` pages."""
 
     n_pages: int
-    page_size: int = 4096
+    page_size: int = PAGE_SIZE_BYTES
     classes: tuple[PageClass, ...] = ()
     zero_page_fraction: float = 0.0
     fit: dict[str, Any] = field(default_factory=dict)

@@ -112,10 +112,6 @@ class Trace:
         """Number of distinct pages changed across ``intervals``."""
         return int(np.bitwise_count(self.union_bitmap(intervals)).sum())
 
-    def with_meta(self, **meta: Any) -> Trace:
-        return Trace(self.page_size, self.n_pages, self.t_start_s, self.t_end_s, self.indptr, self.deltas,
-                     {**self.meta, **meta}, self.sha256, self.path)
-
 
 def encode(page_lists: Sequence[np.ndarray], n_pages: int) -> tuple[np.ndarray, np.ndarray]:
     """Delta-encode sorted page lists into ``(indptr, deltas)``."""

@@ -26,6 +26,8 @@ _BIT_UNITS: dict[str, float] = {
     "bps": 1, "kbps": 1e3, "Kbps": 1e3, "Mbps": 1e6, "Gbps": 1e9,
 }
 DURATION_UNITS: dict[str, float] = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0}
+#: The guest page size of x86-64 QEMU and bhyve guests, and the default wherever a page size is not given.
+PAGE_SIZE_BYTES = 4096
 
 
 def _split(text: str, what: str) -> tuple[float, str]:
@@ -74,7 +76,7 @@ def parse_bandwidth(text: str | int | float) -> float:
     raise ConfigError(f"unknown bandwidth unit {unit!r} in {text!r} (use B/s, MiB/s, MB/s, Mbit/s, Gbit/s)")
 
 
-def parse_rate(text: str | int | float, page_size: int = 4096) -> tuple[float, str]:
+def parse_rate(text: str | int | float, page_size: int = PAGE_SIZE_BYTES) -> tuple[float, str]:
     """Parse a dirty rate; return ``(pages_per_s, how_it_was_given)``.
 
     A bare number (or ``N pages/s``) is pages per second. A byte rate such as

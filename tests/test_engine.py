@@ -405,3 +405,80 @@ def test_short_windows_see_hot_pages_more_often_than_their_linear_share():
     # rare pages (one change in the whole trace: one write) keep their linear share in both modes
     assert rates["poisson"][1] == pytest.approx(rates["once"][1], rel=0.05)
     assert rates["once"][1] == pytest.approx(50 * 0.2, rel=0.1)
+
+
+# -- post-copy's processes, on their own --------------------------------------------
+def test_postcopy_imports_without_the_engine():
+    """No circle: the phases import the shared state protocol, the engine imports them."""
+    import subprocess
+    import sys
+
+    code = "import sys, sim.postcopy; print('sim.engine' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_sampled_mode_needs_no_calibration_code():
+    """The sampler lives beside the dirty sources: simulating a sampled model loads neither scipy nor the fit."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from sim import Scenario, Strategy, Workload, simulate; "
+            "simulate(Scenario(workload=Workload(spec='hotcold:hot=8MiB,rate=2000', memory_bytes=64 * 2**20, "
+            "mode='sampled'), strategy=Strategy(kind='postcopy'))); "
+            "print('scipy' in sys.modules, 'sim.calibrate' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+def test_postcopy_state_hands_faults_over_once():
+    from sim.postcopy import PostcopyState
+
+    state = PostcopyState(step_s=0.01, stalled_until_s=0.0)
+    assert state.take_faulted_pages().tolist() == [] and state.take_faults_by_class() is None
+    state.faulted_pages = np.array([3, 9])
+    state.faults_by_class_pages = np.array([1.5, 0.0])
+    assert state.take_faulted_pages().tolist() == [3, 9]
+    assert state.take_faulted_pages().tolist() == []  # the push takes each fault once
+    assert state.take_faults_by_class().tolist() == [1.5, 0.0]
+    assert state.take_faults_by_class() is None
+
+
+class _Touches:
+    """Touches pages 5, 7 and 5 again at 10 %, 30 % and 50 % of every guest-time window."""
+
+    n_pages = 16
+    looped = False
+
+    def window(self, g0, g1):
+        return np.array([5, 7, 5]), g0 + np.array([0.1, 0.3, 0.5]) * (g1 - g0)
+
+
+def _faulting_migration():
+    from types import SimpleNamespace
+
+    from sim.dirty import ExactPages
+
+    pages = ExactPages(_Touches())
+    pages.pending[[5, 7]] = True
+    return SimpleNamespace(pages=pages, touch_source=_Touches(), g=0.0)
+
+
+@pytest.mark.parametrize(("stall_s", "faults", "ran_s", "stalled_until_s"),
+                         [(0.2, 2, 0.6, 0.0),   # both faults served: 1 s minus two stalls
+                          (0.8, 1, 0.2, 0.0),   # the second fault's stall would start after the step
+                          (1.5, 1, 0.1, 1.6)])  # blocked in the first fault's stall when the step ends
+def test_serve_fault_stalls_the_vcpu_per_first_touch(stall_s, faults, ran_s, stalled_until_s):
+    import simpy
+
+    from sim.postcopy import PostcopyState, serve_fault
+
+    env = simpy.Environment()
+    m = _faulting_migration()
+    state = PostcopyState(step_s=1.0, stalled_until_s=0.0)
+    got_faults, got_ran = serve_fault(env, m, state, 1.0, stall_s, 1.0)
+    assert got_faults == faults and got_ran == pytest.approx(ran_s)
+    assert m.g == pytest.approx(ran_s)  # the guest clock ran only while the vCPU did
+    assert state.stalled_until_s == pytest.approx(stalled_until_s)
+    assert state.faulted_pages.tolist() == [5, 7][:faults]  # the repeat touch of page 5 is no fault
+    assert not m.pages.pending[state.faulted_pages].any()

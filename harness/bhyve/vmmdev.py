@@ -48,10 +48,10 @@ from typing import Any
 import numpy as np
 
 from sim.errors import ConfigError, MiglabError
+from sim.units import PAGE_SIZE_BYTES
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE_BYTES = 4096
 GiB = 1 << 30
 LOWMEM_LIMIT_BYTES = 3 * GiB  # vmctx->lowmem_limit default in vm_open()
 HIGHMEM_BASE_BYTES = 4 * GiB  # vm_setup_memory(): highmem is mapped at 4 GiB
