@@ -31,8 +31,9 @@ test: $(STAMP) deps
 	$(BIN)/miglab regress --suite results/baselines/sim-suite.toml --baseline results/baselines/sim.json -q \
 		--markdown results/scratch/sim-regress.md
 
+# Nothing that needs root, QEMU or network namespaces.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not vm"
+	$(BIN)/python -m pytest -q -m "not vm and not netns"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

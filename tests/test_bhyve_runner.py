@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -136,11 +135,10 @@ def test_destination_failure_is_reported(fake):
     assert not fake.alive()
 
 
+@pytest.mark.timeout(60)  # the hung fake sleeps an hour: returning at all means it was killed, not waited for
 def test_hung_bhyvectl_is_killed_at_the_timeout(fake):
     fake.modes(bhyvectl="hang")
-    t = time.monotonic()
     rec = rn.run_migration(cfg(timeout_s=1.0), env=fake.env)
-    assert time.monotonic() - t < 1.0 + 3 * rn.KILL_GRACE_S + 5
     assert rec.outcome == "failed: timeout after 1 s: bhyvectl had not returned"
     assert fake.pids() and not fake.alive()  # the hung bhyvectl and the destination bhyve are gone
 

@@ -118,9 +118,11 @@ field_names = st.sampled_from(["bandwidth_Bps", "rtt_s", "kind", "memory_bytes",
                        st.dictionaries(field_names, json_values, max_size=4) | json_values, max_size=4))
 def test_config_parser_fuzz_only_raises_config_error(d):
     try:
-        Scenario.from_dict(d)
+        sc = Scenario.from_dict(d)
     except ConfigError as e:
         assert "\n" not in str(e)
+        return
+    assert Scenario.from_dict(sc.to_dict()) == sc  # what it accepts, it writes back the same
 
 
 # --------------------------------------------------------------------------- the CLI package itself

@@ -12,7 +12,6 @@ import math
 import os
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,7 +22,7 @@ from sim.trace import save
 from sim.units import parse_bandwidth
 from sim.workload import synth_trace
 
-papermill = pytest.importorskip("papermill", reason="papermill comes with the 'lab' extra")
+nbformat = pytest.importorskip("nbformat", reason="the notebook tests need the 'lab' extra (pip install 'miglab[lab]')")
 
 ROOT = find_root(Path(__file__).parent)
 NOTEBOOKS = ROOT / "notebooks"
@@ -40,7 +39,16 @@ def small_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_notebook(name: str, tmp_path: Path, **parameters: object) -> nbformat.NotebookNode:
-    """Execute notebooks/NAME.ipynb with ``parameters`` in a fresh kernel; return the executed notebook."""
+    """Execute notebooks/NAME.ipynb with ``parameters`` in a fresh kernel; return the executed notebook.
+
+    Skips (not errors) without the 'lab' extra: papermill, or a ``python3`` Jupyter kernel (ipykernel).
+    """
+    papermill = pytest.importorskip("papermill", reason="executing notebooks needs the 'lab' extra (papermill)")
+    kernelspec = pytest.importorskip("jupyter_client.kernelspec", reason="executing notebooks needs jupyter_client")
+    try:  # a kernelspec on disk, or ipykernel's built-in one
+        kernelspec.KernelSpecManager().get_kernel_spec("python3")
+    except kernelspec.NoSuchKernel:
+        pytest.skip("executing notebooks needs a python3 Jupyter kernel (ipykernel, in the 'lab' extra)")
     source = NOTEBOOKS / f"{name}.ipynb"
     declared = papermill.inspect_notebook(str(source))
     unknown = sorted(set(parameters) - set(declared))

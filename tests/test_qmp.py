@@ -20,11 +20,10 @@ def test_qmp_errors_are_miglab_errors():
         assert issubclass(cls, QMPError) and issubclass(cls, MiglabError)
 
 
+@pytest.mark.timeout(30)  # fails at its connect timeout instead of retrying for ever (a scaled hang guard)
 def test_connect_to_missing_socket_fails_fast(tmp_path):
-    t0 = time.monotonic()
     with pytest.raises(QMPConnectError, match="cannot connect"):
         QMP(tmp_path / "nope.sock", connect_timeout_s=0.5)
-    assert time.monotonic() - t0 < 5
 
 
 def test_old_qemu_is_refused_with_a_pointer_to_install_deps(tmp_path):
@@ -36,13 +35,13 @@ def test_old_qemu_is_refused_with_a_pointer_to_install_deps(tmp_path):
 
 
 @pytest.mark.vm
-def test_vm_runs_qmp_commands_and_cleans_up(guest_image):
+def test_vm_runs_qmp_commands_and_cleans_up(guest_image, timeout_scale_factor):
     with VM(VMConfig(memory_bytes=128 * MiB, workload="idle", name="qmptest")) as vm:
         run_dir, shm = vm.run_dir, vm.shm_path
         assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o700
         assert shm.exists() and shm.name.startswith(f"miglab-{os.getpid()}-")
         assert shm.stat().st_size == 128 * MiB
-        vm.wait_for_console(r"^miglab-idle t=", timeout_s=90)
+        vm.wait_for_console(r"^miglab-idle t=", timeout_s=90 * timeout_scale_factor)
         q = vm.qmp
         assert q.status() == "running" and int(q.query_version().split(".")[0]) >= 9
         q.stop()
@@ -92,28 +91,28 @@ def test_vm_that_fails_to_start_reports_qemu_error(guest_image):
 
 
 @pytest.mark.vm
-def test_local_precopy_migration_keeps_the_workload_running(tmp_path, guest_image):
+def test_local_precopy_migration_keeps_the_workload_running(tmp_path, guest_image, timeout_scale_factor):
     """The API the migration runner builds on: source + ``-incoming defer`` destination, migrate over a socket."""
     spec = "hotcold:hot=8MiB,rate=1000,total=32MiB"
     sock = tmp_path / "mig.sock"
     with VM(VMConfig(memory_bytes=128 * MiB, workload=spec, name="src")) as src, \
             VM(VMConfig(memory_bytes=128 * MiB, workload=spec, name="dst", incoming=True)) as dst:
-        src.wait_for_workload(90)
+        src.wait_for_workload(90 * timeout_scale_factor)
         assert dst.qmp.status() == "inmigrate"
         dst.qmp.migrate_incoming(f"unix:{sock}")
         src.qmp.migrate_set_parameters(max_bandwidth=512 * MiB)
         src.qmp.migrate(f"unix:{sock}")
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60 * timeout_scale_factor
         while (info := src.qmp.query_migrate())["status"] not in ("completed", "failed", "cancelled"):
             assert time.monotonic() < deadline, info
             time.sleep(0.1)
         assert info["status"] == "completed", info
         assert info["ram"]["total"] >= 128 * MiB and info["downtime"] >= 0
         assert src.qmp.status() == "postmigrate"
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * timeout_scale_factor
         while dst.qmp.status() != "running":
             assert time.monotonic() < deadline
             time.sleep(0.1)
         # the destination's console starts empty: progress lines there mean the guest continued after the move
-        line = dst.wait_for_workload(30)
+        line = dst.wait_for_workload(30 * timeout_scale_factor)
         assert line.startswith("miglab-load t=")

@@ -20,6 +20,8 @@ from sim.errors import ConfigError
 from sim.sweep import Sweep, parts_dir_for, run_sweep, scenario_id
 from sim.trace import make_trace, save
 
+pytest.importorskip("pyarrow", reason="sweep tables are parquet: the 'lab' extra (pip install 'miglab[lab]')")
+
 SWEEP = """
 name = "limit-x-bandwidth"
 description = "a small comparison"
