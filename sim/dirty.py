@@ -28,11 +28,12 @@ gives every page a single instant, the linear share.)
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import numpy as np
 
-from .model import DirtyModel
+from .model import DirtyModel, PageClass
 from .scenario import WithinInterval
 from .trace import Trace
 
@@ -208,40 +209,62 @@ class SampledDirt:
 
 
 class ExpectedPages:
-    """Expected pending pages per class. Pages are assumed independent within a class."""
+    """Expected pending pages per class. Pages are assumed independent within a class.
+
+    The pending total is cached beside the per-class array, so :meth:`count` (which the engine
+    calls several times per round) costs no reduction. Assigning :attr:`pending` (``pages.pending
+    -= take`` included) drops the cache; change the array only through that attribute.
+    """
 
     exact = False
 
     def __init__(self, model: DirtyModel, time_scale: float = 1.0) -> None:
         self.model = model
-        self.n = np.array([c.pages for c in model.classes], dtype=np.float64)
-        self.lam = np.array([c.rate_per_page_per_s for c in model.classes], dtype=np.float64) * time_scale
-        self.sweep = np.array([c.kind == "sweep" for c in model.classes], dtype=bool)
-        self.pending = np.zeros_like(self.n)
+        self.n, self.lam, self.sweep = _class_arrays(model.classes, time_scale)
+        self._any_sweep = bool(self.sweep.any())
+        self._pending = np.zeros_like(self.n)
+        self._total: float | None = 0.0
         self.n_pages = model.n_pages
         self.looped = False
 
+    @property
+    def pending(self) -> np.ndarray:
+        """Expected pending pages per class."""
+        return self._pending
+
+    @pending.setter
+    def pending(self, value: np.ndarray) -> None:
+        self._pending = value
+        self._total = None
+
     def fraction_dirtied(self, T: float) -> np.ndarray:
         x = self.lam * max(T, 0.0)
+        if not self._any_sweep:
+            return -np.expm1(-x)
         return np.where(self.sweep, np.minimum(1.0, x), -np.expm1(-x))
 
     def set_all(self) -> None:
-        self.pending = self.n.copy()
+        self._pending = self.n.copy()
+        self._total = float(self._pending.sum())
 
     def count(self) -> float:
-        return float(self.pending.sum())
+        if self._total is None:
+            self._total = float(self._pending.sum())
+        return self._total
 
     def add_dirty(self, g0: float, g1: float) -> float:
         """Union the pages dirtied in [g0, g1) into pending; return how many were new."""
-        new = (self.n - self.pending) * self.fraction_dirtied(g1 - g0)
-        self.pending += new
+        new = (self.n - self._pending) * self.fraction_dirtied(g1 - g0)
+        self._pending += new
+        self._total = float(self._pending.sum())
         return float(new.sum())
 
     def send(self, k: float) -> float:
-        total = self.pending.sum()
+        total = self.count()
         k = min(k, total)
         if total > 0:
-            self.pending *= 1.0 - k / total
+            self._pending *= 1.0 - k / total
+            self._total = float(self._pending.sum())
         return float(k)
 
     def fresh_count(self) -> float:
@@ -254,7 +277,19 @@ class ExpectedPages:
         return sent, sent
 
     def clear(self) -> None:
-        self.pending[:] = 0.0
+        self._pending[:] = 0.0
+        self._total = 0.0
+
+
+@functools.lru_cache(maxsize=256)
+def _class_arrays(classes: tuple[PageClass, ...], time_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class pages, write rates and sweep flags (read-only: shared by every run of one model)."""
+    n = np.array([c.pages for c in classes], dtype=np.float64)
+    lam = np.array([c.rate_per_page_per_s for c in classes], dtype=np.float64) * time_scale
+    sweep = np.array([c.kind == "sweep" for c in classes], dtype=bool)
+    for a in (n, lam, sweep):
+        a.flags.writeable = False
+    return n, lam, sweep
 
 
 class ExactPages:

@@ -26,15 +26,13 @@ import os
 from collections.abc import Generator
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import simpy
 
 from . import __version__
 from .dirty import ExactPages, ExpectedPages, SampledDirt, TraceDirt
 from .errors import ConfigError
 from .model import DirtyModel
-from .result import ROUND_COLUMNS, Result
+from .result import Result
 from .scenario import Scenario
 from .stoprules import RoundInfo, make_rule
 from .trace import Trace
@@ -409,8 +407,8 @@ def simulate(scenario: Scenario) -> Result:
 
 
 def _result(m: Migration) -> Result:
-    table = pd.DataFrame(m.rounds, columns=ROUND_COLUMNS)
-    live = int((table["phase"] == "precopy").sum()) if len(table) else 0
+    # The round and timeline tables stay raw lists: Result builds its DataFrames only when asked.
+    live = sum(1 for row in m.rounds if row["phase"] == "precopy")
     total = m.env.now  # a cancelled migration ends at its cancel, so this holds either way
     pc_time = (total - m.pc_start) if not math.isnan(m.pc_start) else 0.0
     return Result(
@@ -421,6 +419,5 @@ def _result(m: Migration) -> Result:
         postcopy_stall_s=float(m.pc_stall_s), postcopy_bytes=int(round(m.pc_bytes)), final_pages=float(m.final_pages),
         expected_downtime_s=float(m.expected_downtime_s), throttle_pct_max=float(m.throttle_max),
         xbzrle_hit_pages=float(m.xbzrle_hits), trace_looped=bool(m.pages.looped or getattr(m.touch_source, "looped", False)),
-        trace_sha256=m.trace_sha256, miglab_version=__version__, rounds_table=table,
-        timeline=pd.DataFrame(np.array(m.timeline, dtype=float).reshape(-1, 2), columns=["t_s", "remaining_bytes"]),
+        trace_sha256=m.trace_sha256, miglab_version=__version__, rounds_rows=m.rounds, timeline_points=m.timeline,
     )
