@@ -53,6 +53,19 @@ def _cached_model(path: str, mtime_ns: int) -> DirtyModel:
     return DirtyModel.load(path)
 
 
+@functools.lru_cache(maxsize=256)
+def _spec_model(spec: str, memory_bytes: int, page_size: int) -> DirtyModel:
+    # A sweep simulates one spec many times: parse and resolve it once (errors are not cached).
+    return spec_model(parse_spec(spec, memory_bytes, page_size, where="workload.spec"), memory_bytes // page_size,
+                      page_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_model_at(path: str, mtime_ns: int, memory_bytes: int, scaling: str) -> DirtyModel:
+    model = _cached_model(path, mtime_ns)
+    return model if model.memory_bytes == memory_bytes else model.rescale(memory_bytes, scaling)
+
+
 def _mtime(path: str) -> int:
     try:
         return os.stat(path).st_mtime_ns
@@ -81,13 +94,10 @@ class Migration:
             zero = trace.meta.get("zero_page_fraction", 0.0)
         else:
             if w.kind == "model":
-                model = _cached_model(w.path, _mtime(w.path))
+                model = _cached_model_at(w.path, _mtime(w.path), w.memory_bytes, w.scaling)
                 self.trace_sha256 = str(model.source.get("trace_sha256", ""))
-                if model.memory_bytes != w.memory_bytes:
-                    model = model.rescale(w.memory_bytes, w.scaling)
             else:
-                spec = parse_spec(w.spec, w.memory_bytes, w.page_size_bytes, where="workload.spec")
-                model = spec_model(spec, w.memory_bytes // w.page_size_bytes, w.page_size_bytes)
+                model = _spec_model(w.spec, w.memory_bytes, w.page_size_bytes)
             self.model = model
             self.page_size = model.page_size
             zero = model.zero_page_fraction
