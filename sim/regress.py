@@ -52,7 +52,7 @@ from typing import Any, Literal
 from . import __version__
 from .atomic import atomic_open
 from .errors import ConfigError
-from .scenario import Scenario, load_toml
+from .scenario import Scenario, flatten, load_toml
 from .units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
@@ -482,7 +482,7 @@ def compare_real(current: dict[str, Any], baseline: dict[str, Any], metrics: Ite
             continue
         c, b = cur[name], base[name]
         if c.get("scenario") and b.get("scenario") and c["scenario"] != b["scenario"]:
-            changed = sorted(k for k, v in _flat(c["scenario"]).items() if _flat(b["scenario"]).get(k) != v)
+            changed = sorted(k for k, v in flatten(c["scenario"]).items() if flatten(b["scenario"]).get(k) != v)
             rows.append(Comparison(name, "(definition)", "baseline's", "changed: " + ", ".join(changed[:3]),
                                    "CHANGED (update the baseline)", True))
         if c.get("failed"):
@@ -525,16 +525,6 @@ def compare_real(current: dict[str, Any], baseline: dict[str, Any], metrics: Ite
                  f"{' (Holm-corrected over the report)' if holm else ''} AND median increase > floor "
                  f"({', '.join(f'{m} {_fmt(floors.get(m, 0.0), m)}' for m in metrics)})")
     return Report("real", tuple(rows), tuple(notes))
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _holm_levels(pvalues: list[float], alpha: float) -> list[float]:

@@ -411,6 +411,21 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     return obj
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into dotted keys: ``{"link": {"rtt_s": 0}}`` -> ``{"link.rtt_s": 0}``.
+
+    The inverse of the dotted paths :func:`with_fields` takes.
+    """
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
 def with_fields(obj: Any, changes: dict[str, Any], where: str = "override") -> Any:
     """Return ``obj`` with dotted-path fields replaced, values coerced like from_dict."""
     nested: dict[str, dict[str, Any]] = {}

@@ -61,7 +61,8 @@ import pandas as pd
 from . import __version__
 from .atomic import atomic_path
 from .errors import ConfigError, MiglabError
-from .scenario import Scenario, load_toml, with_fields
+from .scenario import Scenario, flatten, load_toml, with_fields
+from .trace import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -76,27 +77,11 @@ _CHECKPOINT_INTERVAL_S = 10.0
 
 
 # --------------------------------------------------------------------------- ids
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts into dotted keys: ``{"link": {"rtt_s": 0}}`` -> ``{"link.rtt_s": 0}``."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
 def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return file_sha256(path)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    return h.hexdigest()
 
 
 def scenario_id(scenario: Scenario, input_sha256: str = "") -> str:
