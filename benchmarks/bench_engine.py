@@ -120,6 +120,10 @@ def _child_replay(args: argparse.Namespace) -> None:
 
     events = [0]
     for cls in (dirty.TraceDirt, dirty.SampledDirt):
+        if not hasattr(cls, "dirty_sets"):  # an older miglab: no event count
+            events[0] = -1
+            continue
+
         def counting(self, g0, g1, _orig=cls.dirty_sets):
             for piece in _orig(self, g0, g1):
                 events[0] += len(piece) * (64 if piece.dtype == np.uint64 else 1)
