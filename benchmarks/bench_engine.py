@@ -126,7 +126,12 @@ def _child_replay(args: argparse.Namespace) -> None:
 
         def counting(self, g0, g1, _orig=cls.dirty_sets):
             for piece in _orig(self, g0, g1):
-                events[0] += len(piece) * (64 if piece.dtype == np.uint64 else 1)
+                if isinstance(piece, tuple):  # (words, bits) of a whole interval
+                    events[0] += int(np.bitwise_count(piece[1]).sum())
+                elif piece.dtype == np.uint64:  # the trace's union bitmap
+                    events[0] += int(np.bitwise_count(piece).sum())
+                else:
+                    events[0] += len(piece)
                 yield piece
         cls.dirty_sets = counting
     if args.child == "replay":

@@ -143,7 +143,10 @@ def main() -> int:
         "load_avg_1m_after": round(os.getloadavg()[0], 2),
         "build_s": round(t_build, 2), "plan_s": round(t_plan, 2), "sweep_s": round(t_run, 2),
         "end_to_end_s": round(end_to_end, 2), "planning_share": round(planning / end_to_end, 4),
-        "runs_per_s": round(n / end_to_end, 1), "cpu_busy_share": round(cpu / (end_to_end * (os.cpu_count() or 1)), 3),
+        "runs_per_s": round(n / end_to_end, 1), "cpu_s": round(cpu, 1),
+        # what the same CPU seconds would take on idle cores (this machine is shared)
+        "idle_projection_s": round(cpu / min(args.jobs, os.cpu_count() or 1), 1),
+        "cpu_busy_share": round(cpu / (end_to_end * (os.cpu_count() or 1)), 3),
         "parent_peak_rss_mib": round(rss_mib), "resume_noop_s": round(t_resume, 2), "parquet_bytes": size,
         "converged_fraction": round(converged, 3), "converged_by_variant": by, "target_s": TARGET_S,
         "planning_share_target": PLANNING_SHARE_TARGET,

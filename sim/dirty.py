@@ -44,6 +44,8 @@ from .model import DirtyModel, PageClass
 from .scenario import WithinInterval
 from .trace import Trace
 
+#: Memory a trace replay may spend keeping decoded intervals (16 bytes per touched word).
+GROUPED_CACHE_BYTES = 512 * 2**20
 #: Most writes one page gets in one interval (m stays below ln(2 x intervals) + 1, so this never binds
 #: for traces under ~10^20 intervals); also the stride that keys a page's write instants.
 WRITE_SLOTS = 64
@@ -149,6 +151,27 @@ def _nth_bit(v: int, n: int) -> int:
     return (v & -v).bit_length() - 1
 
 
+def _kth_in_counts(pc: np.ndarray, k: int, block: int = 4096) -> tuple[int, int]:
+    """Index of the word holding the k-th (1-based) set bit, given per-word counts ``pc`` summing to >= k,
+    and the rank of that bit within its word. Block sums first, so the running sum covers one block."""
+    base = 0
+    if len(pc) > 2 * block:
+        full = len(pc) // block * block
+        sums = np.cumsum(pc[:full].reshape(-1, block).sum(axis=1, dtype=np.int64))
+        b = int(np.searchsorted(sums, k))
+        if b < len(sums):
+            base = b * block
+            k -= int(sums[b - 1]) if b else 0
+            pc = pc[base:base + block]
+        else:
+            base = full
+            k -= int(sums[-1])
+            pc = pc[full:]
+    cs = np.cumsum(pc, dtype=np.int64)
+    j = int(np.searchsorted(cs, k))
+    return base + j, k - (int(cs[j - 1]) if j else 0)
+
+
 def kth_set(words: np.ndarray, lo: int, hi: int, k: int, density: float = 1.0) -> tuple[int, int]:
     """Scan pages [lo, hi) for the first ``k`` set bits.
 
@@ -160,7 +183,7 @@ def kth_set(words: np.ndarray, lo: int, hi: int, k: int, density: float = 1.0) -
         return lo, 0
     w0, w1 = lo >> 6, (hi + 63) >> 6
     size = int(min(max(64.0, 2.0 * k / max(density, 1e-12) / 64.0 + 64.0), float(w1 - w0)))
-    found, last_word, pos = 0, -1, w0
+    found, pos = 0, w0
 
     def masked(wi: int) -> int:
         v = int(words[wi])
@@ -170,26 +193,26 @@ def kth_set(words: np.ndarray, lo: int, hi: int, k: int, density: float = 1.0) -
             v &= _word_mask(0, hi & 63)
         return v
 
+    last_chunk = None
     while pos < w1:
         end = min(pos + size, w1)
-        pc = np.bitwise_count(words[pos:end]).astype(np.int64)
+        pc = np.bitwise_count(words[pos:end])
         if pos == w0:
             pc[0] = masked(w0).bit_count()
         if end == w1:
             pc[-1] = masked(w1 - 1).bit_count()
-        cs = np.cumsum(pc)
-        if found + int(cs[-1]) >= k:
-            j = int(np.searchsorted(cs, k - found))
-            need = k - found - (int(cs[j - 1]) if j else 0)
+        total = int(pc.sum(dtype=np.int64))  # one pass; the running sum only in the chunk that holds the k-th bit
+        if found + total >= k:
+            j, need = _kth_in_counts(pc, k - found)
             wi = pos + j
             return wi * 64 + _nth_bit(masked(wi), need) + 1, k
-        nz = np.flatnonzero(pc)
-        if len(nz):
-            last_word = pos + int(nz[-1])
-        found += int(cs[-1])
+        if total:
+            last_chunk = (pos, pc)
+        found += total
         pos, size = end, size * 2
-    if found == 0:
+    if last_chunk is None:
         return lo, 0
+    last_word = last_chunk[0] + int(np.flatnonzero(last_chunk[1])[-1])
     return last_word * 64 + masked(last_word).bit_length(), found
 
 
@@ -295,6 +318,21 @@ class TraceDirt:
         self.looped = False
         self._all: np.ndarray | None = None
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # Whole intervals as (words, bits), kept while they fit GROUPED_CACHE_BYTES: a replay that
+        # outlasts the trace ORs each interval in again every cycle, without decoding it again.
+        self._grouped: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._grouped_bytes = 0
+
+    def _whole(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Interval ``i``'s pages as the distinct words they touch and each word's bits."""
+        hit = self._grouped.get(i)
+        if hit is None:
+            hit = group_words(self.trace.pages(i))
+            size = hit[0].nbytes + hit[1].nbytes
+            if self._grouped_bytes + size <= GROUPED_CACHE_BYTES:
+                self._grouped[i] = hit
+                self._grouped_bytes += size
+        return hit
 
     def _touched_pages(self) -> _TouchedPages:
         if self._touched is None:
@@ -402,10 +440,11 @@ class TraceDirt:
             return np.zeros(0, np.int64), np.zeros(0)
         return np.concatenate(out_p), np.concatenate(out_t)
 
-    def dirty_sets(self, g0: float, g1: float) -> Iterator[np.ndarray]:
+    def dirty_sets(self, g0: float, g1: float) -> Iterator[np.ndarray | tuple[np.ndarray, np.ndarray]]:
         """The pages of :meth:`window` as pieces that are each sorted (repeats allowed), without instants.
 
-        An interval the window covers whole is its page list as stored (no hashing); a partial one is
+        An interval the window covers whole comes as its stored pages already grouped by word, a
+        ``(words, bits)`` pair (no hashing, and decoded once while the cache has room); a partial one is
         its pages with an instant in the window, first writes then repeats. A window longer than the
         trace yields the union bitmap itself (uint64 words) in place of a page list.
         """
@@ -417,7 +456,7 @@ class TraceDirt:
             return
         for i, lo, hi, _, whole in self._spans(g0, g1):
             if whole:
-                yield self.trace.pages(i)
+                yield self._whole(i)
                 continue
             pages, t = self._interval(i)
             keep = (t >= lo) & (t < hi)
@@ -692,7 +731,9 @@ class ExactPages:
                 self._or_pages(np.unique(pages))
         else:
             for piece in sets(g0, g1):
-                if piece.dtype == np.uint64:
+                if isinstance(piece, tuple):
+                    self._or_grouped(*piece)
+                elif piece.dtype == np.uint64:
                     self._or_words(piece)
                 elif len(piece):
                     self._or_pages(piece)
@@ -700,15 +741,21 @@ class ExactPages:
 
     def _or_pages(self, pages: np.ndarray) -> None:
         """Set sorted (non-decreasing) ``pages`` pending and not fresh, over the words they touch only."""
-        w, bits = group_words(pages)
+        self._or_grouped(*group_words(pages))
+
+    def _or_grouped(self, w: np.ndarray, bits: np.ndarray) -> None:
+        """Set the ``bits`` of the distinct words ``w`` pending and not fresh."""
+        if not len(w):
+            return
         got = self._pairs[w]
         pair = got.view(np.uint64).reshape(-1, 2)
         pend, fresh = pair[:, 0], pair[:, 1]
         self._count += _popcount(bits & ~pend)
-        lost = fresh & bits
-        self._fresh_count -= _popcount(lost)
+        if self._fresh_count:
+            lost = fresh & bits
+            self._fresh_count -= _popcount(lost)
+            fresh ^= lost
         pend |= bits
-        fresh ^= lost
         self._pairs[w] = got
 
     def _or_words(self, words: np.ndarray, block: int = 1 << 16) -> None:
@@ -733,11 +780,12 @@ class ExactPages:
         pair &= ~bits[:, None]
         self._pairs[w] = got
 
-    def _next(self, k: float) -> list[tuple[int, int]]:
-        """Page ranges holding the next ``k`` pending pages in scan order (wrapping once); moves the scan past them."""
+    def _next(self, k: float) -> tuple[list[tuple[int, int]], int]:
+        """Page ranges holding the next ``k`` pending pages in scan order (wrapping once), and how many
+        they hold; moves the scan past them."""
         k = int(round(k))
         if k <= 0 or self._count == 0:
-            return []
+            return [], 0
         density = self._count / self.n_pages
         q, found = kth_set(self._pending, self.scan_pos, self.n_pages, k, density)
         ranges = [(self.scan_pos, q)]
@@ -747,35 +795,36 @@ class ExactPages:
             if found2:
                 q = q2
             elif not found:
-                return []
+                return [], 0
+            found += found2
         self.scan_pos = q % self.n_pages
-        return ranges
+        return ranges, found
 
-    def _clear(self, ranges: list[tuple[int, int]]) -> tuple[int, int]:
-        """Clear page ranges in both bitmaps; return (pending pages, fresh pages) they held."""
-        sent = fresh = 0
+    def _clear(self, ranges: list[tuple[int, int]], sent: int) -> tuple[int, int]:
+        """Clear page ranges holding ``sent`` pending pages in both bitmaps; return (sent, fresh pages among them)."""
+        fresh = 0
         for lo, hi in ranges:
-            sent += popcount_range(self._pending, lo, hi)
-            fresh += popcount_range(self._fresh, lo, hi)
             clear_range(self._pending, lo, hi)
-            clear_range(self._fresh, lo, hi)
+            if self._fresh_count:  # after the first pass there are none: skip the pass
+                fresh += popcount_range(self._fresh, lo, hi)
+                clear_range(self._fresh, lo, hi)
         self._count -= sent
         self._fresh_count -= fresh
         return sent, fresh
 
     def take(self, k: float) -> np.ndarray:
         """Remove and return the next ``k`` pending pages in scan order."""
-        ranges = self._next(k)
+        ranges, n = self._next(k)
         pages = [pages_in_range(self._pending, lo, hi) for lo, hi in ranges]
-        self._clear(ranges)
+        self._clear(ranges, n)
         return np.concatenate(pages) if pages else _EMPTY
 
     def send(self, k: float) -> float:
-        return float(self._clear(self._next(k))[0])
+        return float(self._clear(*self._next(k))[0])
 
     def send_counted(self, k: float) -> tuple[float, float]:
         """Send ``k`` pages in scan order; return (pages sent, how many of them were fresh)."""
-        sent, fresh = self._clear(self._next(k))
+        sent, fresh = self._clear(*self._next(k))
         return float(sent), float(fresh)
 
     def clear(self) -> None:
