@@ -5,9 +5,14 @@ Two representations, one interface, so every strategy runs on either:
 * :class:`ExpectedPages` keeps expected pending page *counts* per page class of
   a :class:`~sim.model.DirtyModel`. Cost is O(classes) per step, independent of
   guest size: this is what makes 1 TiB guests and 10,000-scenario sweeps cheap.
-* :class:`ExactPages` keeps a boolean page map and replays page-exact dirty
-  sets, from a recorded trace (:class:`TraceDirt`) or sampled from a model
-  (:class:`SampledDirt`). All set work is vectorised numpy.
+* :class:`ExactPages` keeps packed page bitmaps (one bit per page, uint64
+  words) with running counts and replays page-exact dirty sets, from a
+  recorded trace (:class:`TraceDirt`) or sampled from a model
+  (:class:`SampledDirt`). A set of dirty pages is OR-ed in word by word over
+  the words it touches only; a round's sends clear whole word ranges in scan
+  order. No step passes over the whole guest except a window longer than the
+  trace (one OR of the trace's union bitmap): a 1 TiB guest's two bitmaps are
+  64 MiB.
 
 Time inside a dirty source is *guest time*: it advances only while the guest
 runs, and slower when it is throttled or stalled. The engine converts.
@@ -28,20 +33,26 @@ gives every page a single instant, the linear share.)
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
 
-from .model import DirtyModel
+from .model import DirtyModel, PageClass
 from .scenario import WithinInterval
 from .trace import Trace
 
+#: Memory a trace replay may spend keeping decoded intervals (16 bytes per touched word).
+GROUPED_CACHE_BYTES = 512 * 2**20
 #: Most writes one page gets in one interval (m stays below ln(2 x intervals) + 1, so this never binds
 #: for traces under ~10^20 intervals); also the stride that keys a page's write instants.
 WRITE_SLOTS = 64
-_WRITES_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 _MIX = np.uint64(0xBF58476D1CE4E5B9)
+#: ``ndarray.sum`` without its Python wrapper (the same reduction): post-copy sums 3-element arrays 1,600 times a run.
+_sum = np.add.reduce
 
 
 def _hash_bits(pages: np.ndarray, interval: int, seed: int) -> np.ndarray:
@@ -59,6 +70,164 @@ def _unit_hash(pages: np.ndarray, interval: int, seed: int) -> np.ndarray:
     return (_hash_bits(pages, interval, seed) >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
 
 
+# --------------------------------------------------------------------------- packed page bitmaps
+# Page p is bit p & 63 of word p >> 6 (the little-endian bit order of np.packbits(..., bitorder="little")).
+_ONE = np.uint64(1)
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+_EMPTY = np.zeros(0, np.int64)
+_PAIR = np.dtype((np.void, 16))  # two uint64 words moved as one item
+
+
+def n_words(n_pages: int) -> int:
+    """uint64 words of a packed bitmap of ``n_pages`` pages."""
+    return (n_pages + 63) // 64
+
+
+def group_words(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (non-decreasing, repeats allowed) pages -> the distinct words they touch and each word's bits."""
+    w = pages >> 6
+    bits = np.left_shift(_ONE, (pages & 63).astype(np.uint64))
+    if len(w) < 2:
+        return w, bits
+    starts = np.flatnonzero(w[1:] != w[:-1])
+    starts += 1
+    starts = np.concatenate([np.zeros(1, np.int64), starts])
+    return w[starts], np.bitwise_or.reduceat(bits, starts)
+
+
+def _popcount(words: np.ndarray) -> int:
+    return int(np.bitwise_count(words).sum(dtype=np.int64))
+
+
+def _word_mask(lo_bit: int, hi_bit: int) -> int:
+    """Bits [lo_bit, hi_bit) of one word (0 <= lo_bit <= hi_bit <= 64), as a Python int."""
+    return ((1 << hi_bit) - 1) ^ ((1 << lo_bit) - 1)
+
+
+def popcount_range(words: np.ndarray, lo: int, hi: int) -> int:
+    """Set bits of pages [lo, hi)."""
+    if hi <= lo:
+        return 0
+    a, b = lo >> 6, (hi - 1) >> 6
+    if a == b:
+        return (int(words[a]) & _word_mask(lo & 63, ((hi - 1) & 63) + 1)).bit_count()
+    head = (int(words[a]) & _word_mask(lo & 63, 64)).bit_count()
+    tail = (int(words[b]) & _word_mask(0, ((hi - 1) & 63) + 1)).bit_count()
+    return head + _popcount(words[a + 1:b]) + tail
+
+
+def clear_range(words: np.ndarray, lo: int, hi: int) -> None:
+    """Clear the bits of pages [lo, hi)."""
+    if hi <= lo:
+        return
+    a, b = lo >> 6, (hi - 1) >> 6
+    if a == b:
+        words[a] &= np.uint64(~_word_mask(lo & 63, ((hi - 1) & 63) + 1) & 0xFFFFFFFFFFFFFFFF)
+        return
+    words[a] &= np.uint64(_word_mask(0, lo & 63))
+    words[a + 1:b] = 0
+    words[b] &= np.uint64(_word_mask(((hi - 1) & 63) + 1, 64))
+
+
+def pages_in_range(words: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Sorted page numbers (int64) of the set bits of pages [lo, hi)."""
+    if hi <= lo:
+        return _EMPTY
+    a, b = lo >> 6, (hi + 63) >> 6
+    chunk = words[a:b]
+    nz = np.flatnonzero(chunk)
+    if not len(nz):
+        return _EMPTY
+    bits = np.unpackbits(chunk[nz].view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
+    r, c = np.nonzero(bits)
+    pages = (nz[r] + a) * 64 + c
+    return pages[(pages >= lo) & (pages < hi)]
+
+
+def _nth_bit(v: int, n: int) -> int:
+    """Position of the n-th (1-based) set bit of ``v``."""
+    for _ in range(n - 1):
+        v &= v - 1
+    return (v & -v).bit_length() - 1
+
+
+def _kth_in_counts(pc: np.ndarray, k: int, block: int = 4096) -> tuple[int, int]:
+    """Index of the word holding the k-th (1-based) set bit, given per-word counts ``pc`` summing to >= k,
+    and the rank of that bit within its word. Block sums first, so the running sum covers one block."""
+    base = 0
+    if len(pc) > 2 * block:
+        full = len(pc) // block * block
+        sums = np.cumsum(pc[:full].reshape(-1, block).sum(axis=1, dtype=np.int64))
+        b = int(np.searchsorted(sums, k))
+        if b < len(sums):
+            base = b * block
+            k -= int(sums[b - 1]) if b else 0
+            pc = pc[base:base + block]
+        else:
+            base = full
+            k -= int(sums[-1])
+            pc = pc[full:]
+    cs = np.cumsum(pc, dtype=np.int64)
+    j = int(np.searchsorted(cs, k))
+    return base + j, k - (int(cs[j - 1]) if j else 0)
+
+
+def kth_set(words: np.ndarray, lo: int, hi: int, k: int, density: float = 1.0) -> tuple[int, int]:
+    """Scan pages [lo, hi) for the first ``k`` set bits.
+
+    Returns ``(q, found)``: ``q`` is just past the last of the (up to ``k``) set bits found, ``lo``
+    when there are none. The scan reads words in chunks that double, starting from the size
+    ``density`` (set bits per page) predicts, so its cost follows the pages it passes, not the guest.
+    """
+    if hi <= lo or k <= 0:
+        return lo, 0
+    w0, w1 = lo >> 6, (hi + 63) >> 6
+    size = int(min(max(64.0, 2.0 * k / max(density, 1e-12) / 64.0 + 64.0), float(w1 - w0)))
+    found, pos = 0, w0
+
+    def masked(wi: int) -> int:
+        v = int(words[wi])
+        if wi == w0:
+            v &= _word_mask(lo & 63, 64)
+        if wi == w1 - 1 and hi & 63:
+            v &= _word_mask(0, hi & 63)
+        return v
+
+    last_chunk = None
+    while pos < w1:
+        end = min(pos + size, w1)
+        pc = np.bitwise_count(words[pos:end])
+        if pos == w0:
+            pc[0] = masked(w0).bit_count()
+        if end == w1:
+            pc[-1] = masked(w1 - 1).bit_count()
+        total = int(pc.sum(dtype=np.int64))  # one pass; the running sum only in the chunk that holds the k-th bit
+        if found + total >= k:
+            j, need = _kth_in_counts(pc, k - found)
+            wi = pos + j
+            return wi * 64 + _nth_bit(masked(wi), need) + 1, k
+        if total:
+            last_chunk = (pos, pc)
+        found += total
+        pos, size = end, size * 2
+    if last_chunk is None:
+        return lo, 0
+    last_word = last_chunk[0] + int(np.flatnonzero(last_chunk[1])[-1])
+    return last_word * 64 + masked(last_word).bit_length(), found
+
+
+class PageView:
+    """Read-only page-indexed view of a packed bitmap: ``view[pages]`` is a boolean array."""
+
+    def __init__(self, words: np.ndarray) -> None:
+        self.words = words
+
+    def __getitem__(self, pages: np.ndarray) -> np.ndarray:
+        p = np.asarray(pages, dtype=np.int64)
+        return ((self.words[p >> 6] >> (p & 63).astype(np.uint64)) & _ONE).astype(bool)
+
+
+
 class DirtSource(Protocol):
     """Page-exact dirty events in guest time."""
 
@@ -68,6 +237,63 @@ class DirtSource(Protocol):
     def window(self, g0: float, g1: float) -> tuple[np.ndarray, np.ndarray]:
         """Pages dirtied in guest time [g0, g1) and the instant of each (may repeat pages)."""
         ...
+
+
+class _TouchedPages:
+    """What a trace's rate inference needs, over the pages it touches only: their union bitmap, a
+    rank (prefix popcount per word) to index a page among them, and how many intervals each changed in."""
+
+    def __init__(self, trace: Trace) -> None:
+        words = np.zeros(n_words(trace.n_pages), np.uint64)
+        for i in range(trace.n_intervals):
+            w, bits = group_words(trace.pages(i))
+            words[w] |= bits  # words of one interval are distinct
+        # Each word beside the count of touched pages before it, so a rank lookup is one gather.
+        self._pairs = np.zeros((len(words), 2), np.uint64)
+        self._pairs[:, 0] = words
+        pc = np.bitwise_count(words)
+        np.cumsum(pc[:-1], out=self._pairs[1:, 1], dtype=np.uint64)
+        self.words = self._pairs[:, 0]
+        self._items = self._pairs.view(_PAIR).reshape(-1)
+        del words
+        n_touched = int(self._pairs[-1, 1]) + int(pc[-1]) if len(pc) else 0
+        self._counts: np.ndarray | None = None
+        self._n_touched = n_touched
+        self._trace = trace
+
+    def rank(self, pages: np.ndarray) -> np.ndarray:
+        """Index of each (touched) page among the touched pages, in page order."""
+        pair = self._items[pages >> 6].view(np.uint64).reshape(-1, 2)
+        below = pair[:, 0] & (np.left_shift(_ONE, (pages & 63).astype(np.uint64)) - _ONE)
+        return (pair[:, 1] + np.bitwise_count(below)).astype(np.int64)
+
+    def counts(self) -> np.ndarray:
+        """Per touched page, the number of intervals it changed in."""
+        if self._counts is None:
+            trace = self._trace
+            n = trace.n_intervals
+            counts = np.zeros(self._n_touched, np.uint16 if n < 65535 else np.uint32)
+            for i in range(n):
+                counts[self.rank(trace.pages(i))] += 1  # distinct pages within one interval
+            self._counts = counts
+        return self._counts
+
+
+_TOUCHED_CACHE: dict[str, _TouchedPages] = {}
+
+
+def _write_tables(n_intervals: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean writes m per interval as a function of how many intervals a page changed in (0..n):
+    whole part (uint8) and fraction in 1/65536 (uint16). One entry per count, not per page."""
+    n = n_intervals
+    count = np.arange(n + 1, dtype=np.uint16 if n < 65535 else np.uint32)
+    share = np.minimum(count / max(n, 1), 1.0 - 0.5 / max(n, 1))  # a page in every interval: rate unknown
+    lam_i = -np.log1p(-share)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(lam_i > 1e-12, lam_i / -np.expm1(-lam_i), 1.0)
+    m = np.clip(m, 1.0, WRITE_SLOTS).astype(np.float32)
+    whole = np.floor(m)
+    return whole.astype(np.uint8), np.minimum(np.round((m - whole) * 65536.0), 65535).astype(np.uint16)
 
 
 class TraceDirt:
@@ -81,6 +307,7 @@ class TraceDirt:
         self.n_pages = trace.n_pages
         self.seed = seed
         self.within_interval = within_interval
+        self._touched: _TouchedPages | None = None
         self._writes: tuple[np.ndarray, np.ndarray] | None = None
         # time_scale > 1 plays the trace faster: used to model reads on top of writes.
         self.time_scale = time_scale
@@ -91,30 +318,42 @@ class TraceDirt:
         self.looped = False
         self._all: np.ndarray | None = None
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # Whole intervals as (words, bits), kept while they fit GROUPED_CACHE_BYTES: a replay that
+        # outlasts the trace ORs each interval in again every cycle, without decoding it again.
+        self._grouped: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._grouped_bytes = 0
 
-    def _writes_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per page, the mean writes m per interval it changed in: whole part (uint8), fraction in 1/65536 (uint16)."""
-        if self._writes is None:
+    def _whole(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Interval ``i``'s pages as the distinct words they touch and each word's bits."""
+        hit = self._grouped.get(i)
+        if hit is None:
+            hit = group_words(self.trace.pages(i))
+            size = hit[0].nbytes + hit[1].nbytes
+            if self._grouped_bytes + size <= GROUPED_CACHE_BYTES:
+                self._grouped[i] = hit
+                self._grouped_bytes += size
+        return hit
+
+    def _touched_pages(self) -> _TouchedPages:
+        if self._touched is None:
             key = self.trace.sha256
-            self._writes = _WRITES_CACHE.get(key) if key else None
+            hit = _TOUCHED_CACHE.get(key) if key else None
+            if hit is None:
+                hit = _TouchedPages(self.trace)
+                if key:  # a sweep replays one trace thousands of times: infer the rates once
+                    while len(_TOUCHED_CACHE) >= 4:
+                        _TOUCHED_CACHE.pop(next(iter(_TOUCHED_CACHE)))
+                    _TOUCHED_CACHE[key] = hit
+            self._touched = hit
+        return self._touched
+
+    def _writes_of(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per page, the mean writes m per interval it changed in: whole part (uint8), fraction in 1/65536 (uint16)."""
+        touched = self._touched_pages()
         if self._writes is None:
-            n = self.trace.n_intervals
-            count = np.zeros(self.n_pages, np.uint16 if n < 65535 else np.uint32)
-            for i in range(n):
-                count[self.trace.pages(i)] += 1
-            share = np.minimum(count / max(n, 1), 1.0 - 0.5 / max(n, 1))  # a page in every interval: rate unknown
-            lam_i = -np.log1p(-share)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                m = np.where(lam_i > 1e-12, lam_i / -np.expm1(-lam_i), 1.0)
-            m = np.clip(m, 1.0, WRITE_SLOTS).astype(np.float32)
-            whole = np.floor(m)
-            self._writes = (whole.astype(np.uint8),
-                            np.minimum(np.round((m - whole) * 65536.0), 65535).astype(np.uint16))
-            if self.trace.sha256:  # a sweep replays one trace thousands of times: infer the rates once
-                while len(_WRITES_CACHE) >= 4:
-                    _WRITES_CACHE.pop(next(iter(_WRITES_CACHE)))
-                _WRITES_CACHE[self.trace.sha256] = self._writes
-        return self._writes
+            self._writes = _write_tables(self.trace.n_intervals)
+        c = touched.counts()[touched.rank(pages)]
+        return self._writes[0][c], self._writes[1][c]
 
     def _interval(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Decoded pages of interval ``i`` and their write instants; short rounds revisit the same intervals."""
@@ -128,9 +367,9 @@ class TraceDirt:
                 # Write j of a page is at hash(page x WRITE_SLOTS + j): independent uniform instants, as the
                 # Poisson reading implies. The low 16 bits of write 0's hash round m stochastically, so the
                 # common case (one write) costs one hash per page.
-                whole, frac = self._writes_table()
+                whole, frac = self._writes_of(pages)
                 bits = _hash_bits(pages * WRITE_SLOTS, i, self.seed)
-                k = whole[pages] + ((bits & np.uint64(0xFFFF)) < frac[pages])
+                k = whole + ((bits & np.uint64(0xFFFF)) < frac)
                 t = s + (bits >> np.uint64(11)).astype(np.float64) * ((e - s) / 2**53)
                 more = k > 1
                 if more.any():
@@ -145,22 +384,18 @@ class TraceDirt:
             self._cache[i] = hit
         return hit
 
+    def union_words(self) -> np.ndarray:
+        """Packed bitmap of every page the trace touches (read-only; shared between replays)."""
+        return self._touched_pages().words
+
     def _all_pages(self) -> np.ndarray:
         if self._all is None:
-            self._all = np.flatnonzero(self.trace.mask(range(self.trace.n_intervals)))
+            self._all = pages_in_range(self.union_words(), 0, self.n_pages)
         return self._all
 
-    def window(self, g0: float, g1: float) -> tuple[np.ndarray, np.ndarray]:
-        g0, g1 = g0 * self.time_scale, g1 * self.time_scale
-        if g1 <= g0 or self.trace.n_intervals == 0:
-            return np.zeros(0, np.int64), np.zeros(0)
-        if g1 > self.period:
-            self.looped = True
-        if g1 - g0 >= self.period:  # a window longer than the trace sees every page the trace ever touched
-            pages = self._all_pages()
-            return pages, np.full(len(pages), g0 / self.time_scale)
-        out_p: list[np.ndarray] = []
-        out_t: list[np.ndarray] = []
+    def _spans(self, g0: float, g1: float) -> Iterator[tuple[int, float, float, float, bool]]:
+        """The intervals a (trace-time) window [g0, g1) shorter than the trace covers:
+        ``(interval, lo, hi, base, whole)`` with the window as [lo, hi) in cycle time from ``base``."""
         cycle = np.floor(g0 / self.period)
         while True:
             base = cycle * self.period
@@ -171,19 +406,152 @@ class TraceDirt:
             a = int(np.searchsorted(self.ends, max(lo, 0.0), side="right"))
             b = int(np.searchsorted(self.starts, hi, side="left"))
             for i in range(a, b):
-                pages, t = self._interval(i)
-                s, e = self.starts[i], self.ends[i]
-                if s < lo or e > hi:
-                    keep = (t >= lo) & (t < hi)
-                    pages, t = pages[keep], t[keep]
-                out_p.append(pages)
-                out_t.append((t + base) / self.time_scale)
+                yield i, lo, hi, base, not (self.starts[i] < lo or self.ends[i] > hi)
             if hi <= self.period:
                 break
             cycle += 1
+
+    def _scaled(self, g0: float, g1: float) -> tuple[float, float, bool]:
+        """The window in trace time and whether it is empty; sets ``looped``."""
+        g0, g1 = g0 * self.time_scale, g1 * self.time_scale
+        if g1 <= g0 or self.trace.n_intervals == 0:
+            return g0, g1, True
+        if g1 > self.period:
+            self.looped = True
+        return g0, g1, False
+
+    def window(self, g0: float, g1: float) -> tuple[np.ndarray, np.ndarray]:
+        g0, g1, empty = self._scaled(g0, g1)
+        if empty:
+            return np.zeros(0, np.int64), np.zeros(0)
+        if g1 - g0 >= self.period:  # a window longer than the trace sees every page the trace ever touched
+            pages = self._all_pages()
+            return pages, np.full(len(pages), g0 / self.time_scale)
+        out_p: list[np.ndarray] = []
+        out_t: list[np.ndarray] = []
+        for i, lo, hi, base, whole in self._spans(g0, g1):
+            pages, t = self._interval(i)
+            if not whole:
+                keep = (t >= lo) & (t < hi)
+                pages, t = pages[keep], t[keep]
+            out_p.append(pages)
+            out_t.append((t + base) / self.time_scale)
         if not out_p:
             return np.zeros(0, np.int64), np.zeros(0)
         return np.concatenate(out_p), np.concatenate(out_t)
+
+    def dirty_sets(self, g0: float, g1: float) -> Iterator[np.ndarray | tuple[np.ndarray, np.ndarray]]:
+        """The pages of :meth:`window` as pieces that are each sorted (repeats allowed), without instants.
+
+        An interval the window covers whole comes as its stored pages already grouped by word, a
+        ``(words, bits)`` pair (no hashing, and decoded once while the cache has room); a partial one is
+        its pages with an instant in the window, first writes then repeats. A window longer than the
+        trace yields the union bitmap itself (uint64 words) in place of a page list.
+        """
+        g0, g1, empty = self._scaled(g0, g1)
+        if empty:
+            return
+        if g1 - g0 >= self.period:
+            yield self.union_words()
+            return
+        for i, lo, hi, _, whole in self._spans(g0, g1):
+            if whole:
+                yield self._whole(i)
+                continue
+            pages, t = self._interval(i)
+            keep = (t >= lo) & (t < hi)
+            nb = int(self.trace.indptr[i + 1] - self.trace.indptr[i])
+            yield pages[:nb][keep[:nb]]
+            if len(pages) > nb:
+                yield pages[nb:][keep[nb:]]
+
+
+#: The sampler's batch size and its switch from geometric skips to direct draws: the values of
+#: :func:`sim.calibrate.sample_dirty_pages`, whose random stream :func:`sample_page_batches` reproduces.
+SAMPLE_BATCH = 1 << 23
+DIRECT_DRAW_P = 0.08
+
+
+def _class_ranges(model: DirtyModel) -> list[tuple[int, int]]:
+    edges = np.rint(np.concatenate([[0.0], np.cumsum([c.pages for c in model.classes])])).astype(np.int64)
+    edges = np.minimum(edges, model.n_pages)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def _bernoulli_batches(n: int, p: float, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Sorted batches of the indices in ``[0, n)`` kept by Bernoulli(p) trials, by geometric skips."""
+    if n <= 0 or p <= 0.0:
+        return
+    if p >= 1.0:
+        for a in range(0, n, SAMPLE_BATCH):
+            yield np.arange(a, min(n, a + SAMPLE_BATCH), dtype=np.int64)
+        return
+    pos = -1
+    while True:
+        expect = (n - 1 - pos) * p
+        size = int(min(SAMPLE_BATCH, expect + 6 * math.sqrt(expect + 1) + 16))
+        idx = pos + np.cumsum(rng.geometric(p, size=size), dtype=np.int64)
+        if idx[-1] >= n:
+            yield idx[idx < n]
+            return
+        yield idx
+        pos = int(idx[-1])
+
+
+def sample_page_batches(model: DirtyModel, window_s: float, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """:func:`sim.calibrate.sample_dirty_pages` as sorted batches of at most :data:`SAMPLE_BATCH` pages.
+
+    The same draws in the same order (so the same pages and the same generator state after), but
+    memory is one batch instead of 8 bytes per dirtied page: a window of a 1 TiB guest can dirty
+    hundreds of millions of pages.
+    """
+    if window_s < 0 or not math.isfinite(window_s):
+        raise ValueError(f"window_s must be finite and >= 0, got {window_s}")
+    for c, (lo, hi) in zip(model.classes, _class_ranges(model), strict=True):
+        n = hi - lo
+        x = c.rate_per_page_per_s * window_s
+        if n <= 0 or x <= 0:
+            continue
+        if c.kind == "sweep":
+            run_f = n * min(1.0, x)
+            run = int(run_f) + int(rng.random() < run_f - int(run_f))
+            start = int(rng.integers(n))
+            first = min(run, n - start)
+            yield np.arange(lo, lo + run - first, dtype=np.int64)
+            yield np.arange(lo + start, lo + start + first, dtype=np.int64)
+            continue
+        p = -math.expm1(-x)
+        if p < DIRECT_DRAW_P:
+            for batch in _bernoulli_batches(n, p, rng):
+                yield batch + lo
+            continue
+        thr = int(round(p * 2.0**32))
+        for a in range(lo, hi, SAMPLE_BATCH):
+            b = min(a + SAMPLE_BATCH, hi)
+            if thr >= 2**32:
+                yield np.arange(a, b, dtype=np.int64)
+            else:
+                hit = rng.integers(0, 2**32, size=b - a, dtype=np.uint32) < np.uint32(thr)
+                yield a + np.flatnonzero(hit)
+
+
+def _skip_doubles(rng: np.random.Generator, n: int) -> None:
+    """Advance ``rng`` exactly as ``rng.random(n)`` would, without drawing.
+
+    PCG64 makes one double from each 64-bit output; ``advance`` also drops the buffered 32-bit half
+    that ``integers(..., dtype=uint32)`` may hold, which ``random`` keeps, so that is put back.
+    """
+    bg = rng.bit_generator
+    if n <= 0:
+        return
+    if not isinstance(bg, np.random.PCG64):
+        rng.random(n)
+        return
+    before = bg.state
+    bg.advance(n)
+    after = bg.state
+    after["has_uint32"], after["uinteger"] = before["has_uint32"], before["uinteger"]
+    bg.state = after
 
 
 class SampledDirt:
@@ -198,50 +566,83 @@ class SampledDirt:
         self.looped = False
 
     def window(self, g0: float, g1: float) -> tuple[np.ndarray, np.ndarray]:
-        from .sampling import sample_dirty_pages  # geometric-skip sampler: no O(class size) draws
-
         T = (g1 - g0) * self.time_scale
         if T <= 0:
             return np.zeros(0, np.int64), np.zeros(0)
-        pages = sample_dirty_pages(self.model, T, self.rng)
+        batches = list(sample_page_batches(self.model, T, self.rng))
+        pages = np.concatenate(batches) if batches else np.zeros(0, np.int64)
         return pages, g0 + self.rng.random(len(pages)) * (g1 - g0)
+
+    def dirty_sets(self, g0: float, g1: float) -> Iterator[np.ndarray]:
+        """The pages of :meth:`window`, batch by batch, without instants (the generator moves on as
+        if it had drawn them, so the stream stays that of :meth:`window`)."""
+        T = (g1 - g0) * self.time_scale
+        if T <= 0:
+            return
+        drawn = 0
+        for batch in sample_page_batches(self.model, T, self.rng):
+            drawn += len(batch)
+            yield batch
+        _skip_doubles(self.rng, drawn)
 
 
 class ExpectedPages:
-    """Expected pending pages per class. Pages are assumed independent within a class."""
+    """Expected pending pages per class. Pages are assumed independent within a class.
+
+    The pending total is cached beside the per-class array, so :meth:`count` (which the engine
+    calls several times per round) costs no reduction. Assigning :attr:`pending` (``pages.pending
+    -= take`` included) drops the cache; change the array only through that attribute.
+    """
 
     exact = False
 
     def __init__(self, model: DirtyModel, time_scale: float = 1.0) -> None:
         self.model = model
-        self.n = np.array([c.pages for c in model.classes], dtype=np.float64)
-        self.lam = np.array([c.rate_per_page_per_s for c in model.classes], dtype=np.float64) * time_scale
-        self.sweep = np.array([c.kind == "sweep" for c in model.classes], dtype=bool)
-        self.pending = np.zeros_like(self.n)
+        self.n, self.lam, self.sweep = _class_arrays(model.classes, time_scale)
+        self._any_sweep = bool(self.sweep.any())
+        self._pending = np.zeros_like(self.n)
+        self._total: float | None = 0.0
         self.n_pages = model.n_pages
         self.looped = False
 
+    @property
+    def pending(self) -> np.ndarray:
+        """Expected pending pages per class."""
+        return self._pending
+
+    @pending.setter
+    def pending(self, value: np.ndarray) -> None:
+        self._pending = value
+        self._total = None
+
     def fraction_dirtied(self, T: float) -> np.ndarray:
         x = self.lam * max(T, 0.0)
+        if not self._any_sweep:
+            return -np.expm1(-x)
         return np.where(self.sweep, np.minimum(1.0, x), -np.expm1(-x))
 
     def set_all(self) -> None:
-        self.pending = self.n.copy()
+        self._pending = self.n.copy()
+        self._total = float(_sum(self._pending))
 
     def count(self) -> float:
-        return float(self.pending.sum())
+        if self._total is None:
+            self._total = float(_sum(self._pending))
+        return self._total
 
     def add_dirty(self, g0: float, g1: float) -> float:
         """Union the pages dirtied in [g0, g1) into pending; return how many were new."""
-        new = (self.n - self.pending) * self.fraction_dirtied(g1 - g0)
-        self.pending += new
-        return float(new.sum())
+        new = (self.n - self._pending) * self.fraction_dirtied(g1 - g0)
+        self._pending += new
+        self._total = float(_sum(self._pending))
+        return float(_sum(new))
 
     def send(self, k: float) -> float:
-        total = self.pending.sum()
+        total = self.count()
         k = min(k, total)
         if total > 0:
-            self.pending *= 1.0 - k / total
+            self._pending *= 1.0 - k / total
+            self._total = float(_sum(self._pending))
         return float(k)
 
     def fresh_count(self) -> float:
@@ -254,84 +655,183 @@ class ExpectedPages:
         return sent, sent
 
     def clear(self) -> None:
-        self.pending[:] = 0.0
+        self._pending[:] = 0.0
+        self._total = 0.0
+
+
+@functools.lru_cache(maxsize=256)
+def _class_arrays(classes: tuple[PageClass, ...], time_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class pages, write rates and sweep flags (read-only: shared by every run of one model)."""
+    n = np.array([c.pages for c in classes], dtype=np.float64)
+    lam = np.array([c.rate_per_page_per_s for c in classes], dtype=np.float64) * time_scale
+    sweep = np.array([c.kind == "sweep" for c in classes], dtype=bool)
+    for a in (n, lam, sweep):
+        a.flags.writeable = False
+    return n, lam, sweep
 
 
 class ExactPages:
-    """A page-exact pending map over a :class:`DirtSource`, sent in cyclic address order like QEMU's scan."""
+    """A page-exact pending set over a :class:`DirtSource`, sent in cyclic address order like QEMU's scan.
+
+    Pending and fresh pages are packed bitmaps with running counts, so :meth:`count` and
+    :meth:`fresh_count` cost nothing. The two bitmaps are interleaved word by word (one ``(words, 2)``
+    array): a dirty page's pending and fresh bits share a cache line, and in a large guest a dirty
+    set is a cache miss per page. ``pending[pages]`` reads the pending bit of each page (booleans).
+    """
 
     exact = True
 
     def __init__(self, source: DirtSource) -> None:
         self.source = source
         self.n_pages = source.n_pages
-        self.pending = np.zeros(self.n_pages, dtype=bool)
-        # Pending pages not written since the migration started: only these can still be zero pages.
-        # Kept alongside pending (every method that clears a pending page clears it here too), so that
-        # counting it is one pass with no temporaries.
-        self.fresh = np.zeros(self.n_pages, dtype=bool)
+        self._bits = np.zeros((n_words(self.n_pages), 2), np.uint64)
+        # Column 1, fresh: pending pages not written since the migration started (only these can still
+        # be zero pages). A subset of column 0, pending: whatever clears a pending page clears it here too.
+        self._pending = self._bits[:, 0]
+        self._fresh = self._bits[:, 1]
+        self._pairs = self._bits.view(_PAIR).reshape(-1)  # one 16-byte item per word pair: fast gathers
+        self._count = 0
+        self._fresh_count = 0
         self.scan_pos = 0
 
     @property
     def looped(self) -> bool:
         return self.source.looped
 
+    @property
+    def pending(self) -> PageView:
+        """``pending[pages]``: whether each page is pending."""
+        return PageView(self._pending)
+
+    @property
+    def pending_words(self) -> np.ndarray:
+        """The pending bitmap itself (read it, do not change it: the counts would go stale)."""
+        return self._pending
+
     def set_all(self) -> None:
-        self.pending[:] = True
-        self.fresh[:] = True
+        self._bits[:] = _ALL
+        if self.n_pages & 63:
+            self._bits[-1] = np.uint64((1 << (self.n_pages & 63)) - 1)
+        self._count = self._fresh_count = self.n_pages
 
     def count(self) -> float:
-        return float(np.count_nonzero(self.pending))
+        return float(self._count)
 
     def fresh_count(self) -> float:
         """Pending pages not written since :meth:`set_all` (the first pass's pages still unsent and untouched)."""
-        return float(np.count_nonzero(self.fresh))
+        return float(self._fresh_count)
 
     def add_dirty(self, g0: float, g1: float) -> float:
-        pages, _ = self.source.window(g0, g1)
-        if len(pages) == 0:
-            return 0.0
-        self.fresh[pages] = False
-        # Counting before and after is cheaper than de-duplicating the page list (a sort or hash).
-        before = np.count_nonzero(self.pending)
-        self.pending[pages] = True
-        return float(np.count_nonzero(self.pending) - before)
+        """Union the pages dirtied in [g0, g1) into pending; return how many were new."""
+        before = self._count
+        sets = getattr(self.source, "dirty_sets", None)
+        if sets is None:
+            pages, _ = self.source.window(g0, g1)
+            if len(pages):
+                self._or_pages(np.unique(pages))
+        else:
+            for piece in sets(g0, g1):
+                if isinstance(piece, tuple):
+                    self._or_grouped(*piece)
+                elif piece.dtype == np.uint64:
+                    self._or_words(piece)
+                elif len(piece):
+                    self._or_pages(piece)
+        return float(self._count - before)
 
-    def _next(self, k: float) -> np.ndarray:
-        """The next ``k`` pending pages in scan order (not yet removed)."""
-        k = int(round(k))
-        if k <= 0:
-            return np.zeros(0, np.int64)
-        ahead = np.flatnonzero(self.pending[self.scan_pos:]) + self.scan_pos
-        if len(ahead) < k:
-            ahead = np.concatenate([ahead, np.flatnonzero(self.pending[: self.scan_pos])])
-        return ahead[:k]
+    def _or_pages(self, pages: np.ndarray) -> None:
+        """Set sorted (non-decreasing) ``pages`` pending and not fresh, over the words they touch only."""
+        self._or_grouped(*group_words(pages))
+
+    def _or_grouped(self, w: np.ndarray, bits: np.ndarray) -> None:
+        """Set the ``bits`` of the distinct words ``w`` pending and not fresh."""
+        if not len(w):
+            return
+        got = self._pairs[w]
+        pair = got.view(np.uint64).reshape(-1, 2)
+        pend, fresh = pair[:, 0], pair[:, 1]
+        self._count += _popcount(bits & ~pend)
+        if self._fresh_count:
+            lost = fresh & bits
+            self._fresh_count -= _popcount(lost)
+            fresh ^= lost
+        pend |= bits
+        self._pairs[w] = got
+
+    def or_words(self, words: np.ndarray) -> None:
+        """OR a whole packed bitmap (``pending_words``' layout) into pending, as pages written."""
+        self._or_words(words)
+
+    def _or_words(self, words: np.ndarray, block: int = 1 << 16) -> None:
+        """OR a whole bitmap in, in blocks (bounded temporaries)."""
+        for a in range(0, len(words), block):
+            src, pend, fresh = words[a:a + block], self._pending[a:a + block], self._fresh[a:a + block]
+            self._count += _popcount(src & ~pend)
+            pend |= src
+            lost = fresh & src
+            self._fresh_count -= _popcount(lost)
+            fresh ^= lost
 
     def discard(self, pages: np.ndarray) -> None:
         """Remove ``pages`` from pending (sent, or delivered on a fault)."""
-        self.pending[pages] = False
-        self.fresh[pages] = False
+        if not len(pages):
+            return
+        w, bits = group_words(np.unique(pages))
+        got = self._pairs[w]
+        pair = got.view(np.uint64).reshape(-1, 2)
+        self._count -= _popcount(pair[:, 0] & bits)
+        self._fresh_count -= _popcount(pair[:, 1] & bits)
+        pair &= ~bits[:, None]
+        self._pairs[w] = got
 
-    def _scan_past(self, sel: np.ndarray) -> np.ndarray:
-        """Remove ``sel`` (scan-order pages) and move the scan past them; return ``sel``."""
-        self.discard(sel)
-        if len(sel):
-            self.scan_pos = int(sel[-1] + 1) % self.n_pages
-        return sel
+    def _next(self, k: float) -> tuple[list[tuple[int, int]], int]:
+        """Page ranges holding the next ``k`` pending pages in scan order (wrapping once), and how many
+        they hold; moves the scan past them."""
+        k = int(round(k))
+        if k <= 0 or self._count == 0:
+            return [], 0
+        density = self._count / self.n_pages
+        q, found = kth_set(self._pending, self.scan_pos, self.n_pages, k, density)
+        ranges = [(self.scan_pos, q)]
+        if found < k:
+            q2, found2 = kth_set(self._pending, 0, self.scan_pos, k - found, density)
+            ranges.append((0, q2))
+            if found2:
+                q = q2
+            elif not found:
+                return [], 0
+            found += found2
+        self.scan_pos = q % self.n_pages
+        return ranges, found
+
+    def _clear(self, ranges: list[tuple[int, int]], sent: int) -> tuple[int, int]:
+        """Clear page ranges holding ``sent`` pending pages in both bitmaps; return (sent, fresh pages among them)."""
+        fresh = 0
+        for lo, hi in ranges:
+            clear_range(self._pending, lo, hi)
+            if self._fresh_count:  # after the first pass there are none: skip the pass
+                fresh += popcount_range(self._fresh, lo, hi)
+                clear_range(self._fresh, lo, hi)
+        self._count -= sent
+        self._fresh_count -= fresh
+        return sent, fresh
 
     def take(self, k: float) -> np.ndarray:
         """Remove and return the next ``k`` pending pages in scan order."""
-        return self._scan_past(self._next(k))
+        ranges, n = self._next(k)
+        pages = [pages_in_range(self._pending, lo, hi) for lo, hi in ranges]
+        self._clear(ranges, n)
+        return np.concatenate(pages) if pages else _EMPTY
 
     def send(self, k: float) -> float:
-        return float(len(self.take(k)))
+        return float(self._clear(*self._next(k))[0])
 
     def send_counted(self, k: float) -> tuple[float, float]:
         """Send ``k`` pages in scan order; return (pages sent, how many of them were fresh)."""
-        sel = self._next(k)
-        fresh_sent = float(np.count_nonzero(self.fresh[sel]))
-        return float(len(self._scan_past(sel))), fresh_sent
+        sent, fresh = self._clear(*self._next(k))
+        return float(sent), float(fresh)
 
     def clear(self) -> None:
-        self.pending[:] = False
-        self.fresh[:] = False
+        self._pending[:] = 0
+        self._fresh[:] = 0
+        self._count = self._fresh_count = 0

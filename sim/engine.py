@@ -29,7 +29,6 @@ from collections.abc import Generator
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import simpy
 
 from . import __version__
@@ -38,7 +37,7 @@ from .errors import ConfigError
 from .migration import ZERO_PAGE_WIRE_BYTES
 from .model import DirtyModel
 from .postcopy import postcopy
-from .result import ROUND_COLUMNS, Result
+from .result import Result
 from .scenario import Scenario
 from .stoprules import RoundInfo, XenRule, make_rule
 from .trace import Trace
@@ -57,6 +56,19 @@ def _cached_trace(path: str, mtime_ns: int) -> Trace:
 @functools.lru_cache(maxsize=64)
 def _cached_model(path: str, mtime_ns: int) -> DirtyModel:
     return DirtyModel.load(path)
+
+
+@functools.lru_cache(maxsize=256)
+def _spec_model(spec: str, memory_bytes: int, page_size: int) -> DirtyModel:
+    # A sweep simulates one spec many times: parse and resolve it once (errors are not cached).
+    return spec_model(parse_spec(spec, memory_bytes, page_size, where="workload.spec"), memory_bytes // page_size,
+                      page_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_model_at(path: str, mtime_ns: int, memory_bytes: int, scaling: str) -> DirtyModel:
+    model = _cached_model(path, mtime_ns)
+    return model if model.memory_bytes == memory_bytes else model.rescale(memory_bytes, scaling)
 
 
 def _mtime(path: str) -> int:
@@ -87,13 +99,10 @@ class Migration:
             zero = trace.meta.get("zero_page_fraction", 0.0)
         else:
             if w.kind == "model":
-                model = _cached_model(w.path, _mtime(w.path))
+                model = _cached_model_at(w.path, _mtime(w.path), w.memory_bytes, w.scaling)
                 self.trace_sha256 = str(model.source.get("trace_sha256", ""))
-                if model.memory_bytes != w.memory_bytes:
-                    model = model.rescale(w.memory_bytes, w.scaling)
             else:
-                spec = parse_spec(w.spec, w.memory_bytes, w.page_size_bytes, where="workload.spec")
-                model = spec_model(spec, w.memory_bytes // w.page_size_bytes, w.page_size_bytes)
+                model = _spec_model(w.spec, w.memory_bytes, w.page_size_bytes)
             self.model = model
             self.page_size = model.page_size
             zero = model.zero_page_fraction
@@ -398,7 +407,7 @@ class _StickyDirt:
 
     def __init__(self, m: Migration) -> None:
         self.g0 = m.g
-        self.ever = np.zeros(m.n_pages, dtype=bool) if isinstance(m.pages, ExactPages) else None
+        self.ever = np.zeros_like(m.pages.pending_words) if isinstance(m.pages, ExactPages) else None
 
     def keep(self, m: Migration) -> None:
         """After a sync: pending becomes everything dirtied since the first round began."""
@@ -406,8 +415,8 @@ class _StickyDirt:
         if isinstance(pages, ExactPages):
             assert self.ever is not None
             # Round 0 sends everything, so what is pending after its sync was dirtied.
-            self.ever |= pages.pending
-            pages.pending |= self.ever
+            self.ever |= pages.pending_words
+            pages.or_words(self.ever)
         else:
             ever = pages.n * pages.fraction_dirtied(m.g - self.g0)
             pages.pending = np.maximum(pages.pending, ever)
@@ -466,8 +475,8 @@ def simulate(scenario: Scenario) -> Result:
 
 
 def _result(m: Migration) -> Result:
-    table = pd.DataFrame(m.rounds, columns=ROUND_COLUMNS)
-    live = int((table["phase"] == "precopy").sum()) if len(table) else 0
+    # The round and timeline tables stay raw lists: Result builds its DataFrames only when asked.
+    live = sum(1 for row in m.rounds if row["phase"] == "precopy")
     total = m.env.now  # a cancelled migration ends at its cancel, so this holds either way
     pc_time = (total - m.pc_start) if not math.isnan(m.pc_start) else 0.0
     return Result(
@@ -478,6 +487,5 @@ def _result(m: Migration) -> Result:
         postcopy_stall_s=float(m.pc_stall_s), postcopy_bytes=int(round(m.pc_bytes)), final_pages=float(m.final_pages),
         expected_downtime_s=float(m.expected_downtime_s), throttle_pct_max=float(m.throttle_max),
         xbzrle_hit_pages=float(m.xbzrle_hits), trace_looped=bool(m.pages.looped or getattr(m.touch_source, "looped", False)),
-        trace_sha256=m.trace_sha256, miglab_version=__version__, rounds_table=table,
-        timeline=pd.DataFrame(np.array(m.timeline, dtype=float).reshape(-1, 2), columns=["t_s", "remaining_bytes"]),
+        trace_sha256=m.trace_sha256, miglab_version=__version__, rounds_rows=m.rounds, timeline_points=m.timeline,
     )

@@ -51,7 +51,7 @@ from . import __version__
 from .atomic import atomic_open
 from .errors import ConfigError
 from .provenance import describe, provenance
-from .scenario import Scenario, load_toml
+from .scenario import Scenario, flatten, load_toml
 
 log = logging.getLogger(__name__)
 
@@ -593,16 +593,6 @@ def compare_real(current: dict[str, Any], baseline: dict[str, Any], metrics: Ite
     return Report("real", tuple(rows), tuple(notes), current.get("provenance"), baseline.get("provenance"))
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 #: Changed fields listed in a definition row before the rest are only counted.
 _MAX_DIFF_FIELDS = 6
 
@@ -615,7 +605,7 @@ def _definition_diff(baseline: Any, current: Any) -> tuple[str, str]:
     """
     if not isinstance(baseline, dict) or not isinstance(current, dict):
         return "(not recorded)", "(not recorded)"
-    b, c = _flat(baseline), _flat(current)
+    b, c = flatten(baseline), flatten(current)
     keys = sorted(k for k in set(b) | set(c) if b.get(k, _ABSENT) != c.get(k, _ABSENT))
     if not keys:
         return "same fields", "an input file's content changed"

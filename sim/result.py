@@ -17,21 +17,31 @@ Metric definitions (the validation report states them against QEMU's):
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .scenario import Scenario
 
 ROUND_COLUMNS = ["round", "phase", "t_start_s", "duration_s", "pages", "zero_pages", "xbzrle_pages", "bytes",
                  "pending_pages_after", "new_dirty_pages", "threshold_bytes", "throttle_pct"]
+TIMELINE_COLUMNS = ["t_s", "remaining_bytes"]
 
 
 @dataclass(frozen=True, eq=False)
 class Result:
-    """The outcome of :func:`sim.simulate` for one :class:`~sim.scenario.Scenario`."""
+    """The outcome of :func:`sim.simulate` for one :class:`~sim.scenario.Scenario`.
+
+    ``rounds_rows`` (one dict per phase, keys :data:`ROUND_COLUMNS`) and ``timeline_points``
+    (``(t_s, remaining_bytes)`` pairs) are the raw records; :attr:`rounds_table` and :attr:`timeline`
+    are their DataFrames, built on first access only, so a sweep that reads the summary builds none
+    (two DataFrames cost three times the whole model-mode simulation of a 1 TiB guest).
+    """
 
     scenario: Scenario
     total_time_s: float
@@ -54,13 +64,24 @@ class Result:
     trace_looped: bool = False
     trace_sha256: str = ""
     miglab_version: str = ""
-    rounds_table: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ROUND_COLUMNS))
-    timeline: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["t_s", "remaining_bytes"]))
+    rounds_rows: Sequence[dict[str, Any]] = ()
+    timeline_points: Sequence[tuple[float, float]] = ()
 
     SUMMARY_KEYS = ("total_time_s", "downtime_s", "bytes_sent", "rounds", "dirty_sync_count", "converged", "reason",
                     "memory_bytes", "precopy_time_s", "postcopy_time_s", "postcopy_faults", "postcopy_stall_s",
                     "postcopy_bytes", "final_pages", "expected_downtime_s", "throttle_pct_max", "xbzrle_hit_pages",
                     "trace_looped")
+
+    @functools.cached_property
+    def rounds_table(self) -> pd.DataFrame:
+        """One row per phase (pre-copy rounds, then stop-and-copy or switchover), columns :data:`ROUND_COLUMNS`."""
+        return pd.DataFrame(list(self.rounds_rows), columns=ROUND_COLUMNS)
+
+    @functools.cached_property
+    def timeline(self) -> pd.DataFrame:
+        """Remaining bytes over time: columns ``t_s`` and ``remaining_bytes``."""
+        points = np.array(self.timeline_points, dtype=float).reshape(-1, 2)
+        return pd.DataFrame(points, columns=TIMELINE_COLUMNS)
 
     def summary(self) -> dict[str, Any]:
         """Flat metrics, suitable for one row of a table."""

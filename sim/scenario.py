@@ -14,7 +14,9 @@ field's suffix says what the unit is (``"1Gbit/s"`` for ``*_Bps``,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import tomllib
 import types
@@ -269,7 +271,7 @@ class Scenario:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON/TOML-ready) with a ``schema_version`` key."""
-        d = dataclasses.asdict(self)
+        d = _as_dict(self)
         d["schema_version"] = SCHEMA_VERSION
         return d
 
@@ -326,6 +328,67 @@ def load_json(path: str | Path) -> Any:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """Resolved type of each field of a dataclass, in field order (``get_type_hints`` compiles the
+    string annotations each call: a 100,000-run sweep spent most of its planning there)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+@functools.cache
+def _nested_fields(cls: type) -> frozenset[str]:
+    """Fields of a dataclass whose type is itself a dataclass (the tables of a scenario)."""
+    return frozenset(name for name, tp in _field_types(cls).items() if dataclasses.is_dataclass(tp))
+
+
+@functools.cache
+def _plain(cls: type) -> bool:
+    """Whether ``cls`` can be copied field by field: no ``__post_init__`` or slots to honour."""
+    return not hasattr(cls, "__post_init__") and "__slots__" not in cls.__dict__
+
+
+_CONTAINERS = (list, dict, tuple)
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    """``dataclasses.asdict`` for these dataclasses: scalar leaves are shared, not deep-copied."""
+    nested = _nested_fields(type(obj))
+    out: dict[str, Any] = {}
+    for name in _field_types(type(obj)):
+        value = getattr(obj, name)
+        if name in nested and dataclasses.is_dataclass(value):
+            value = _as_dict(value)
+        elif type(value) in _CONTAINERS:
+            value = copy.deepcopy(value)
+        out[name] = value
+    return out
+
+
+def _replace(obj: Any, updates: dict[str, Any]) -> Any:
+    """``dataclasses.replace`` without re-running ``__init__`` on fields that did not change."""
+    cls = type(obj)
+    if not _plain(cls):
+        return dataclasses.replace(obj, **updates)
+    new = object.__new__(cls)
+    state = new.__dict__
+    state.update(obj.__dict__)
+    state.update(updates)
+    return new
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_unit(suffix: str, text: str) -> Any:
+    """A unit string parsed by the field's suffix (cached: a sweep repeats its few values thousands of times)."""
+    if suffix == "_Bps":
+        return parse_bandwidth(text)
+    if suffix == "_s":
+        return parse_duration(text)
+    if suffix == "_bytes":
+        return parse_size(text)
+    return text
+
+
 def _coerce(name: str, tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -345,12 +408,9 @@ def _coerce(name: str, tp: Any, value: Any, where: str) -> Any:
     if tp in (int, float):
         if isinstance(value, str):
             try:
-                if name.endswith("_Bps"):
-                    value = parse_bandwidth(value)
-                elif name.endswith("_s"):
-                    value = parse_duration(value)
-                elif name.endswith("_bytes"):
-                    value = parse_size(value)
+                suffix = "_Bps" if name.endswith("_Bps") else "_s" if name.endswith("_s") else (
+                    "_bytes" if name.endswith("_bytes") else "")
+                value = _parse_unit(suffix, value)
             except ConfigError as e:
                 raise ConfigError(f"{where}: {name}: {e}") from None
             if isinstance(value, str):
@@ -381,8 +441,8 @@ def _coerce(name: str, tp: Any, value: Any, where: str) -> Any:
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    hints = _field_types(cls)
+    names = hints.keys()
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown field {unknown[0]!r} in {cls.__name__} (known: {', '.join(sorted(names))})")
@@ -390,6 +450,21 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     obj = cls(**kwargs)
     validate(obj, where)
     return obj
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into dotted keys: ``{"link": {"rtt_s": 0}}`` -> ``{"link.rtt_s": 0}``.
+
+    The inverse of the dotted paths :func:`with_fields` takes.
+    """
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
 
 
 def with_fields(obj: Any, changes: dict[str, Any], where: str = "override") -> Any:
@@ -402,8 +477,8 @@ def with_fields(obj: Any, changes: dict[str, Any], where: str = "override") -> A
             nested.setdefault(head, {})[rest] = value
         else:
             flat[head] = value
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
+    hints = _field_types(type(obj))
+    names = hints.keys()
     updates: dict[str, Any] = {}
     for key, value in flat.items():
         if key not in names:
@@ -413,7 +488,7 @@ def with_fields(obj: Any, changes: dict[str, Any], where: str = "override") -> A
         if key not in names or not dataclasses.is_dataclass(hints[key]):
             raise ConfigError(f"{where}: unknown table {key!r} in {type(obj).__name__}")
         updates[key] = with_fields(getattr(obj, key), sub, where)
-    new = dataclasses.replace(obj, **updates)
+    new = _replace(obj, updates)
     validate(new, where)
     return new
 

@@ -60,7 +60,8 @@ from . import __version__
 from .atomic import atomic_path
 from .errors import ConfigError, MiglabError
 from .provenance import provenance, write_parquet
-from .scenario import Scenario, load_toml, with_fields
+from .scenario import Scenario, flatten, load_toml, with_fields
+from .trace import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -75,27 +76,11 @@ _CHECKPOINT_INTERVAL_S = 10.0
 
 
 # --------------------------------------------------------------------------- ids
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts into dotted keys: ``{"link": {"rtt_s": 0}}`` -> ``{"link.rtt_s": 0}``."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
 def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return file_sha256(path)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    return h.hexdigest()
 
 
 def scenario_id(scenario: Scenario, input_sha256: str = "") -> str:
@@ -256,9 +241,19 @@ def run_metrics(scenario: Scenario) -> dict[str, Any]:
     return metrics
 
 
+def scenario_columns(scenario: Scenario) -> dict[str, Any]:
+    """The flattened scenario fields of a sweep row (dotted names, no schema version)."""
+    sc = scenario.to_dict()
+    sc.pop("schema_version", None)
+    return flatten(sc)
+
+
 def _simulate_chunk(items: list[tuple[str, Scenario]]) -> list[tuple[str, dict[str, Any]]]:
-    """Worker entry point (process pool or dask): run a chunk of scenarios."""
-    return [(key, run_metrics(scenario)) for key, scenario in items]
+    """Worker entry point (process pool or dask): run a chunk of scenarios.
+
+    Each row holds the flattened scenario and its metrics, so the parent only adds the labels.
+    """
+    return [(key, {**scenario_columns(scenario), **run_metrics(scenario)}) for key, scenario in items]
 
 
 def _ignore_sigint() -> None:
@@ -328,7 +323,8 @@ def _chunks(items: Sequence[tuple[str, Scenario]], size: int) -> Iterator[list[t
 
 
 def _chunk_size(n: int, workers: int) -> int:
-    # ~8 chunks per worker: balanced load, little per-task overhead, frequent progress.
+    # ~8 chunks per worker: balanced load, little per-task overhead, frequent progress (a chunk of
+    # 64 model runs is a few tens of milliseconds).
     return max(1, min(64, n // max(1, workers * 8)))
 
 
@@ -402,66 +398,88 @@ def run_sweep(sweep: Sweep, out: str | Path, jobs: int | None = None, scheduler:
         raise ConfigError(f"--checkpoint-every must be at least 1, not {checkpoint_rows}")
     jobs = jobs or os.cpu_count() or 1
 
-    input_sha = _InputHashes()
-    plan: list[tuple[str, dict[str, Any], Scenario]] = []
-    seen: set[str] = set()
-    for config, scenario in sweep.scenarios():
-        sid = scenario_id(scenario, input_sha(scenario))
-        if sid in seen:
-            log.warning("%s: duplicate scenario %s (%s) runs once", sweep.source, sid, config)
-            continue
-        seen.add(sid)
-        plan.append((sid, config, scenario))
+    from tqdm.auto import tqdm
 
-    done = _read_existing(out)
-    done = done[done["miglab_version"] == __version__]
-    done_ids = set(done["scenario_id"])
-    todo = [(sid, scenario) for sid, _, scenario in plan if sid not in done_ids]
-    log.info("sweep %s: %d runs, %d already done, %d to run", sweep.name, len(plan), len(plan) - len(todo), len(todo))
+    # The bar comes up before planning: a 100,000-run sweep must show life from its first second.
+    bar = tqdm(total=len(sweep), desc=sweep.name, unit="run", disable=not progress, smoothing=0.05)
+    try:
+        bar.set_postfix_str("planning", refresh=True)
+        plan, variant_of = _plan(sweep)
+        done = _read_existing(out)
+        done = done[done["miglab_version"] == __version__]
+        done_ids = set(done["scenario_id"])
+        del done
+        todo = [(sid, scenario) for sid, scenario in plan if sid not in done_ids]
+        log.info("sweep %s: %d runs, %d already done, %d to run", sweep.name, len(plan), len(plan) - len(todo),
+                 len(todo))
+        bar.total = len(plan)
+        bar.n = len(plan) - len(todo)
+        bar.set_postfix_str("", refresh=True)
+        order = [sid for sid, _ in plan]
+        input_paths = sorted({sc.workload.path for _, sc in plan if sc.workload.path})
+        columns = _columns(sweep, plan[0][1]) if plan else list(ID_COLUMNS)
+        del plan
+        if todo:
+            _run(sweep, todo, variant_of, out, jobs, scheduler, connect_timeout_s, checkpoint_rows,
+                 checkpoint_interval_s, bar)
+    finally:
+        bar.close()
 
-    rows_meta = {sid: _config_columns(sweep, sid, config, scenario) for sid, config, scenario in plan}
-    checkpoint = _Checkpoint(parts_dir_for(out), checkpoint_rows, checkpoint_interval_s)
-    if todo:
-        # In-process runs go one by one, so an interrupt loses nothing that finished.
-        size = 1 if scheduler is None and jobs == 1 else _chunk_size(len(todo), jobs)
-        chunks = list(_chunks(todo, size))
-        if scheduler is not None:
-            results = _execute_dask(chunks, scheduler, connect_timeout_s)
-        elif jobs == 1:
-            results = _execute_inline(chunks)
-        else:
-            results = _execute_pool(chunks, min(jobs, len(chunks)))
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc=sweep.name, unit="run",
-                   disable=not progress, smoothing=0.05)
-        try:
-            for chunk_result in results:
-                checkpoint.add({**rows_meta[sid], **metrics} for sid, metrics in chunk_result)
-                bar.update(len(chunk_result))
-        finally:
-            # Runs on success, error and Ctrl-C alike: nothing finished is lost.
-            checkpoint.flush()
-            bar.close()
-            if hasattr(results, "close"):
-                results.close()
-
-    table = _assemble(out, [sid for sid, _, _ in plan], rows_meta)
+    table = _assemble(out, order, sweep.name, variant_of, columns)
     with atomic_path(out) as tmp:  # the final table carries its provenance in the Parquet schema metadata
-        write_parquet(table, tmp, provenance(inputs=input_sha._cache, extra={"sweep": sweep.name}))
+        write_parquet(table, tmp, provenance(inputs={path: file_sha256(path) for path in input_paths},
+                                             extra={"sweep": sweep.name}))
     _remove_parts(parts_dir_for(out))
     return table
 
 
-def _config_columns(sweep: Sweep, sid: str, config: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
-    row: dict[str, Any] = {"sweep": sweep.name, "variant": config.get("variant", ""), "scenario_id": sid}
-    sc = scenario.to_dict()
-    sc.pop("schema_version", None)
-    row.update(flatten(sc))
-    return row
+def _plan(sweep: Sweep) -> tuple[list[tuple[str, Scenario]], dict[str, str]]:
+    """Every distinct run of ``sweep`` as ``(scenario_id, scenario)`` in sweep order, and each run's variant."""
+    input_sha = _InputHashes()
+    plan: list[tuple[str, Scenario]] = []
+    variant_of: dict[str, str] = {}
+    for config, scenario in sweep.scenarios():
+        sid = scenario_id(scenario, input_sha(scenario))
+        if sid in variant_of:
+            log.warning("%s: duplicate scenario %s (%s) runs once", sweep.source, sid, config)
+            continue
+        variant_of[sid] = config.get("variant", "")
+        plan.append((sid, scenario))
+    return plan, variant_of
 
 
-def _assemble(out: Path, order: list[str], rows_meta: dict[str, dict[str, Any]]) -> pd.DataFrame:
+def _run(sweep: Sweep, todo: list[tuple[str, Scenario]], variant_of: dict[str, str], out: Path, jobs: int,
+         scheduler: str | None, connect_timeout_s: float, checkpoint_rows: int, checkpoint_interval_s: float,
+         bar: Any) -> None:
+    """Run ``todo`` and checkpoint every finished row; rows stream through, none are kept here."""
+    checkpoint = _Checkpoint(parts_dir_for(out), checkpoint_rows, checkpoint_interval_s)
+    # In-process runs go one by one, so an interrupt loses nothing that finished.
+    size = 1 if scheduler is None and jobs == 1 else _chunk_size(len(todo), jobs)
+    chunks = list(_chunks(todo, size))
+    if scheduler is not None:
+        results = _execute_dask(chunks, scheduler, connect_timeout_s)
+    elif jobs == 1:
+        results = _execute_inline(chunks)
+    else:
+        results = _execute_pool(chunks, min(jobs, len(chunks)))
+    try:
+        for chunk_result in results:
+            checkpoint.add({"sweep": sweep.name, "variant": variant_of[sid], "scenario_id": sid, **row}
+                           for sid, row in chunk_result)
+            bar.update(len(chunk_result))
+    finally:
+        # Runs on success, error and Ctrl-C alike: nothing finished is lost.
+        checkpoint.flush()
+        if hasattr(results, "close"):
+            results.close()
+
+
+def _columns(sweep: Sweep, scenario: Scenario) -> list[str]:
+    """The label and scenario columns of a row, in table order."""
+    return [*ID_COLUMNS, *scenario_columns(scenario)]
+
+
+def _assemble(out: Path, order: list[str], name: str, variant_of: dict[str, str], columns: list[str]) -> pd.DataFrame:
     done = _read_existing(out)
     done = done[done["miglab_version"] == __version__]
     done = done.drop_duplicates("scenario_id", keep="last").set_index("scenario_id", drop=False)
@@ -469,12 +487,11 @@ def _assemble(out: Path, order: list[str], rows_meta: dict[str, dict[str, Any]])
     if missing:
         raise MiglabError(f"{out}: {len(missing)} runs are missing after the sweep (first {missing[0]})")
     table = done.loc[order].reset_index(drop=True)
-    # The sweep's labels may have changed since a run was checkpointed (renamed sweep or variant):
-    # the current definition wins for config columns.
-    meta = pd.DataFrame([rows_meta[sid] for sid in order])
-    for col in meta.columns:
-        table[col] = meta[col].to_numpy()
-    first = [c for c in ID_COLUMNS] + [c for c in meta.columns if c not in ID_COLUMNS]
+    # The sweep's labels may have changed since a run was checkpointed (renamed sweep or variant): the
+    # current definition wins. The scenario columns cannot differ: the scenario id is their hash.
+    table["sweep"] = name
+    table["variant"] = [variant_of[sid] for sid in order]
+    first = [c for c in columns if c in table.columns]
     last = [c for c in PROVENANCE_COLUMNS if c in table.columns]
     rest = [c for c in table.columns if c not in first and c not in last]
     return table[first + rest + last]

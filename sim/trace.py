@@ -198,8 +198,13 @@ def save(t: Trace, path: str | os.PathLike[str], *, compress: bool = True) -> st
     return file_sha256(path)
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
+def file_sha256(path: str | os.PathLike[str], into: Any = None) -> str:
+    """sha256 (hex) of a file's content, read in 1 MiB blocks (a trace can be gigabytes).
+
+    ``into``: a running ``hashlib`` object to feed instead of a fresh one (to hash several inputs as
+    one key); its hex digest so far is returned. ``OSError`` propagates: callers say which input.
+    """
+    h = hashlib.sha256() if into is None else into
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)

@@ -1,0 +1,180 @@
+"""Packed page sets (sim.dirty) against the one-byte-per-page reference they replaced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim import dirty
+from sim.dirty import ExactPages, SampledDirt, TraceDirt, kth_set, pages_in_range, popcount_range
+from sim.model import DirtyModel, PageClass
+from sim.trace import make_trace
+
+
+class _RefPages:
+    """The boolean-map ExactPages of miglab <= 0.x: the behaviour the packed one must keep."""
+
+    def __init__(self, n: int) -> None:
+        self.n_pages = n
+        self.pending = np.zeros(n, bool)
+        self.fresh = np.zeros(n, bool)
+        self.scan_pos = 0
+
+    def set_all(self) -> None:
+        self.pending[:] = True
+        self.fresh[:] = True
+
+    def add(self, pages: np.ndarray) -> float:
+        self.fresh[pages] = False
+        before = np.count_nonzero(self.pending)
+        self.pending[pages] = True
+        return float(np.count_nonzero(self.pending) - before)
+
+    def send_counted(self, k: float) -> tuple[float, float]:
+        k = int(round(k))
+        if k <= 0:
+            return 0.0, 0.0
+        ahead = np.flatnonzero(self.pending[self.scan_pos:]) + self.scan_pos
+        if len(ahead) < k:
+            ahead = np.concatenate([ahead, np.flatnonzero(self.pending[: self.scan_pos])])
+        sel = ahead[:k]
+        fresh = float(np.count_nonzero(self.fresh[sel]))
+        self.discard(sel)
+        if len(sel):
+            self.scan_pos = int(sel[-1] + 1) % self.n_pages
+        return float(len(sel)), fresh
+
+    def discard(self, pages: np.ndarray) -> None:
+        self.pending[pages] = False
+        self.fresh[pages] = False
+
+
+class _ListSource:
+    """A DirtSource that hands out prepared page lists, one per add_dirty call."""
+
+    looped = False
+
+    def __init__(self, n: int, lists: list[np.ndarray]) -> None:
+        self.n_pages = n
+        self.lists = list(lists)
+
+    def window(self, g0: float, g1: float) -> tuple[np.ndarray, np.ndarray]:
+        pages = self.lists.pop(0)
+        return pages, np.zeros(len(pages))
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 1000, 4097])
+def test_packed_pages_match_the_boolean_reference(n):
+    rng = np.random.default_rng(n)
+    steps = 60
+    lists = [rng.integers(0, n, rng.integers(0, 3 * n // 2 + 2)) for _ in range(steps)]
+    packed, ref = ExactPages(_ListSource(n, lists)), _RefPages(n)
+    packed.set_all()
+    ref.set_all()
+    for step in range(steps):
+        assert packed.add_dirty(0.0, 1.0) == ref.add(lists[step])
+        k = float(rng.integers(0, n + 3)) * (0.3 if step % 3 else 1.5)
+        assert packed.send_counted(k) == ref.send_counted(k)
+        assert packed.scan_pos == ref.scan_pos
+        if step % 7 == 0:
+            gone = rng.integers(0, n, 5)
+            packed.discard(gone)
+            ref.discard(gone)
+        assert packed.count() == np.count_nonzero(ref.pending)
+        assert packed.fresh_count() == np.count_nonzero(ref.fresh)
+        everything = np.arange(n)
+        assert np.array_equal(packed.pending[everything], ref.pending)
+    taken = packed.take(n / 2)
+    assert np.all(ref.pending[taken]) and len(taken) == min(round(n / 2), np.count_nonzero(ref.pending))
+    packed.clear()
+    assert packed.count() == 0 and packed.fresh_count() == 0
+
+
+def test_range_helpers_match_a_boolean_map():
+    rng = np.random.default_rng(5)
+    n = 1000
+    bools = rng.random(n) < 0.3
+    words = np.packbits(bools, bitorder="little")
+    words = np.concatenate([words, np.zeros(-len(words) % 8, np.uint8)]).view(np.uint64)
+    for _ in range(200):
+        lo, hi = sorted(int(x) for x in rng.integers(0, n + 1, 2))
+        assert popcount_range(words, lo, hi) == np.count_nonzero(bools[lo:hi])
+        assert np.array_equal(pages_in_range(words, lo, hi), lo + np.flatnonzero(bools[lo:hi]))
+        k = int(rng.integers(1, 60))
+        q, found = kth_set(words, lo, hi, k, density=float(rng.choice([1e-6, 0.3, 1.0])))
+        inside = lo + np.flatnonzero(bools[lo:hi])
+        assert found == min(k, len(inside))
+        assert q == (int(inside[found - 1]) + 1 if found else lo)
+
+
+def test_page_batches_reproduce_the_calibrate_sampler_and_its_stream():
+    from sim.calibrate import sample_dirty_pages
+
+    model = DirtyModel(n_pages=300_000, classes=(PageClass(1000, 50.0), PageClass(20_000, 0.5, "sweep"),
+                                                 PageClass(200_000, 0.02), PageClass(79_000, 3.0)))
+    for window_s in (0.01, 0.4, 3.0):
+        a, b = np.random.default_rng(7), np.random.default_rng(7)
+        a.integers(0, 2**32, size=3, dtype=np.uint32)  # leave a buffered 32-bit half behind
+        b.integers(0, 2**32, size=3, dtype=np.uint32)
+        expected = sample_dirty_pages(model, window_s, a)
+        got = list(dirty.sample_page_batches(model, window_s, b))
+        assert np.array_equal(np.concatenate(got), expected)
+        assert all(np.all(np.diff(x) >= 0) for x in got)
+        a.random(len(expected))
+        dirty._skip_doubles(b, len(expected))
+        assert a.bit_generator.state == b.bit_generator.state
+        assert a.random() == b.random()
+
+
+def test_sampled_dirty_sets_leave_the_same_generator_state_as_window():
+    model = DirtyModel(n_pages=50_000, classes=(PageClass(2000, 20.0), PageClass(48_000, 0.1)))
+    w, s = SampledDirt(model, seed=3), SampledDirt(model, seed=3)
+    for g0, g1 in ((0.0, 0.2), (0.2, 1.7), (1.7, 1.71)):
+        pages, _ = w.window(g0, g1)
+        assert np.array_equal(np.concatenate(list(s.dirty_sets(g0, g1)) or [np.zeros(0, np.int64)]), pages)
+    assert w.rng.bit_generator.state == s.rng.bit_generator.state
+
+
+@pytest.mark.parametrize("mode", ["poisson", "once"])
+def test_trace_dirty_sets_hold_the_pages_of_the_window(mode):
+    rng = np.random.default_rng(2)
+    n = 5000
+    lists = [np.unique(np.concatenate([rng.integers(0, 50, 30), rng.integers(0, n, 200)])) for _ in range(12)]
+    t = np.arange(13) * 0.5
+    tr = make_trace(lists, t[:-1], t[1:], n_pages=n)
+    a, b = TraceDirt(tr, seed=4, within_interval=mode), TraceDirt(tr, seed=4, within_interval=mode)
+    for g0, g1 in ((0.0, 0.13), (0.13, 1.4), (1.4, 5.9), (5.9, 7.0), (7.0, 30.0), (30.0, 30.2)):
+        pages, _ = a.window(g0, g1)
+        pieces = list(b.dirty_sets(g0, g1))
+        got = set()
+        for p in pieces:
+            if isinstance(p, tuple):  # a whole interval: (words, bits)
+                words = np.zeros(dirty.n_words(n), np.uint64)
+                words[p[0]] = p[1]
+                p = words
+            got |= set(pages_in_range(p, 0, n).tolist()) if p.dtype == np.uint64 else set(p.tolist())
+        assert got == set(pages.tolist())
+        assert a.looped == b.looped
+
+
+def test_write_table_over_touched_pages_is_the_per_page_formula():
+    """The rate inference, tabulated by change count over touched pages, equals the per-page arithmetic."""
+    rng = np.random.default_rng(9)
+    n, intervals = 3000, 40
+    lists = [np.unique(np.concatenate([rng.integers(0, 20, 15), rng.integers(0, n, 60)])) for _ in range(intervals)]
+    t = np.arange(intervals + 1) * 0.5
+    tr = make_trace(lists, t[:-1], t[1:], n_pages=n)
+    count = np.zeros(n, np.uint16)
+    for p in lists:
+        count[p] += 1
+    share = np.minimum(count / intervals, 1.0 - 0.5 / intervals)
+    lam_i = -np.log1p(-share)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(lam_i > 1e-12, lam_i / -np.expm1(-lam_i), 1.0)
+    m = np.clip(m, 1.0, dirty.WRITE_SLOTS).astype(np.float32)
+    whole = np.floor(m)
+    frac = np.minimum(np.round((m - whole) * 65536.0), 65535).astype(np.uint16)
+    touched = np.flatnonzero(count)
+    got_whole, got_frac = TraceDirt(tr)._writes_of(touched)
+    assert np.array_equal(got_whole, whole.astype(np.uint8)[touched])
+    assert np.array_equal(got_frac, frac[touched])
