@@ -467,7 +467,7 @@ class TraceDirt:
 
 
 #: The sampler's batch size and its switch from geometric skips to direct draws: the values of
-#: :func:`sim.calibrate.sample_dirty_pages`, whose random stream :func:`sample_page_batches` reproduces.
+#: :func:`sim.sampling.sample_dirty_pages`, whose random stream :func:`sample_page_batches` reproduces.
 SAMPLE_BATCH = 1 << 23
 DIRECT_DRAW_P = 0.08
 
@@ -499,7 +499,7 @@ def _bernoulli_batches(n: int, p: float, rng: np.random.Generator) -> Iterator[n
 
 
 def sample_page_batches(model: DirtyModel, window_s: float, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """:func:`sim.calibrate.sample_dirty_pages` as sorted batches of at most :data:`SAMPLE_BATCH` pages.
+    """:func:`sim.sampling.sample_dirty_pages` as sorted batches of at most :data:`SAMPLE_BATCH` pages.
 
     The same draws in the same order (so the same pages and the same generator state after), but
     memory is one batch instead of 8 bytes per dirtied page: a window of a 1 TiB guest can dirty

@@ -108,7 +108,7 @@ def test_range_helpers_match_a_boolean_map():
 
 
 def test_page_batches_reproduce_the_calibrate_sampler_and_its_stream():
-    from sim.calibrate import sample_dirty_pages
+    from sim.sampling import sample_dirty_pages
 
     model = DirtyModel(n_pages=300_000, classes=(PageClass(1000, 50.0), PageClass(20_000, 0.5, "sweep"),
                                                  PageClass(200_000, 0.02), PageClass(79_000, 3.0)))

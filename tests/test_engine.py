@@ -472,7 +472,9 @@ def _faulting_migration():
     from sim.dirty import ExactPages
 
     pages = ExactPages(_Touches())
-    pages.pending[[5, 7]] = True
+    words = np.zeros_like(pages.pending_words)
+    words[0] = np.uint64((1 << 5) | (1 << 7))  # pages 5 and 7 pending
+    pages.or_words(words)
     return SimpleNamespace(pages=pages, touch_source=_Touches(), g=0.0)
 
 
