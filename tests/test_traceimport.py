@@ -248,3 +248,21 @@ def test_hostile_npz_files(tmp_path: Path) -> None:
     np.savez(tmp_path / "wide.npz", t_end_s=np.array(T_END), dirty=_dense())
     with pytest.raises(TraceError, match=r"key 'dirty': 3 × 64 exceeds the import limit"):
         read_foreign(tmp_path / "wide.npz", limits=ImportLimits(max_dense_bytes=100))
+
+
+def test_trace_import_verb_writes_a_trace_the_other_verbs_read(tmp_path, capsys):
+    from harness.cli import main
+    from sim.trace import load
+
+    src = tmp_path / "pages.csv"
+    src.write_text("interval,page\n0,1\n0,5\n1,5\n2,9\n")
+    out = tmp_path / "t.npz"
+    assert main(["trace", "import", str(src), "-o", str(out), "--interval", "500ms", "--intervals", "3",
+                 "--memory", "1MiB"]) == 0
+    t = load(str(out))
+    assert t.n_intervals == 3 and t.n_pages == 256 and t.meta["source"]["layout"] == "csv"
+    assert main(["trace", "info", str(out)]) == 0
+    assert main(["trace", "import", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "u.npz"),
+                 "--interval", "1s", "--intervals", "3", "--memory", "1MiB"]) == 2
+    assert not (tmp_path / "u.npz").exists()
+    assert "missing.csv" in capsys.readouterr().err

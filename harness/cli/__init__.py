@@ -55,6 +55,7 @@ VERBS: tuple[Verb, ...] = (
     Verb("", "validate", "validate", "predict, run for real and compare a campaign of migrations"),
     Verb("", "calibrate-host", "calibrate_host", "fit host constants to validation runs (train / held-out)"),
     Verb("trace", "synth", "trace_synth", "generate a synthetic trace"),
+    Verb("trace", "import", "trace_import", "bring in a dirty-page trace collected elsewhere (CSV or NPZ)"),
     Verb("trace", "info", "trace_info", "shape, dirty rate and working-set summary of a trace"),
     Verb("trace", "plot", "trace_plot", "heat map of pages against time and the working-set curve"),
     Verb("trace", "collect", "trace_collect", "record a guest's dirty pages: boot a QEMU guest running a "

@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--update-baseline", action="store_true", help="rewrite the baseline from CURRENT and exit 0")
     p.add_argument("--markdown", metavar=options.FILE, help="write the Markdown report here (also appended to "
                                                             "$GITHUB_STEP_SUMMARY when set)")
+    p.add_argument("--only-changed", action="store_true",
+                   help="list only the comparisons that changed (failures and changes; the summary counts all)")
     p.add_argument("--json", metavar=options.FILE,
                    help="write github-action-benchmark customSmallerIsBetter JSON here")
     p.add_argument("--metric", action="append", metavar="NAME",
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         report = compare_real(current, baseline, metrics, ratio=args.ratio, alpha=args.alpha, floors=floors,
                               min_runs=args.min_runs, holm=args.holm, current_name=args.current,
                               baseline_name=args.baseline)
-    markdown = report.to_markdown()
+    markdown = report.to_markdown(only_changed=args.only_changed)
     print(markdown)
     if args.markdown:
         _write_text_atomic(Path(args.markdown), markdown)
