@@ -34,13 +34,13 @@ gives every page a single instant, the linear share.)
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
 
 from .model import DirtyModel, PageClass
+from .sampling import sample_page_batches
 from .scenario import WithinInterval
 from .trace import Trace
 
@@ -464,75 +464,6 @@ class TraceDirt:
             yield pages[:nb][keep[:nb]]
             if len(pages) > nb:
                 yield pages[nb:][keep[nb:]]
-
-
-#: The sampler's batch size and its switch from geometric skips to direct draws: the values of
-#: :func:`sim.sampling.sample_dirty_pages`, whose random stream :func:`sample_page_batches` reproduces.
-SAMPLE_BATCH = 1 << 23
-DIRECT_DRAW_P = 0.08
-
-
-def _class_ranges(model: DirtyModel) -> list[tuple[int, int]]:
-    edges = np.rint(np.concatenate([[0.0], np.cumsum([c.pages for c in model.classes])])).astype(np.int64)
-    edges = np.minimum(edges, model.n_pages)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-
-
-def _bernoulli_batches(n: int, p: float, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Sorted batches of the indices in ``[0, n)`` kept by Bernoulli(p) trials, by geometric skips."""
-    if n <= 0 or p <= 0.0:
-        return
-    if p >= 1.0:
-        for a in range(0, n, SAMPLE_BATCH):
-            yield np.arange(a, min(n, a + SAMPLE_BATCH), dtype=np.int64)
-        return
-    pos = -1
-    while True:
-        expect = (n - 1 - pos) * p
-        size = int(min(SAMPLE_BATCH, expect + 6 * math.sqrt(expect + 1) + 16))
-        idx = pos + np.cumsum(rng.geometric(p, size=size), dtype=np.int64)
-        if idx[-1] >= n:
-            yield idx[idx < n]
-            return
-        yield idx
-        pos = int(idx[-1])
-
-
-def sample_page_batches(model: DirtyModel, window_s: float, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """:func:`sim.sampling.sample_dirty_pages` as sorted batches of at most :data:`SAMPLE_BATCH` pages.
-
-    The same draws in the same order (so the same pages and the same generator state after), but
-    memory is one batch instead of 8 bytes per dirtied page: a window of a 1 TiB guest can dirty
-    hundreds of millions of pages.
-    """
-    if window_s < 0 or not math.isfinite(window_s):
-        raise ValueError(f"window_s must be finite and >= 0, got {window_s}")
-    for c, (lo, hi) in zip(model.classes, _class_ranges(model), strict=True):
-        n = hi - lo
-        x = c.rate_per_page_per_s * window_s
-        if n <= 0 or x <= 0:
-            continue
-        if c.kind == "sweep":
-            run_f = n * min(1.0, x)
-            run = int(run_f) + int(rng.random() < run_f - int(run_f))
-            start = int(rng.integers(n))
-            first = min(run, n - start)
-            yield np.arange(lo, lo + run - first, dtype=np.int64)
-            yield np.arange(lo + start, lo + start + first, dtype=np.int64)
-            continue
-        p = -math.expm1(-x)
-        if p < DIRECT_DRAW_P:
-            for batch in _bernoulli_batches(n, p, rng):
-                yield batch + lo
-            continue
-        thr = int(round(p * 2.0**32))
-        for a in range(lo, hi, SAMPLE_BATCH):
-            b = min(a + SAMPLE_BATCH, hi)
-            if thr >= 2**32:
-                yield np.arange(a, b, dtype=np.int64)
-            else:
-                hit = rng.integers(0, 2**32, size=b - a, dtype=np.uint32) < np.uint32(thr)
-                yield a + np.flatnonzero(hit)
 
 
 def _skip_doubles(rng: np.random.Generator, n: int) -> None:
