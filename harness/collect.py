@@ -173,6 +173,20 @@ def _dirty_rate_window(c: Collection, t0: float, t1: float, page_size: int) -> f
     return float(len(union) * page_size / span / 2**20)
 
 
+def checked_request(workload: str, memory_bytes: int, interval_s: float, seconds: float,
+                    out: str | os.PathLike[str]) -> tuple[GuestWorkload, Path]:
+    """What every trace collector checks before it boots anything: the guest workload and the output path."""
+    if not interval_s > 0 or not seconds > 0:
+        raise ConfigError(f"--interval and --seconds must be positive (got {interval_s}, {seconds})")
+    if memory_bytes % (1 << 20) or memory_bytes < (128 << 20):
+        raise ConfigError(f"--memory must be a whole number of MiB and at least 128 MiB (got {memory_bytes} bytes)")
+    wl = parse_workload(workload, memory_bytes)
+    out_path = Path(out)
+    if out_path.is_dir():
+        raise ConfigError(f"-o {out_path}: is a directory")
+    return wl, out_path
+
+
 def collect(workload: str, *, memory_bytes: int = 512 << 20, interval_s: float = 0.5, seconds: float = 60.0,
             out: str | os.PathLike[str], smp: int = 1, progress: bool = True, dirty_rate_calc_s: float = 5.0,
             boot_timeout_s: float = 120.0, on_interval: Callable[[int, np.ndarray], None] | None = None,
@@ -182,14 +196,7 @@ def collect(workload: str, *, memory_bytes: int = 512 << 20, interval_s: float =
     Returns the loaded trace. Interrupts and errors still write the complete
     intervals so far (``meta["complete"] == False``) before propagating.
     """
-    if not interval_s > 0 or not seconds > 0:
-        raise ConfigError(f"--interval and --seconds must be positive (got {interval_s}, {seconds})")
-    if memory_bytes % (1 << 20) or memory_bytes < (128 << 20):
-        raise ConfigError(f"--memory must be a whole number of MiB and at least 128 MiB (got {memory_bytes} bytes)")
-    wl = parse_workload(workload, memory_bytes)
-    out_path = Path(out)
-    if out_path.exists() and out_path.is_dir():
-        raise ConfigError(f"-o {out_path}: is a directory")
+    wl, out_path = checked_request(workload, memory_bytes, interval_s, seconds, out)
     # content diff reads guest RAM from the shm file and holds two snapshots of it (the pre-flight counts them)
     cfg = vm_config or VMConfig(memory_bytes=memory_bytes, workload=wl, smp=smp, name="collect",
                                 ram_backing="shm", host_bytes=2 * memory_bytes)

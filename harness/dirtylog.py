@@ -61,10 +61,11 @@ from typing import Any
 import numpy as np
 
 from harness import preflight
-from harness.guest import GuestWorkload, cache_root, parse_workload
+from harness.collect import checked_request
+from harness.guest import GuestWorkload, cache_root
 from harness.vm import VM, VMConfig
 from sim import trace as trace_fmt
-from sim.errors import ConfigError, MiglabError
+from sim.errors import MiglabError
 from sim.units import PAGE_SIZE_BYTES
 
 log = logging.getLogger(__name__)
@@ -321,14 +322,7 @@ def collect_dirtylog(workload: str, *, memory_bytes: int = 512 << 20, interval_s
     QEMU's first pass is done (e.g. to start a content-diff scan of a
     ``ram_backing="shm"`` guest beside it, as the benchmark does).
     """
-    if not interval_s > 0 or not seconds > 0:
-        raise ConfigError(f"--interval and --seconds must be positive (got {interval_s}, {seconds})")
-    if memory_bytes % (1 << 20) or memory_bytes < (128 << 20):
-        raise ConfigError(f"--memory must be a whole number of MiB and at least 128 MiB (got {memory_bytes} bytes)")
-    wl = parse_workload(workload, memory_bytes)
-    out_path = Path(out)
-    if out_path.is_dir():
-        raise ConfigError(f"-o {out_path}: is a directory")
+    wl, out_path = checked_request(workload, memory_bytes, interval_s, seconds, out)
     sink_bin = build_sink()
     work = Path(tempfile.mkdtemp(prefix=f"miglab-{os.getpid()}-dirtylog-"))
     fifo, sock_path = work / "trace.fifo", work / "migrate.sock"
