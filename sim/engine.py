@@ -351,6 +351,7 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator:
     if isinstance(m.rule, XenRule):
         m.zero_left = 0.0  # xc_domain_save sends every page in full
         m.rule.expected_counts = not m.pages.exact
+        m.rule.count_dispersion = m.sc.workload.write_dispersion
     sticky = _StickyDirt(m) if m.bhyve and m.sc.host.bhyve_sticky_dirty else None
     while True:
         pending = m.pages.count()

@@ -71,6 +71,12 @@ class Workload:
     it takes away more than the spare time: a paced workload using 20 % of a
     vCPU is untouched by a 30 % throttle (measured under TCG here), a
     CPU-bound one (1.0) slows in proportion.
+
+    ``write_dispersion`` is how much more variable the pages a window's writes
+    dirty are than independent pages (variance over mean; 1: independent;
+    writes in clusters of ``k`` pages: ``E[k^2] / E[k]``). Only the
+    expected-value mode uses it, where Xen's rate test compares two rounds'
+    counts by their spread; the page-exact sources draw pages independently.
     """
 
     kind: WorkloadKind = "synthetic"
@@ -88,6 +94,7 @@ class Workload:
     cpu_utilization: float = 1.0
     intensity: float = 1.0
     within_interval: WithinInterval = "poisson"
+    write_dispersion: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -524,6 +531,8 @@ def validate(obj: Any, where: str = "scenario") -> None:
             raise ConfigError(f"{where}: intensity must not be negative")
         if not 0 < obj.cpu_utilization <= 1:
             raise ConfigError(f"{where}: cpu_utilization must lie in (0, 1]")
+        if not obj.write_dispersion >= 1:
+            raise ConfigError(f"{where}: write_dispersion must be at least 1")
         if obj.kind in ("trace", "model") and not obj.path:
             raise ConfigError(f"{where}: a {obj.kind} workload needs a path")
     elif isinstance(obj, Host):

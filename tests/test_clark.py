@@ -17,7 +17,7 @@ from sim.scenario import Scenario
 ROOT = Path(__file__).resolve().parents[1]
 
 #: (case, metric) -> today's error where the target is missed (documented in the report).
-MISSED = {("specweb99", "bytes_sent"): 0.108, ("specweb99", "downtime_s"): 0.459, ("specweb99", "rounds"): 5.0}
+MISSED = {("specweb99", "downtime_s"): 0.486, ("specweb99", "rounds"): 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +66,23 @@ def test_quake3_ends_on_the_fifty_page_test_with_the_published_final_round(resul
 
 
 def test_sampled_mode_agrees_on_specweb99():
-    e = clark.evaluate()[0]
-    s = clark.CaseResult("specweb99", clark.PUBLISHED["specweb99"],
-                         clark.simulate(clark.scenario("specweb99", mode="sampled")))
-    assert s.result.bytes_sent == pytest.approx(e.result.bytes_sent, rel=0.03)
-    assert abs(s.result.rounds - e.result.rounds) <= 2
+    # like for like: the page-exact sampler draws independent pages, so compare with write_dispersion 1
+    sc = clark.scenario("specweb99").replace(**{"workload.write_dispersion": 1.0})
+    e = clark.simulate(sc)
+    s = clark.simulate(sc.replace(**{"workload.mode": "sampled"}))
+    assert s.bytes_sent == pytest.approx(e.bytes_sent, rel=0.03)
+    assert abs(s.rounds - e.rounds) <= 2
+
+
+def test_burstier_writes_stop_specweb99_earlier():
+    sc = clark.scenario("specweb99")
+    assert sc.workload.write_dispersion == pytest.approx(clark.specweb99_write_dispersion(), abs=0.01)
+    poisson = clark.simulate(sc.replace(**{"workload.write_dispersion": 1.0}))
+    bursty = clark.simulate(sc)
+    assert bursty.rounds < poisson.rounds and bursty.bytes_sent < poisson.bytes_sent
+    # the rounds before the stop are the same: the test does not steer them
+    a, b = (r.rounds_table.loc[r.rounds_table["phase"] == "precopy", "bytes"].to_numpy() for r in (bursty, poisson))
+    assert a == pytest.approx(b[: len(a)], rel=1e-12)
 
 
 def test_committed_scenarios_are_the_modules(tmp_path):
@@ -123,12 +135,12 @@ def test_mmuncher_downtime_is_held_to_the_rate_after_the_budget(results):
 
 def test_median_stop_reproduces_the_rule_and_moves_earlier_with_burstier_writes(results):
     cr = results["specweb99"]
-    own = clark.median_stop(cr, 1.0)  # Poisson: exactly what the rule did
+    own = clark.median_stop(cr, cr.result.scenario.workload.write_dispersion)  # exactly what the rule did
     assert own.rounds == cr.result.rounds
     assert own.bytes_sent == pytest.approx(cr.result.bytes_sent, rel=1e-9)
     assert own.downtime_s == pytest.approx(cr.result.downtime_s, rel=1e-9)
     assert own.total_time_s == pytest.approx(cr.result.total_time_s, rel=1e-9)
     d = clark.specweb99_write_dispersion()
     assert 40 < d < 70  # dominated by the 1 % of requests for 100-900 KB files
-    bursty = clark.median_stop(cr, d)
-    assert bursty.rounds < own.rounds and bursty.bytes_sent < own.bytes_sent
+    burstier = clark.median_stop(cr, 10 * d)
+    assert burstier.rounds < own.rounds and burstier.bytes_sent < own.bytes_sent
