@@ -329,7 +329,7 @@ def report_markdown(results: list[CaseResult], sampled: list[CaseResult] | None 
         lines += ["", "## SPECweb99, per round (rounds 1-2 are the fit)", "", head,
                   "|---:|---:|---:|---:|" + ("---:|" if samp else "")]
         samp_rounds = samp.live_bytes if samp else []
-        for i in range(max(len(pub_rounds), len(sim_rounds))):
+        for i in range(max(len(pub_rounds), len(sim_rounds), len(samp.live_bytes) if samp else 0)):
             p = pub_rounds[i] if i < len(pub_rounds) else None
             s = sim_rounds[i] if i < len(sim_rounds) else None
             e = f"{s / p - 1:+.1%}" if p and s else "—"
@@ -448,11 +448,29 @@ def median_stop(cr: CaseResult, dispersion: float) -> MedianStop:
 
 
 NOTES = """
+## Which published numbers fit, which judge
+
+| published number | used for |
+|---|---|
+| SPECweb99 rounds 1-2 (676.8, 126.7 MB) | fit: the Zipf workload (exponent, rate) |
+| SPECweb99 final copy (18.2 MB in 201 ms) | fit: `final_copy_burst_bytes` (closed form on the published numbers) |
+| Quake 3 final copy (148 KB in 20 ms) and start-up (40 ms) | fit: `switchover_s`, `resume_s` |
+| Quake 3 total (88 MB) and final round (148 KB) | fit: its hot set (size, rate) |
+| MMuncher total (638 MB) | fit: its sweep rate |
+| SPECweb99 rounds 3-8, round count, total bytes, total time, downtime (and its 9 ms start-up) | judge |
+| MMuncher downtime (3.5 s) | judge |
+| Quake 3 downtime (60 ms) | neither: it is the sum of its two fitted parts |
+| §4.2 stop-and-copy times | judge (nothing fitted) |
+
+Not fitted on anything published: `workload.write_dispersion` of SPECweb99 (from the benchmark's file mix),
+Xen's rate limits and stop test (its source), the link (Gigabit Ethernet, TCP payload at MTU 1500).
+
 ## What the model misses, and why
 
 Sources: Xen 2.0's `tools/libxc/xc_linux_save.c` (`xc_linux_save`, `xcio_ratewrite`, `print_stats`; the
 code the paper measured) and its Xen 3.0 successor (same loop, `ratewrite`); the paper's §5.3, §5.4 and its
-per-case text (the split of each downtime into the last round's copy and the start-up after it).
+per-case text (the split of each downtime into the last round's copy and the start-up after it: SPECweb99
+"201 ms" + "9 ms", Quake 3 "20 ms" + "40 ms"; /work/shared/REFERENCES.md lists only the totals).
 
 * **The last round (downtime).** Xen 2.0 writes the last iteration through `xcio_ratewrite`, the same token
   bucket as the live rounds, at `mbit_rate` (500 Mbit/s once the rate test has fired). It is not lifted
