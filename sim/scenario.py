@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import functools
 import json
+import os
 import tomllib
 import types
 import typing
@@ -315,7 +316,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
 
 
-def load_json(path: str | Path) -> Any:
+def load_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file, turning every failure into one ConfigError line."""
     try:
         with open(path) as f:
