@@ -52,7 +52,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .engine import simulate
 from .result import Result
@@ -185,7 +185,7 @@ def fit_mmuncher() -> str:
 
     def excess(log_rate: float) -> float:
         r = simulate(scenario("mmuncher", f"uniform:rate={math.exp(log_rate):.6g},span=256MiB"))
-        return math.log(r.bytes_sent / pub.total_bytes)
+        return math.log(r.bytes_sent / cast(float, pub.total_bytes))  # asserted above; mypy forgets in closures
 
     rate = math.exp(brentq(excess, math.log(8000), math.log(200000), xtol=1e-4))
     return f"uniform:rate={rate:.3g},span=256MiB"
