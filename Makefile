@@ -27,6 +27,7 @@ deps:
 
 test: $(STAMP) deps
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 	$(BIN)/miglab regress --suite results/baselines/sim-suite.toml --baseline results/baselines/sim.json -q \
 		--markdown results/scratch/sim-regress.md
@@ -37,6 +38,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Every figure beside its peer or floor (SimGrid 3.32's C++ plugin when libsimgrid-dev and g++ are
 # installed, the closed forms, the packed-bitmap numpy floor), also written to results/bench/*.json.

@@ -38,14 +38,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from tqdm import tqdm
 
 from harness.guest import GuestWorkload, parse_workload
 from harness.qmp import QMPError
-from harness.vm import VM, VMConfig
+from harness.vm import VM, Console, VMConfig
 from sim import trace as trace_fmt
 from sim.errors import ConfigError
 from sim.interrupt import sigterm_as_interrupt
@@ -247,7 +247,7 @@ def collect(workload: str, *, memory_bytes: int = 512 << 20, interval_s: float =
                 c.pages.append(pages)
                 if on_interval is not None:
                     on_interval(k, pages)
-                for line in vm.console.new_lines():
+                for line in cast(Console, vm.console).new_lines():  # set when the guest started
                     m = PROGRESS_LINE.match(line)
                     if m:
                         c.console_rates.append(float(m.group("rate")))

@@ -77,6 +77,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from sim.errors import ConfigError, MiglabError
 from sim.units import PAGE_SIZE_BYTES, parse_size
@@ -168,7 +169,7 @@ def _number(spec: str, key: str, text: str, lo: float, hi: float, kind: type = f
 
 
 def _int(spec: str, key: str, text: str, lo: int, hi: int) -> int:
-    return _number(spec, key, text, lo, hi, int)
+    return cast(int, _number(spec, key, text, lo, hi, int))  # kind=int: the value is an int
 
 
 def _float(spec: str, key: str, text: str, lo: float, hi: float) -> float:
@@ -655,8 +656,8 @@ def _build(root: Path, out: Path, key: str, kpkg: str, versions: dict[str, str],
                 files[guest_path.strip("/")] = ("file", real.read_bytes(), 0o755)
             redis_version = versions["redis-tools"]
         entries = _tree_entries(files)
-        for d in ("dev", "proc", "sys", "tmp", "run"):
-            entries.insert(0, CpioEntry(d, "dir", mode=0o755))
+        for dirname in ("dev", "proc", "sys", "tmp", "run"):  # not `d`: that is a Path above
+            entries.insert(0, CpioEntry(dirname, "dir", mode=0o755))
         entries.insert(1, CpioEntry("dev/console", "chr", mode=0o600, rdev=(5, 1)))
         write_newc(entries, tmp / "initramfs.cpio")
 

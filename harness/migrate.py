@@ -319,7 +319,7 @@ def _start_guests(stack: contextlib.ExitStack[Any], scenario: Scenario, workload
     link = stack.enter_context(ShapedLink(scenario.link.bandwidth_Bps, scenario.link.rtt_s))
     options_record["link"] = {"id": link.id, "tbf": link.tbf_args(), "delay_each_way_s": link.rtt_s / 2,
                               "delay": "user-space forwarder" if link.rtt_s > 0 else "none"}
-    common = dict(memory_bytes=scenario.workload.memory_bytes, workload=workload, smp=opts.smp,
+    common: dict[str, Any] = dict(memory_bytes=scenario.workload.memory_bytes, workload=workload, smp=opts.smp,
                   keep_logs_in=opts.keep_logs_in)
     src = stack.enter_context(VM(VMConfig(name="src", netns=link.src_ns, extra_args=opts.src_extra_args,
                                           **common), opts.image))

@@ -128,7 +128,7 @@ class MigrationStats:
     total_time_s: float | None = None
     downtime_s: float | None = None
     setup_time_s: float | None = None
-    bytes_sent: int = 0
+    bytes_sent: int | None = 0  # None: not measured (a bhyve run without an interface counter)
     ram_total_bytes: int = 0
     duplicate_pages: int = 0
     normal_pages: int = 0

@@ -482,7 +482,7 @@ class VM:
         if out is None:
             out = np.empty(n, dtype=np.uint8)
         with open(self.shm_path, "rb", buffering=0) as f:
-            got = f.readinto(memoryview(out))
+            got = f.readinto(memoryview(out))  # type: ignore[arg-type]  # numpy declares ndarray.__buffer__ only on 3.12+
         if got != n:
             raise VMError(f"{self.config.name}: read {got} of {n} bytes of guest RAM from {self.shm_path}")
         return out

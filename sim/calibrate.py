@@ -31,14 +31,14 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from scipy.optimize import least_squares, nnls
 
 from .bitmap import row_bytes, set_bits
 from .errors import ConfigError, TraceError
-from .model import DirtyModel, PageClass
+from .model import ClassKind, DirtyModel, PageClass
 from .trace import Trace
 
 log = logging.getLogger(__name__)
@@ -355,7 +355,7 @@ def _fit_to_classes(fit: _Fit) -> list[PageClass]:
     """The classes of a refined fit, hottest first, without those under half a page."""
     x, ks, _ = fit
     kk = len(ks)
-    classes = [PageClass(float(x[j]), float(math.exp(x[kk + j])), ks[j]) for j in range(kk) if x[j] >= 0.5]
+    classes = [PageClass(float(x[j]), float(math.exp(x[kk + j])), cast(ClassKind, ks[j])) for j in range(kk) if x[j] >= 0.5]
     classes.sort(key=lambda c: -c.rate_per_page_per_s)
     return classes
 

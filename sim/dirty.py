@@ -286,7 +286,7 @@ def _write_tables(n_intervals: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean writes m per interval as a function of how many intervals a page changed in (0..n):
     whole part (uint8) and fraction in 1/65536 (uint16). One entry per count, not per page."""
     n = n_intervals
-    count = np.arange(n + 1, dtype=np.uint16 if n < 65535 else np.uint32)
+    count: np.ndarray = np.arange(n + 1, dtype=np.uint16 if n < 65535 else np.uint32)
     share = np.minimum(count / max(n, 1), 1.0 - 0.5 / max(n, 1))  # a page in every interval: rate unknown
     lam_i = -np.log1p(-share)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -242,7 +242,7 @@ class Migration:
 
 
 # ---------------------------------------------------------------- processes
-def precopy_round(env: simpy.Environment, m: Migration, round_no: int, pages: float) -> Generator:
+def precopy_round(env: simpy.Environment, m: Migration, round_no: int, pages: float) -> Generator[Any, Any, Any]:
     """Send ``pages`` pending pages while the guest runs and dirties more."""
     t0 = env.now
     _, zero = m.send_pages(pages)
@@ -268,7 +268,7 @@ def precopy_round(env: simpy.Environment, m: Migration, round_no: int, pages: fl
              xbzrle_pages=xbz, bytes=wire, throttle_pct=m.throttle_pct, threshold_bytes=m.threshold_pages * m.page_size)
 
 
-def stop_and_copy(env: simpy.Environment, m: Migration, phase: str = "stopcopy") -> Generator:
+def stop_and_copy(env: simpy.Environment, m: Migration, phase: str = "stopcopy") -> Generator[Any, Any, Any]:
     """Pause the guest and send every pending page plus device state; this is the downtime."""
     sc = m.sc
     t0 = env.now
@@ -318,7 +318,7 @@ def final_copy_rate_Bps(m: Migration) -> float:
     return m.switch_rate_Bps
 
 
-def postcopy_switch(env: simpy.Environment, m: Migration) -> Generator:
+def postcopy_switch(env: simpy.Environment, m: Migration) -> Generator[Any, Any, Any]:
     """Stop the source, move device state, resume on the destination with pages still missing."""
     sc = m.sc
     t0 = env.now
@@ -337,7 +337,7 @@ def postcopy_switch(env: simpy.Environment, m: Migration) -> Generator:
              new_dirty_pages=0.0, throttle_pct=m.throttle_pct, threshold_bytes=math.nan)
 
 
-def precopy(env: simpy.Environment, m: Migration) -> Generator:
+def precopy(env: simpy.Environment, m: Migration) -> Generator[Any, Any, Any]:
     """Rounds until the stop rule says complete (-> stop_and_copy), cancel, or a hybrid switch."""
     st = m.sc.strategy
     m.pages.set_all()
@@ -429,7 +429,7 @@ class _StickyDirt:
             pages.pending = np.maximum(pages.pending, ever)
 
 
-def migrate(env: simpy.Environment, m: Migration) -> Generator:
+def migrate(env: simpy.Environment, m: Migration) -> Generator[Any, Any, Any]:
     """The whole migration: setup, then the strategy's phases."""
     sc = m.sc
     st = sc.strategy

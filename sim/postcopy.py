@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import simpy
@@ -75,7 +76,7 @@ def fault_stall_s(m: MigrationState) -> float:
     return sc.link.rtt_s + (m.page_wire + sc.host.postcopy_queue_bytes) / m.switch_rate_Bps
 
 
-def postcopy(env: simpy.Environment, m: MigrationState) -> Generator:
+def postcopy(env: simpy.Environment, m: MigrationState) -> Generator[Any, Any, Any]:
     """Run the post-copy phase until every page is on the destination."""
     done = env.event()
     pending0 = m.pages.count()
@@ -89,7 +90,7 @@ def postcopy(env: simpy.Environment, m: MigrationState) -> Generator:
 
 
 def background_push(env: simpy.Environment, m: MigrationState, state: PostcopyState,
-                    done: simpy.Event) -> Generator:
+                    done: simpy.Event) -> Generator[Any, Any, Any]:
     """Stream pending pages; fault replies share the link and come first. Zero pages are elided as in pre-copy."""
     per_page_s = m.page_wire / m.switch_rate_Bps + m.per_page_s
     zero_page_s = (m.header + ZERO_PAGE_WIRE_BYTES) / m.switch_rate_Bps
@@ -147,7 +148,7 @@ def background_push(env: simpy.Environment, m: MigrationState, state: PostcopySt
                 done.succeed()
 
 
-def run_guest(env: simpy.Environment, m: MigrationState, state: PostcopyState, done: simpy.Event) -> Generator:
+def run_guest(env: simpy.Environment, m: MigrationState, state: PostcopyState, done: simpy.Event) -> Generator[Any, Any, Any]:
     """Advance the destination guest; every touch of a missing page goes through serve_fault."""
     stall = fault_stall_s(m)
     factor = m.sc.host.dirty_rate_factor * m.sc.workload.intensity

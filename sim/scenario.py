@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import functools
 import json
+import os
 import tomllib
 import types
 import typing
@@ -329,7 +330,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
 
 
-def load_json(path: str | Path) -> Any:
+def load_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file, turning every failure into one ConfigError line."""
     try:
         with open(path) as f:
@@ -367,9 +368,10 @@ _CONTAINERS = (list, dict, tuple)
 
 def _as_dict(obj: Any) -> dict[str, Any]:
     """``dataclasses.asdict`` for these dataclasses: scalar leaves are shared, not deep-copied."""
-    nested = _nested_fields(type(obj))
+    cls: type = type(obj)  # a plain `type`: mypy does not see type[Any] as Hashable for the caches
+    nested = _nested_fields(cls)
     out: dict[str, Any] = {}
-    for name in _field_types(type(obj)):
+    for name in _field_types(cls):
         value = getattr(obj, name)
         if name in nested and dataclasses.is_dataclass(value):
             value = _as_dict(value)
@@ -381,10 +383,10 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 def _replace(obj: Any, updates: dict[str, Any]) -> Any:
     """``dataclasses.replace`` without re-running ``__init__`` on fields that did not change."""
-    cls = type(obj)
+    cls: type = type(obj)
     if not _plain(cls):
         return dataclasses.replace(obj, **updates)
-    new = object.__new__(cls)
+    new: Any = object.__new__(cls)
     state = new.__dict__
     state.update(obj.__dict__)
     state.update(updates)
@@ -446,11 +448,11 @@ def _coerce(name: str, tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {name} must be a string, not {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
+        if isinstance(value, typing.cast(type, tp)):  # is_dataclass narrowed tp to "instance or class"
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: [{name}] must be a table")
-        return _build(tp, value, where)
+        return _build(typing.cast(type, tp), value, where)
     raise AssertionError(f"unhandled field type {tp!r}")
 
 
@@ -491,7 +493,7 @@ def with_fields(obj: Any, changes: dict[str, Any], where: str = "override") -> A
             nested.setdefault(head, {})[rest] = value
         else:
             flat[head] = value
-    hints = _field_types(type(obj))
+    hints = _field_types(typing.cast(type, type(obj)))
     names = hints.keys()
     updates: dict[str, Any] = {}
     for key, value in flat.items():

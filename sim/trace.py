@@ -128,7 +128,7 @@ def encode(page_lists: Sequence[np.ndarray], n_pages: int) -> tuple[np.ndarray, 
     return indptr, deltas.astype(dtype)
 
 
-def make_trace(page_lists: Sequence[np.ndarray], t_start_s: Sequence[float], t_end_s: Sequence[float], *,
+def make_trace(page_lists: Sequence[np.ndarray], t_start_s: np.ndarray | Sequence[float], t_end_s: np.ndarray | Sequence[float], *,
                n_pages: int, page_size: int = 4096, meta: dict[str, Any] | None = None) -> Trace:
     """Build an in-memory trace from per-interval sorted page arrays (validated)."""
     indptr, deltas = encode(page_lists, n_pages)
@@ -186,7 +186,7 @@ def save(t: Trace, path: str | os.PathLike[str], *, compress: bool = True) -> st
     """Write ``t`` atomically (temp file + rename); return its sha256."""
     path = Path(path)
     meta = {"miglab_version": _miglab_version(), **t.meta}
-    arrays = {
+    arrays: dict[str, Any] = {
         "format": np.array(FORMAT_NAME), "version": np.array(FORMAT_VERSION, dtype=np.int64),
         "page_size": np.array(t.page_size, dtype=np.int64), "n_pages": np.array(t.n_pages, dtype=np.int64),
         "t_start_s": t.t_start_s.astype(np.float64), "t_end_s": t.t_end_s.astype(np.float64),

@@ -41,7 +41,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -144,7 +144,7 @@ class _Parsed:
     duplicates: int = 0
 
 
-def _guess_layout(path: Path) -> str:
+def _guess_layout(path: Path) -> Layout:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return "csv"
@@ -158,7 +158,7 @@ def _guess_layout(path: Path) -> str:
             raise TraceError(path, f"already a {FORMAT_NAME} file: load it with sim.trace.load")
         for key, layout in (("pages", "npz-pages"), ("dirty", "npz-dense"), ("bitmap", "npz-bitmap")):
             if key in names:
-                return layout
+                return cast(Layout, layout)
         raise TraceError(path, "NPZ has none of the page keys 'pages' (with 'offsets'), 'dirty' or 'bitmap'")
     raise ConfigError(f"{path}: cannot tell the layout from the suffix {suffix!r}: give one of {', '.join(LAYOUTS)}")
 

@@ -30,7 +30,7 @@ DURATION_UNITS: dict[str, float] = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0
 PAGE_SIZE_BYTES = 4096
 
 
-def _split(text: str, what: str) -> tuple[float, str]:
+def _split(text: object, what: str) -> tuple[float, str]:
     m = re.fullmatch(_NUM + r"\s*(.*)", str(text).strip())
     if not m:
         raise ConfigError(f"not a {what}: {text!r}")

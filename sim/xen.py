@@ -65,12 +65,12 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Generator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import simpy
 
-from .dirty import ExactPages
+from .dirty import ExactPages, ExpectedPages
 from .stoprules import XenRule
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def scan_order(n_pages: int) -> np.ndarray:
     return out
 
 
-def xen_precopy_round(env: simpy.Environment, m: Migration, round_no: int) -> Generator:
+def xen_precopy_round(env: simpy.Environment, m: Migration, round_no: int) -> Generator[Any, Any, Any]:
     """One live iteration of xc_domain_save; returns (pages sent, pages skipped)."""
     rule = m.rule
     assert isinstance(rule, XenRule)
@@ -135,7 +135,7 @@ def _send_time(m: Migration, pages: float, rate_Bps: float) -> float:
     return pages * m.page_wire / rate_Bps + pages * m.per_page_s
 
 
-def _exact_pass(env: simpy.Environment, m: Migration, rate_Bps: float, step: int) -> Generator:
+def _exact_pass(env: simpy.Environment, m: Migration, rate_Bps: float, step: int) -> Generator[Any, Any, Any]:
     pages = m.pages
     assert isinstance(pages, ExactPages)
     order = scan_order(pages.n_pages)
@@ -180,8 +180,8 @@ def _next_batch(cand: np.ndarray, pos: int, skip: np.ndarray, k: int) -> tuple[n
     return batch, pos, passed
 
 
-def _expected_pass(env: simpy.Environment, m: Migration, rate_Bps: float, step: float) -> Generator:
-    pages = m.pages
+def _expected_pass(env: simpy.Environment, m: Migration, rate_Bps: float, step: float) -> Generator[Any, Any, Any]:
+    pages = cast(ExpectedPages, m.pages)  # the caller sends ExactPages to _exact_pass
     to_send = pages.pending.copy()
     sent_k = np.zeros_like(to_send)
     peek = m.sc.strategy.xen_skip_redirtied

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 
@@ -119,7 +119,7 @@ class ContentDiffTracker:
             if src is not None:
                 yield a, src[a:b]
             else:
-                buf = self._scratch[: b - a]
+                buf = cast(np.ndarray, self._scratch)[: b - a]  # no mapping: read is pread, which has it
                 self.dev.pread_into(buf, seg.gpa + a)
                 yield a, buf
 

@@ -320,7 +320,7 @@ class VmmDevice:
 
     def pread_into(self, buf: np.ndarray, gpa: int) -> None:
         """Fill ``buf`` (uint8, contiguous) from guest-physical ``gpa``."""
-        view = memoryview(buf).cast("B")
+        view = memoryview(buf).cast("B")  # type: ignore[arg-type]  # numpy declares ndarray.__buffer__ only on 3.12+
         done = 0
         while done < len(view):
             try:

@@ -24,6 +24,7 @@ import sys
 from collections import namedtuple
 from collections.abc import Iterable, Sequence
 from types import ModuleType
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ VERBS: tuple[Verb, ...] = (
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (no usage dump)."""
 
-    def error(self, message: str) -> None:  # argparse's usage dump is noise for a one-line error
+    def error(self, message: str) -> NoReturn:  # argparse's usage dump is noise for a one-line error
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from harness.cli import bhyve_options, options
 
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         _summarise_qemu_trace(Path(args.qemu_trace))
     s = record.stats
     print(f"{record.outcome}: total {format_duration(s.total_time_s or float('nan'))}, downtime "
-          f"{format_duration(s.downtime_s or float('nan'))}, sent {format_bytes(s.bytes_sent)}, "
+          f"{format_duration(s.downtime_s or float('nan'))}, sent {format_bytes(cast(int, s.bytes_sent))}, "
           f"{s.dirty_sync_count} syncs, {s.postcopy_requests} post-copy requests; guest continues on "
           f"{record.guest_side or '-'}: {record.guest_continues}"
           + (f"; {record.memory_check.pages_differing} pages differ" if record.memory_check else "")

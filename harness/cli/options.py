@@ -227,7 +227,10 @@ class _Flags:
     def get(self, name: str) -> Any:
         return getattr(self._args, name, None)
 
-    __getattr__ = get
+    if TYPE_CHECKING:  # mypy does not take a method assigned to a class attribute as __getattr__
+        def __getattr__(self, name: str) -> Any: ...
+    else:
+        __getattr__ = get
 
 
 def literal(text: str) -> Any:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from harness.validate.compare import ValidatedRun, sim_scenario, validated_runs
 from sim.errors import ConfigError
@@ -25,7 +25,7 @@ def observation(run: ValidatedRun) -> Any:
 
     s = run.record.stats
     kind = run.record.scenario.strategy.kind
-    m: dict[str, float] = {"bytes_sent": float(s.bytes_sent), "dirty_sync_count": float(s.dirty_sync_count),
+    m: dict[str, float] = {"bytes_sent": float(cast(int, s.bytes_sent)), "dirty_sync_count": float(s.dirty_sync_count),
                            "normal_pages": float(s.normal_pages), "duplicate_pages": float(s.duplicate_pages),
                            "normal_bytes": float(s.normal_bytes)}
     for k in ("total_time_s", "downtime_s", "setup_time_s"):
@@ -69,7 +69,12 @@ def calibrate(runs: Sequence[ValidatedRun], folds: int, host_json: str | None = 
     from tqdm import tqdm
 
     bar = tqdm(total=folds + 1, desc="calibrate", unit="fit", disable=not progress, file=sys.stderr)
-    fold_fits = hostfit.cross_validate(obs, folds, progress=lambda s: bar.set_postfix_str(s) or bar.update(1))
+
+    def fold_done(s: str) -> None:
+        bar.set_postfix_str(s)
+        bar.update(1)
+
+    fold_fits = hostfit.cross_validate(obs, folds, progress=fold_done)
     full = hostfit.fit(obs)
     bar.update(1)
     bar.close()
@@ -108,7 +113,8 @@ def calibrate_host(paths: Sequence[str | Path], *, heldout_every: int = 3, maxfe
     if not any(o.completed for o in train):
         raise ConfigError("calibrate-host: no completed run in the training subset")
     bhyve = bhyvefit.is_bhyve(train)  # bhyve runner records: bhyve's own constants (sim.bhyvefit)
-    result = (bhyvefit.fit if bhyve else hostfit.fit)(train, **({"maxfev": maxfev} if maxfev else {}))
+    result = (bhyvefit.fit(train, maxfev=maxfev or bhyvefit.DEFAULT_MAXFEV) if bhyve
+              else hostfit.fit(train, maxfev=maxfev or None))
     doc = result.to_json_dict()
     if bhyve:
         doc["fit"]["not_fitted"] = {k.removeprefix("host."): why for k, why in bhyvefit.NOT_FITTED.items()}

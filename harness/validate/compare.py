@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from harness.record import RunRecord
 from harness.validate.campaign import RUNS_DIR
@@ -148,7 +148,7 @@ def baseline_predictions(run: ValidatedRun, constants: dict[str, float], trace_s
                       "converged": float(s.converged)}
     last = [p for p in run.record.timeline if p.status == "active" and p.expected_downtime_s is not None]
     if last:
-        out["qemu-expected-downtime"] = {"downtime_s": float(last[-1].expected_downtime_s)}
+        out["qemu-expected-downtime"] = {"downtime_s": float(cast(float, last[-1].expected_downtime_s))}
     return out
 
 
@@ -162,7 +162,7 @@ def measured_metrics(run: ValidatedRun) -> dict[str, float]:
             v = getattr(s, k)
             if v is not None:
                 m[k] = float(v)
-        m["bytes_sent"] = float(s.bytes_sent)
+        m["bytes_sent"] = float(cast(int, s.bytes_sent))  # QEMU records always count the bytes
         m["dirty_sync_count"] = float(s.dirty_sync_count)
         if kind in ("postcopy", "hybrid"):
             m["postcopy_requests"] = float(s.postcopy_requests)
