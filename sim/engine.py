@@ -280,6 +280,9 @@ def stop_and_copy(env: simpy.Environment, m: Migration, phase: str = "stopcopy")
     xbz = (pages - zero) * m.xbzrle_ratio(len(m.rounds))
     rate = final_copy_rate_Bps(m)
     wire, seconds = m.cost(pages, zero, xbz, rate)
+    burst = min(wire, float(sc.host.final_copy_burst_bytes))
+    if burst > 0 and rate < m.switch_rate_Bps:
+        seconds -= burst / rate - burst / m.switch_rate_Bps  # banked credit goes at the link's rate
     wire += sc.host.device_state_bytes
     seconds += sc.host.device_state_bytes / rate
     fixed = sc.host.cold_restart_s if phase == "cold" else sc.host.switchover_s + sc.host.resume_s
@@ -303,12 +306,15 @@ def stop_and_copy(env: simpy.Environment, m: Migration, phase: str = "stopcopy")
 
 
 def final_copy_rate_Bps(m: Migration) -> float:
-    """The rate of the final stop-and-copy: the host's measured one, Xen's maximum, or the link's."""
-    host, st = m.sc.host, m.sc.strategy
+    """The rate of the final stop-and-copy: the host's measured one, Xen's current rate, or the link's."""
+    host = m.sc.host
     if host.final_copy_rate_Bps is not None:
         return min(host.final_copy_rate_Bps, m.sc.link.bandwidth_Bps)
     if isinstance(m.rule, XenRule) and m.rule.adaptive:
-        return min(m.switch_rate_Bps, st.xen_max_rate_Bps)  # Clark et al. §5.3: "at the maximum allowable rate"
+        # xc_linux_save writes the last iteration through xcio_ratewrite too, at mbit_rate as the
+        # print_stats() after the suspend left it: the maximum once the rate test fired (Clark et al.
+        # §5.3: "at the maximum allowable rate"), possibly less after the 50-page or iteration tests.
+        return min(m.switch_rate_Bps, m.rule.rate_Bps)
     return m.switch_rate_Bps
 
 
@@ -345,6 +351,7 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator[Any, Any, Any]:
     if isinstance(m.rule, XenRule):
         m.zero_left = 0.0  # xc_domain_save sends every page in full
         m.rule.expected_counts = not m.pages.exact
+        m.rule.count_dispersion = m.sc.workload.write_dispersion
     sticky = _StickyDirt(m) if m.bhyve and m.sc.host.bhyve_sticky_dirty else None
     while True:
         pending = m.pages.count()

@@ -72,6 +72,12 @@ class Workload:
     it takes away more than the spare time: a paced workload using 20 % of a
     vCPU is untouched by a 30 % throttle (measured under TCG here), a
     CPU-bound one (1.0) slows in proportion.
+
+    ``write_dispersion`` is how much more variable the pages a window's writes
+    dirty are than independent pages (variance over mean; 1: independent;
+    writes in clusters of ``k`` pages: ``E[k^2] / E[k]``). Only the
+    expected-value mode uses it, where Xen's rate test compares two rounds'
+    counts by their spread; the page-exact sources draw pages independently.
     """
 
     kind: WorkloadKind = "synthetic"
@@ -89,6 +95,7 @@ class Workload:
     cpu_utilization: float = 1.0
     intensity: float = 1.0
     within_interval: WithinInterval = "poisson"
+    write_dispersion: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -142,8 +149,14 @@ class Host:
     ``throughput_efficiency``, or for the ``xen`` rule Xen's maximum rate);
     ``resume_s`` is a fixed cost after it, until the guest runs on the
     destination (Clark et al. report it apart: "an additional 9 ms elapse
-    while the VM starts up"), added to ``switchover_s``. Together they let
-    QEMU, Xen and bhyve hosts each carry their own last-round constants.
+    while the VM starts up"), added to ``switchover_s``.
+    ``final_copy_burst_bytes`` is credit a rate limiter has banked when the
+    final copy starts: that many bytes go at the link's rate before a
+    ``final_copy_rate_Bps`` (or Xen's rate) below it applies. Xen 2.0's
+    ``xcio_ratewrite`` never caps its budget, so every moment its writer
+    waits (above all the suspend before the last iteration) is credit.
+    Together they let QEMU, Xen and bhyve hosts each carry their own
+    last-round constants.
 
     ``bhyve_sticky_dirty`` reproduces the early live-migration versions
     (D30954), which left ``VPO_VMM_DIRTY`` set once a page was dirtied, so the
@@ -172,6 +185,7 @@ class Host:
     bhyve_lowmem_only: bool = False
     final_copy_rate_Bps: float | None = None
     resume_s: float = 0.0
+    final_copy_burst_bytes: int = 0
     bhyve_sticky_dirty: bool = False
     bhyve_dirty_search_s_per_page: float = 0.0
 
@@ -519,6 +533,8 @@ def validate(obj: Any, where: str = "scenario") -> None:
             raise ConfigError(f"{where}: intensity must not be negative")
         if not 0 < obj.cpu_utilization <= 1:
             raise ConfigError(f"{where}: cpu_utilization must lie in (0, 1]")
+        if not obj.write_dispersion >= 1:
+            raise ConfigError(f"{where}: write_dispersion must be at least 1")
         if obj.kind in ("trace", "model") and not obj.path:
             raise ConfigError(f"{where}: a {obj.kind} workload needs a path")
     elif isinstance(obj, Host):
@@ -533,6 +549,8 @@ def validate(obj: Any, where: str = "scenario") -> None:
             raise ConfigError(f"{where}: final_copy_rate_Bps must be positive")
         if obj.resume_s < 0 or obj.bhyve_dirty_search_s_per_page < 0:
             raise ConfigError(f"{where}: host times must not be negative")
+        if obj.final_copy_burst_bytes < 0:
+            raise ConfigError(f"{where}: final_copy_burst_bytes must not be negative")
     elif isinstance(obj, Strategy):
         if obj.downtime_limit_s <= 0:
             raise ConfigError(f"{where}: downtime limit must be positive")

@@ -163,6 +163,7 @@ class XenRule(StopRule):
         self.sent_last = math.inf  # "pretend we sent all the pages last iteration"
         # Set by the engine for expected-value page counts (see _sent_more).
         self.expected_counts = False
+        self.count_dispersion = 1.0  # variance / mean of a round's count (workload.write_dispersion)
         self.not_fired = 1.0
 
     @property
@@ -193,8 +194,9 @@ class XenRule(StopRule):
         Once the rounds plateau, this comparison of two nearly equal counts is a coin
         toss that page-exact runs win or lose by noise. Expected counts have no noise
         and approach the plateau from above, so the plain comparison would never
-        fire. Instead each round's count is taken as Poisson, the chance that this
-        round beat the last is P = Phi((s - s_last) / sqrt(s + s_last)), and the rule
+        fire. Instead each round's count is taken as Poisson (its variance times
+        ``count_dispersion`` D for clustered writes), the chance that this round beat
+        the last is P = Phi((s - s_last) / sqrt(D (s + s_last))), and the rule
         fires once the chance that it has fired in some round at the maximum rate
         reaches one half: the median stopping round. An approximation, and said so.
         """
@@ -202,7 +204,7 @@ class XenRule(StopRule):
             return sent > self.sent_last
         if not math.isfinite(self.sent_last) or sent + self.sent_last <= 0:
             return sent > self.sent_last
-        z = (sent - self.sent_last) / math.sqrt(sent + self.sent_last)
+        z = (sent - self.sent_last) / math.sqrt(self.count_dispersion * (sent + self.sent_last))
         self.not_fired *= 1.0 - 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
         return self.not_fired <= 0.5
 

@@ -24,11 +24,14 @@ The sources, and what each part of this module follows:
   ``START_MBIT_RATE`` (the minimum) and after each iteration ``print_stats()``
   sets it to the iteration's dirtying rate + 50 if that rate exceeded it,
   capped at ``MAX_MBIT_RATE`` = 500 (:class:`sim.stoprules.XenRule`); Clark et
-  al. §5.3. Xen 2.0 rate-limits the last iteration too, at whatever
-  ``mbit_rate`` then is; the paper says the final stop-and-copy runs "at the
-  maximum allowable rate", which is what the engine does unless the host's
-  ``final_copy_rate_Bps`` says otherwise (Xen 3+ writes the last iteration
-  through ``outbuf`` without ``ratewrite``, at the link rate).
+  al. §5.3. The last iteration goes through the same ``xcio_ratewrite`` /
+  ``ratewrite`` (Xen 2.0 and 3.0 alike), at ``mbit_rate`` as the
+  ``print_stats()`` after the suspend left it (the engine's
+  ``final_copy_rate_Bps``: the rule's rate, unless the host says otherwise).
+  The bucket's budget is never capped (``budget += BURST_BUDGET`` for every
+  slot since ``last_put``), so what the writer banked while it waited, the
+  suspend above all, goes first at link speed: ``host.final_copy_burst_bytes``.
+  (Xen 4.x's ``xc_domain_save`` has no rate limiter at all.)
 * **The stop test**: :class:`sim.stoprules.XenRule`.
 
 Both pending-page models run the same pass:

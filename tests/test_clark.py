@@ -17,7 +17,7 @@ from sim.scenario import Scenario
 ROOT = Path(__file__).resolve().parents[1]
 
 #: (case, metric) -> today's error where the target is missed (documented in the report).
-MISSED = {("specweb99", "bytes_sent"): 0.108, ("specweb99", "downtime_s"): 0.973, ("specweb99", "rounds"): 5.0}
+MISSED = {("specweb99", "downtime_s"): 0.486, ("specweb99", "rounds"): 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +66,23 @@ def test_quake3_ends_on_the_fifty_page_test_with_the_published_final_round(resul
 
 
 def test_sampled_mode_agrees_on_specweb99():
-    e = clark.evaluate()[0]
-    s = clark.CaseResult("specweb99", clark.PUBLISHED["specweb99"],
-                         clark.simulate(clark.scenario("specweb99", mode="sampled")))
-    assert s.result.bytes_sent == pytest.approx(e.result.bytes_sent, rel=0.03)
-    assert abs(s.result.rounds - e.result.rounds) <= 2
+    # like for like: the page-exact sampler draws independent pages, so compare with write_dispersion 1
+    sc = clark.scenario("specweb99").replace(**{"workload.write_dispersion": 1.0})
+    e = clark.simulate(sc)
+    s = clark.simulate(sc.replace(**{"workload.mode": "sampled"}))
+    assert s.bytes_sent == pytest.approx(e.bytes_sent, rel=0.03)
+    assert abs(s.rounds - e.rounds) <= 2
+
+
+def test_burstier_writes_stop_specweb99_earlier():
+    sc = clark.scenario("specweb99")
+    assert sc.workload.write_dispersion == pytest.approx(clark.specweb99_write_dispersion(), abs=0.01)
+    poisson = clark.simulate(sc.replace(**{"workload.write_dispersion": 1.0}))
+    bursty = clark.simulate(sc)
+    assert bursty.rounds < poisson.rounds and bursty.bytes_sent < poisson.bytes_sent
+    # the rounds before the stop are the same: the test does not steer them
+    a, b = (r.rounds_table.loc[r.rounds_table["phase"] == "precopy", "bytes"].to_numpy() for r in (bursty, poisson))
+    assert a == pytest.approx(b[: len(a)], rel=1e-12)
 
 
 def test_committed_scenarios_are_the_modules(tmp_path):
@@ -94,4 +106,41 @@ def test_fits_reproduce_the_stored_workloads():
         for k in keys:
             g, w = (float(x[1][k].removesuffix("MiB")) for x in (got, want))
             assert g == pytest.approx(w, rel=0.02), (case, k)
-    assert clark.fit_resume_s() == pytest.approx(clark.FITTED["resume_s"], abs=2e-4)
+    for k, v in clark.fit_last_round().items():
+        assert v == pytest.approx(clark.FITTED[k], rel=1e-3, abs=1e-5), k
+
+
+def test_last_round_constants_reproduce_the_papers_two_copies():
+    """The closed-form fit: Quake 3's 148 KB in 20 ms and SPECweb99's 18.2 MB in 201 ms, at the link then 500 Mbit/s."""
+    link = clark.GBE_BPS * clark.GBE_PAYLOAD_EFFICIENCY
+    cap = 500 * clark.XEN_MBIT_BPS
+    f = clark.fit_last_round()
+
+    def copy_s(b):
+        burst = min(b, f["final_copy_burst_bytes"])
+        return f["switchover_s"] + burst / link + (b - burst) / cap
+
+    assert copy_s(148 * 1024) == pytest.approx(0.020, abs=1e-4)
+    assert copy_s(18.2 * 2**20) == pytest.approx(0.201, abs=1e-4)
+    assert f["resume_s"] == 0.040
+
+
+def test_mmuncher_downtime_is_held_to_the_rate_after_the_budget(results):
+    """MMuncher's 3.5 s cannot come from a final copy at link speed (its final round is at most 256 MB)."""
+    cr = results["mmuncher"]
+    link_s = cr.final_bytes / (clark.GBE_BPS * clark.GBE_PAYLOAD_EFFICIENCY)
+    assert cr.result.downtime_s > 1.5 * link_s
+    assert abs(cr.error("downtime_s")) <= clark.TARGETS["downtime_s"]
+
+
+def test_median_stop_reproduces_the_rule_and_moves_earlier_with_burstier_writes(results):
+    cr = results["specweb99"]
+    own = clark.median_stop(cr, cr.result.scenario.workload.write_dispersion)  # exactly what the rule did
+    assert own.rounds == cr.result.rounds
+    assert own.bytes_sent == pytest.approx(cr.result.bytes_sent, rel=1e-9)
+    assert own.downtime_s == pytest.approx(cr.result.downtime_s, rel=1e-9)
+    assert own.total_time_s == pytest.approx(cr.result.total_time_s, rel=1e-9)
+    d = clark.specweb99_write_dispersion()
+    assert 40 < d < 70  # dominated by the 1 % of requests for 100-900 KB files
+    burstier = clark.median_stop(cr, 10 * d)
+    assert burstier.rounds < own.rounds and burstier.bytes_sent < own.bytes_sent

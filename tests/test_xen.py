@@ -120,12 +120,31 @@ def test_skipped_pages_stay_dirty_and_go_in_the_final_copy(mode, monkeypatch):
     assert no_skip.bytes_sent > r.bytes_sent  # the skip saves re-sending pages that are rewritten anyway
 
 
-def test_final_copy_runs_at_the_maximum_rate_plus_resume():
+def test_final_copy_runs_at_the_rate_xen_left_plus_resume(monkeypatch):
+    # xc_linux_save writes the last iteration through xcio_ratewrite at mbit_rate as it then is
     sc = xen_scenario("hotcold:hot=16MiB,rate=40000,hot_share=1.0").replace(**{"host.resume_s": 0.05})
-    r = simulate(sc)
-    assert r.downtime_s == pytest.approx(0.05 + r.final_pages * 4096 / sc.strategy.xen_max_rate_Bps)
+    r, m = run_keeping_migration(sc, monkeypatch)
+    assert sc.strategy.xen_min_rate_Bps <= m.rule.rate_Bps <= sc.strategy.xen_max_rate_Bps
+    assert r.downtime_s == pytest.approx(0.05 + r.final_pages * 4096 / m.rule.rate_Bps)
     fast = simulate(sc.replace(**{"host.final_copy_rate_Bps": 100e6}))
     assert fast.downtime_s == pytest.approx(0.05 + fast.final_pages * 4096 / 100e6)
+
+
+def test_banked_budget_goes_at_link_speed_then_the_rate(monkeypatch):
+    """xcio_ratewrite never caps its budget: the banked bytes go at the link's rate, the rest at mbit_rate."""
+    sc = xen_scenario("uniform:rate=200000,span=64MiB", mem_mib=128)
+    r0, m = run_keeping_migration(sc, monkeypatch)
+    rate = m.rule.rate_Bps
+    assert rate == sc.strategy.xen_max_rate_Bps and r0.final_pages * 4096 > 8 * MiB
+    burst = 4 * MiB
+    r1 = simulate(sc.replace(**{"host.final_copy_burst_bytes": burst}))
+    assert r1.final_pages == r0.final_pages and r1.bytes_sent == r0.bytes_sent
+    assert r1.downtime_s == pytest.approx(r0.downtime_s - burst / rate + burst / 125e6)
+    huge = simulate(sc.replace(**{"host.final_copy_burst_bytes": 2**40}))  # all of it at link speed
+    assert huge.downtime_s == pytest.approx(r0.final_pages * 4096 / 125e6)
+    # A final copy at the link's rate has nothing to gain from a budget.
+    free = sc.replace(**{"strategy.xen_rate_adaptation": False})
+    assert simulate(free.replace(**{"host.final_copy_burst_bytes": burst})).downtime_s == simulate(free).downtime_s
 
 
 def test_without_adaptive_save_the_rate_is_the_links_and_the_rate_test_never_fires(monkeypatch):

@@ -119,6 +119,12 @@ def add_migrate_arguments(parser: argparse.ArgumentParser, *, shared: bool = Fal
     g.add_argument("--poll-interval", default="50ms", metavar=options.TIME, help="completion polling interval (default 50ms)")
     g.add_argument("--keep-destination", action="store_true",
                    help="leave the migrated VM running on the destination (default: destroy it after measuring)")
+    g.add_argument("--validation-trace", metavar=options.FILE, default="",
+                   help="the trace collected of this workload before migrating (harness.bhyve collect): marks the "
+                        "record as a validation run that `miglab calibrate-host` fits bhyve's constants on "
+                        "(needs -o or --campaign)")
+    g.add_argument("--repetition", type=int, default=1, metavar=options.N,
+                   help="repetition number of this scenario, with --validation-trace (default 1)")
     if shared:
         options.add_output(parser, "write the run record (JSON) here")
         parser.add_argument("--timeout", default="600s", metavar=options.TIME,
@@ -197,6 +203,22 @@ def migrate_scenario(args: argparse.Namespace, warm: bool):
                                name=name)
 
 
+def validation_record(rec: Any, scenario: Any, args: argparse.Namespace, out: str) -> Any:
+    """The record marked as a validation run (``options["validation"]``, the shape `miglab validate` writes).
+
+    The trace path is stored relative to the record, as `miglab validate` does, so a
+    campaign directory can be copied off the FreeBSD host with its traces.
+    """
+    import dataclasses
+    import os
+
+    trace = os.path.relpath(os.path.abspath(args.validation_trace), os.path.dirname(os.path.abspath(out)))
+    meta = {"campaign": _get(args, "campaign") or "bhyve", "scenario": scenario.name, "repetition": args.repetition,
+            "workload": scenario.workload.spec, "link": "as run", "strategy": scenario.strategy.stop_rule,
+            "trace": trace}
+    return dataclasses.replace(rec, options={**rec.options, "validation": meta})
+
+
 def migrate_main(args: argparse.Namespace) -> int:
     """``miglab migrate --hypervisor bhyve``: run and measure one migration; 0 if it completed, 1 if not."""
     from harness.bhyve.runner import run_migration
@@ -205,10 +227,23 @@ def migrate_main(args: argparse.Namespace) -> int:
 
     cfg = migrate_config(args)
     scenario = migrate_scenario(args, cfg.warm)
+    if _get(args, "validation_trace"):
+        import os
+
+        from sim.errors import ConfigError
+
+        if not os.path.isfile(args.validation_trace):
+            raise ConfigError(f"--validation-trace {args.validation_trace}: no such file")
+        if not (_get(args, "output") or _get(args, "campaign")):
+            raise ConfigError("--validation-trace needs -o or --campaign (the trace is stored relative to the record)")
+        if args.repetition < 1:
+            raise ConfigError("--repetition must be at least 1")
     rec = run_migration(cfg, scenario=scenario)
     out = _get(args, "output")
     if not out and _get(args, "campaign"):
         out = record_path(args.campaign, scenario.name or cfg.vm)
+    if out and _get(args, "validation_trace"):
+        rec = validation_record(rec, scenario, args, out)
     if out:
         rec.save(out)
     s = rec.stats

@@ -103,7 +103,7 @@ def calibrate_host(paths: Sequence[str | Path], *, heldout_every: int = 3, maxfe
     ``host.json`` document: ``constants`` plus ``fit`` (scenarios and runs on
     each side, median errors on each side).
     """
-    from sim import hostfit
+    from sim import bhyvefit, hostfit
 
     runs = validated_runs(paths)
     obs = [observation(r) for r in runs]
@@ -112,8 +112,12 @@ def calibrate_host(paths: Sequence[str | Path], *, heldout_every: int = 3, maxfe
     held = [o for o in obs if o.group in held_g]
     if not any(o.completed for o in train):
         raise ConfigError("calibrate-host: no completed run in the training subset")
-    result = hostfit.fit(train, maxfev=maxfev or None)
+    bhyve = bhyvefit.is_bhyve(train)  # bhyve runner records: bhyve's own constants (sim.bhyvefit)
+    result = (bhyvefit.fit(train, maxfev=maxfev or bhyvefit.DEFAULT_MAXFEV) if bhyve
+              else hostfit.fit(train, maxfev=maxfev or None))
     doc = result.to_json_dict()
+    if bhyve:
+        doc["fit"]["not_fitted"] = {k.removeprefix("host."): why for k, why in bhyvefit.NOT_FITTED.items()}
     doc["fit"].update({
         "split": f"by scenario: every {heldout_every}th scenario in sha256 order is held out",
         "heldout_scenarios": sorted(held_g), "heldout_runs": len(held),
