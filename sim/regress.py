@@ -51,7 +51,7 @@ from . import __version__
 from .atomic import atomic_open
 from .errors import ConfigError
 from .provenance import describe, provenance
-from .scenario import Scenario, flatten, load_toml
+from .scenario import Scenario, flatten, load_json, load_toml
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,7 @@ class Suite:
             try:
                 named.append((sname, Scenario.from_dict(merged, source=where)))
             except ConfigError as e:
-                if where in str(e):
-                    raise
-                raise ConfigError(f"{where}: {e}") from None
+                raise e.at(where=where) from None
         return cls._checked(name, named, source)
 
     @classmethod
@@ -215,10 +213,7 @@ def load_records(spec: str | Iterable[str], metrics: Iterable[str]) -> dict[str,
     metrics = list(metrics)
     scenarios: dict[str, Any] = {}
     for path in (p for s in specs for p in _record_paths(s)):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: not a readable JSON run record ({e})") from None
+        record = load_json(path)  # bounded, regular files only, UTF-8; one line naming the file
         if not isinstance(record, dict) or not isinstance(record.get("scenario"), dict):
             raise ConfigError(f"{path}: not a run record (no 'scenario' table)")
         if record.get("schema_version") != _RECORD_SCHEMA_VERSION:
@@ -254,12 +249,9 @@ def load_records(spec: str | Iterable[str], metrics: Iterable[str]) -> dict[str,
 # --------------------------------------------------------------------------- baselines
 def load_baseline(path: str | Path) -> dict[str, Any]:
     """Read a baseline JSON file (format ``miglab-baseline``)."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such baseline (create it with --update-baseline)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not a readable JSON baseline ({e})") from None
+    if not Path(path).exists():
+        raise ConfigError("no such baseline (create it with --update-baseline)", where=path)
+    doc = load_json(path)
     _check_doc(doc, str(path))
     return doc
 
@@ -273,6 +265,20 @@ def _check_doc(doc: Any, where: str) -> None:
         raise ConfigError(f"{where}: baseline kind {doc.get('kind')!r} is not simulated or real")
     if not isinstance(doc.get("scenarios"), dict):
         raise ConfigError(f"{where}: baseline has no scenarios table")
+    real = doc.get("kind") == "real"
+    for name, entry in doc["scenarios"].items():
+        key = f"scenarios.{name}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
+            raise ConfigError("has no metrics table", where=where, key=key)
+        for metric, value in entry["metrics"].items():
+            values = value if real else [value]
+            if real and not isinstance(value, list):
+                raise ConfigError("must be a list of numbers (one per run)", where=where,
+                                  key=f"{key}.metrics.{metric}")
+            for v in values:
+                if real and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
+                    raise ConfigError(f"must be a finite number, not {v!r}", where=where,
+                                      key=f"{key}.metrics.{metric}")
 
 
 def write_baseline(doc: dict[str, Any], path: str | Path) -> None:
