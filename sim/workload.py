@@ -307,7 +307,8 @@ def synth_trace(text: str, memory_bytes: int, *, seconds: float = 60.0, interval
     check_allocation(8.0 * n_pages, f"a synthetic guest of {n_pages:,} pages", key="memory_bytes")
     spec = parse_spec(text, memory_bytes, page_size)
     check_allocation(n * 200.0 + 8.0 * spec.rate_pages_per_s * seconds + 8.0 * n_pages,
-                     f"{n:,} intervals of {spec.rate_pages_per_s * interval_s:,.0f} writes", key="seconds")
+                     f"{n:,} intervals of {spec.rate_pages_per_s * interval_s:,.3g} writes",
+                     where=f"workload spec {text!r}")
     rng = np.random.default_rng(seed)
     perm = _permutation(spec.span_pages, seed) if spec.pattern in ("uniform", "zipf") else None
     weights = zipf_weights(spec.span_pages, spec.s) if spec.pattern == "zipf" else None

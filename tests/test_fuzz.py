@@ -349,6 +349,18 @@ def test_non_utf8_run_record_is_refused(capsys, tmp_path):
     refused(capsys, ["regress", str(rec), "--baseline", str(base), "-q"], "r.json", "UTF-8")
 
 
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "not utf-8"])
+def test_bad_run_record_for_calibrate_host_is_refused_without_reading_it_whole(capsys, tmp_path, kind):
+    path = {"/dev/zero": Path("/dev/zero"), "fifo": tmp_path / "r.fifo", "not utf-8": tmp_path / "r.json"}[kind]
+    if kind == "fifo":
+        _fifo(path)
+    elif kind == "not utf-8":
+        path.write_bytes(b'{"scenario": "\xff"}')
+    out = tmp_path / "host.json"
+    refused(capsys, ["calibrate-host", str(path), "-o", str(out)], str(path), output=out)
+    assert not out.exists()
+
+
 CAMPAIGN = ('name = "c"\n{extra}[[workload]]\nname = "w"\nspec = "uniform:rate=1000"\n[[link]]\nbandwidth = "{bw}"\n'
             'rtt = "{rtt}"\n[[strategy]]\nname = "p"\nkind = "precopy"\n')
 
