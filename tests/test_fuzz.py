@@ -449,13 +449,22 @@ def test_refusal_in_a_subprocess(argv, words):
         assert w in lines[0], lines[0]
 
 
-def test_huge_trace_in_a_subprocess(tmp_path):
-    path = _npz(tmp_path, "huge.npz", n_pages=np.array(2**38))
+def _memory_cap() -> None:
+    """In the child: 3 GiB of address space, so a refusal that allocated first would fail instead."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+
+
+@pytest.mark.parametrize("build", [lambda d: _npz(d, "huge.npz", n_pages=np.array(2**38)), _bomb])
+def test_huge_trace_in_a_subprocess_with_bounded_memory(tmp_path, build):
+    path = build(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "harness.cli", "trace", "info", str(path)], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=120)
+                          text=True, env=env, cwd=ROOT, timeout=120, preexec_fn=_memory_cap)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
-    assert str(path) in done.stderr and "PiB" in done.stderr and "would need about" in done.stderr
+    assert str(path) in done.stderr and "Traceback" not in done.stderr
+    assert ("PiB" in done.stderr and "would need about" in done.stderr) or "zip bomb" in done.stderr
 
 
 # --------------------------------------------------------------------------- hypothesis: the layers below
