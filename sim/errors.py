@@ -10,7 +10,12 @@ fields rather than baked into the text::
     │   │                       regular file, too large, not UTF-8, not valid JSON/TOML)
     │   ├── ResourceError       an input would cost more than miglab allows (memory, runs); carries the estimate
     │   └── OutputError         an output path cannot be written safely (a directory, a device, no parent)
-    └── TraceError              a trace file is missing, malformed, truncated or inconsistent
+    ├── TraceError              a trace file is missing, malformed, truncated or inconsistent
+    └── (harness)               what goes wrong while measuring, defined beside the code that raises it:
+                                harness.vm.VMError, harness.qmp.QMPError (connect, timeout, disconnect,
+                                command), harness.link.LinkError, harness.guest.GuestError,
+                                harness.dirtylog.DirtyLogError, harness.bhyve.vmmdev.BhyveError, and
+                                harness.preflight.PreflightError (a ConfigError: the host cannot run it)
 
 Every error has the fields
 
@@ -25,6 +30,10 @@ or, for a flag, ``<flag>: <problem>``. Code that learns the location later
 (a suite reading a scenario, the CLI mapping a scenario key back to the flag
 that set it) calls :meth:`MiglabError.at`, which fills in only the fields not
 yet known, so no caller ever looks for the location in the message text.
+
+Some older call sites still write the location into the problem text
+(``ConfigError(f"{path}: ...")``); they render the same line and move to the
+fields as they are touched. Nothing reads a location back out of a message.
 
 The CLI turns any :class:`MiglabError` into ``miglab: <str(e)>`` on stderr and
 exit code 2; anything else is a bug and keeps its traceback.
