@@ -323,7 +323,8 @@ class _Flags:
     def get(self, name: str) -> Any:
         return getattr(self._args, name, None)
 
-    __getattr__ = get
+    def __getattr__(self, name: str) -> Any:  # a def, not `= get`, so that type checkers see it
+        return self.get(name)
 
 
 def literal(text: str) -> Any:
