@@ -299,16 +299,9 @@ class RunRecord:
     @classmethod
     def load(cls, path: str | Path) -> RunRecord:
         """Read a record written by :meth:`save`; every failure is one ConfigError line."""
-        try:
-            text = Path(path).read_text()
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file") from None
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON: {e}") from None
+        from sim.inputs import load_json
+
+        data = load_json(path)  # regular files only, bounded, UTF-8: one line naming the file
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: not a run record")
         return cls.from_dict(data, source=str(path))

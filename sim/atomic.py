@@ -1,24 +1,117 @@
 """Atomic output: write to a temp file beside the target, then rename.
 
-A reader (or a crash) never sees a half-written result file.
+A reader (or a crash) never sees a half-written result file. The rename only
+ever replaces a regular file: an output path that is a directory, a device
+(``-o /dev/full``), a FIFO or a socket is refused before anything is written,
+and checked again just before the rename. A parent that cannot be created or
+written (read-only, a file in the way, ``/sys``) is refused in one line too.
+Missing parent directories are created, as they always were (``compare -o
+DIR`` and the default ``results/...`` paths rely on it). Every refusal is an
+:class:`sim.errors.OutputError` naming the path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import OutputError
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _check_target(path: Path) -> None:
+    """Refuse a target that exists and is not a regular file (symlinks followed: a link to /dev/full is a device)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise OutputError("cannot write: a parent is a file, not a directory", where=path) from None
+    except OSError as e:
+        raise OutputError(f"cannot write: {e.strerror}", where=path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputError("is a directory; give a file name", where=path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"is {_kind(st.st_mode)}; miglab writes only regular files", where=path)
+
+
+def _check_dir(path: Path, *, target: Path) -> None:
+    """``path`` is (or can be made) a writable directory: its nearest existing ancestor is a writable directory."""
+    p = path
+    while True:
+        try:
+            st = os.stat(p)
+            break
+        except FileNotFoundError:
+            if p.parent == p:
+                raise OutputError("cannot write: no existing parent directory", where=target) from None
+            p = p.parent
+        except NotADirectoryError:
+            raise OutputError("cannot write: a parent is a file, not a directory", where=target) from None
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror}", where=target) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"cannot write: {p} is {'a file' if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)}, "
+                          "not a directory", where=target)
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write: directory {p} is not writable", where=target)
+
+
+def check_output_file(path: str | os.PathLike[str]) -> Path:
+    """Refuse, before any work, an output file path that cannot be written safely; return it as a Path."""
+    if not str(path):
+        raise OutputError("empty output path")
+    p = Path(path)
+    _check_target(p)
+    _check_dir(p.parent, target=p)
+    return p
+
+
+def check_output_dir(path: str | os.PathLike[str]) -> Path:
+    """Refuse an output directory path that is something else, or that cannot be created or written."""
+    if not str(path):
+        raise OutputError("empty output path")
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        _check_dir(p.parent, target=p)
+        return p
+    except OSError as e:
+        raise OutputError(f"cannot write: {e.strerror}", where=p) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"is {'a file' if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)}; "
+                          "give a directory", where=p)
+    _check_dir(p, target=p)
+    return p
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path to write; it replaces ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Yield a temporary path to write; it replaces ``path`` only if the block succeeds.
+
+    ``path`` must be absent or a regular file (OutputError otherwise, before the block runs).
+    """
+    path = check_output_file(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write: {e.strerror}", where=path) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -26,7 +119,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        _check_target(path)  # again: the path may have become a device or a directory meanwhile
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise OutputError(f"cannot write: {e.strerror}", where=path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -37,3 +134,6 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
     """``open()`` for writing, atomically."""
     with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
         yield f
+
+
+__all__ = ["atomic_path", "atomic_open", "check_output_file", "check_output_dir"]

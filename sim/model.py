@@ -112,22 +112,44 @@ class DirtyModel:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "model") -> DirtyModel:
+        """Build from the JSON form; every value is checked (finite, in range, right type), and a
+        refusal names ``where`` and the key (``classes[2].rate_per_page_per_s``)."""
+        from .inputs import number, whole
+
         if d.get("format") != MODEL_FORMAT:
-            raise ConfigError(f"{where}: not a miglab model (format is {d.get('format')!r})")
+            raise ConfigError(f"not a miglab model (format is {d.get('format')!r})", where=where, key="format")
         if d.get("version") != MODEL_VERSION:
-            raise ConfigError(f"{where}: model version {d.get('version')!r} is not supported")
-        try:
-            classes = tuple(PageClass(float(c["pages"]), float(c["rate_per_page_per_s"]), c.get("kind", "poisson"))
-                            for c in d["classes"])
-            m = cls(int(d["n_pages"]), int(d["page_size"]), classes, float(d.get("zero_page_fraction", 0.0)),
-                    dict(d.get("fit", {})), dict(d.get("source", {})))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"{where}: malformed model ({type(e).__name__}: {e})") from None
-        for c in m.classes:
-            if c.pages < 0 or c.rate_per_page_per_s < 0 or c.kind not in ("poisson", "sweep"):
-                raise ConfigError(f"{where}: invalid page class {c}")
-        if m.n_pages <= 0 or sum(c.pages for c in m.classes) > m.n_pages * (1 + 1e-9):
-            raise ConfigError(f"{where}: page classes do not fit in {m.n_pages} pages")
+            raise ConfigError(f"model version {d.get('version')!r} is not supported", where=where, key="version")
+        for key in ("n_pages", "page_size", "classes"):
+            if key not in d:
+                raise ConfigError("missing", where=where, key=key)
+        n_pages = whole(d["n_pages"], where=where, key="n_pages", low=1, high=2**52)
+        page_size = whole(d["page_size"], where=where, key="page_size", low=512, high=2**30)
+        if page_size & (page_size - 1):
+            raise ConfigError(f"must be a power of two, not {page_size}", where=where, key="page_size")
+        zpf = number(d.get("zero_page_fraction", 0.0), where=where, key="zero_page_fraction", low=0, high=1)
+        if not isinstance(d["classes"], list):
+            raise ConfigError("must be a list of page classes", where=where, key="classes")
+        classes = []
+        for i, c in enumerate(d["classes"]):
+            key = f"classes[{i}]"
+            if not isinstance(c, dict):
+                raise ConfigError("must be an object", where=where, key=key)
+            for k in ("pages", "rate_per_page_per_s"):
+                if k not in c:
+                    raise ConfigError("missing", where=where, key=f"{key}.{k}")
+            kind = c.get("kind", "poisson")
+            if kind not in ("poisson", "sweep"):
+                raise ConfigError(f"unknown kind {kind!r} (choose poisson or sweep)", where=where, key=f"{key}.kind")
+            classes.append(PageClass(number(c["pages"], where=where, key=f"{key}.pages", low=0),
+                                     number(c["rate_per_page_per_s"], where=where,
+                                            key=f"{key}.rate_per_page_per_s", low=0), kind))
+        for key in ("fit", "source"):
+            if not isinstance(d.get(key, {}), dict):
+                raise ConfigError("must be an object", where=where, key=key)
+        m = cls(n_pages, page_size, tuple(classes), zpf, dict(d.get("fit", {})), dict(d.get("source", {})))
+        if sum(c.pages for c in m.classes) > m.n_pages * (1 + 1e-9):
+            raise ConfigError(f"page classes do not fit in {m.n_pages} pages", where=where, key="classes")
         return m
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -140,7 +162,7 @@ class DirtyModel:
     def load(cls, path: str | os.PathLike[str]) -> DirtyModel:
         from .scenario import load_json
 
-        d = load_json(path)
+        d = load_json(str(path))
         if not isinstance(d, dict):
-            raise ConfigError(f"{path}: not a miglab model")
+            raise ConfigError("not a miglab model (not a JSON object)", where=path)
         return cls.from_dict(d, str(path))

@@ -51,7 +51,7 @@ from . import __version__
 from .atomic import atomic_open
 from .errors import ConfigError
 from .provenance import describe, provenance
-from .scenario import Scenario, flatten, load_toml
+from .scenario import Scenario, flatten, load_json, load_toml
 
 log = logging.getLogger(__name__)
 
@@ -112,26 +112,24 @@ class Suite:
                               "scenario; or a sweep's base/vary/variants)")
         name = data.get("name")
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"{source}: a suite needs a non-empty string 'name'")
+            raise ConfigError("a suite needs a non-empty string 'name'", where=source)
         defaults = data.get("defaults", {})
         entries = data.get("scenario")
         if not isinstance(defaults, dict):
-            raise ConfigError(f"{source}: [defaults] must be a table")
+            raise ConfigError("[defaults] must be a table", where=source)
         if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
-            raise ConfigError(f"{source}: a suite needs at least one [[scenario]] table")
+            raise ConfigError("a suite needs at least one [[scenario]] table", where=source)
         named = []
         for i, entry in enumerate(entries):
             sname = entry.get("name")
             if not isinstance(sname, str) or not sname:
-                raise ConfigError(f"{source}: [[scenario]] number {i + 1} needs a non-empty string name")
+                raise ConfigError(f"[[scenario]] number {i + 1} needs a non-empty string name", where=source)
             merged = _deep_merge(defaults, entry)
             where = f"{source}: scenario {sname!r}"
             try:
                 named.append((sname, Scenario.from_dict(merged, source=where)))
             except ConfigError as e:
-                if where in str(e):
-                    raise
-                raise ConfigError(f"{where}: {e}") from None
+                raise e.at(where=where) from None
         return cls._checked(name, named, source)
 
     @classmethod
@@ -139,7 +137,7 @@ class Suite:
         names = [n for n, _ in named]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ConfigError(f"{source}: scenario name {dupes[0]!r} is used twice")
+            raise ConfigError(f"scenario name {dupes[0]!r} is used twice", where=source)
         return cls(name=name, scenarios=tuple(named), source=source)
 
 
@@ -215,12 +213,9 @@ def load_records(spec: str | Iterable[str], metrics: Iterable[str]) -> dict[str,
     metrics = list(metrics)
     scenarios: dict[str, Any] = {}
     for path in (p for s in specs for p in _record_paths(s)):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: not a readable JSON run record ({e})") from None
+        record = load_json(path)  # bounded, regular files only, UTF-8; one line naming the file
         if not isinstance(record, dict) or not isinstance(record.get("scenario"), dict):
-            raise ConfigError(f"{path}: not a run record (no 'scenario' table)")
+            raise ConfigError("not a run record (no 'scenario' table)", where=path)
         if record.get("schema_version") != _RECORD_SCHEMA_VERSION:
             raise ConfigError(f"{path}: run record schema_version {record.get('schema_version')!r} is not "
                               f"supported (expected {_RECORD_SCHEMA_VERSION})")
@@ -244,7 +239,7 @@ def load_records(spec: str | Iterable[str], metrics: Iterable[str]) -> dict[str,
         for m in metrics:
             value = stats.get(m)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ConfigError(f"{path}: metric {m!r} is missing or not a number ({value!r})")
+                raise ConfigError(f"metric {m!r} is missing or not a number ({value!r})", where=path)
             entry["metrics"][m].append(float(value))
     for entry in scenarios.values():
         del entry["first"]
@@ -254,25 +249,36 @@ def load_records(spec: str | Iterable[str], metrics: Iterable[str]) -> dict[str,
 # --------------------------------------------------------------------------- baselines
 def load_baseline(path: str | Path) -> dict[str, Any]:
     """Read a baseline JSON file (format ``miglab-baseline``)."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such baseline (create it with --update-baseline)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not a readable JSON baseline ({e})") from None
+    if not Path(path).exists():
+        raise ConfigError("no such baseline (create it with --update-baseline)", where=path)
+    doc = load_json(path)
     _check_doc(doc, str(path))
     return doc
 
 
 def _check_doc(doc: Any, where: str) -> None:
     if not isinstance(doc, dict) or doc.get("format") != BASELINE_FORMAT:
-        raise ConfigError(f"{where}: not a miglab baseline (format is not {BASELINE_FORMAT!r})")
+        raise ConfigError(f"not a miglab baseline (format is not {BASELINE_FORMAT!r})", where=where)
     if doc.get("version") != BASELINE_VERSION:
-        raise ConfigError(f"{where}: baseline version {doc.get('version')!r} is not supported")
+        raise ConfigError(f"baseline version {doc.get('version')!r} is not supported", where=where)
     if doc.get("kind") not in ("simulated", "real"):
-        raise ConfigError(f"{where}: baseline kind {doc.get('kind')!r} is not simulated or real")
+        raise ConfigError(f"baseline kind {doc.get('kind')!r} is not simulated or real", where=where)
     if not isinstance(doc.get("scenarios"), dict):
-        raise ConfigError(f"{where}: baseline has no scenarios table")
+        raise ConfigError("baseline has no scenarios table", where=where)
+    real = doc.get("kind") == "real"
+    for name, entry in doc["scenarios"].items():
+        key = f"scenarios.{name}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
+            raise ConfigError("has no metrics table", where=where, key=key)
+        for metric, value in entry["metrics"].items():
+            values = value if real else [value]
+            if real and not isinstance(value, list):
+                raise ConfigError("must be a list of numbers (one per run)", where=where,
+                                  key=f"{key}.metrics.{metric}")
+            for v in values:
+                if real and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
+                    raise ConfigError(f"must be a finite number, not {v!r}", where=where,
+                                      key=f"{key}.metrics.{metric}")
 
 
 def write_baseline(doc: dict[str, Any], path: str | Path) -> None:

@@ -18,14 +18,13 @@ import copy
 import dataclasses
 import functools
 import json
-import os
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import inputs
 from .errors import ConfigError
 from .units import parse_bandwidth, parse_duration, parse_size
 
@@ -308,7 +307,8 @@ class Scenario:
         data = dict(data)
         version = data.pop("schema_version", SCHEMA_VERSION)
         if version != SCHEMA_VERSION:
-            raise ConfigError(f"{source}: schema_version {version} is not supported (expected {SCHEMA_VERSION})")
+            raise ConfigError(f"version {version!r} is not supported (expected {SCHEMA_VERSION})", where=source,
+                              key="schema_version", value=version)
         return _build(cls, data, source)
 
     @classmethod
@@ -318,29 +318,13 @@ class Scenario:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file, turning every failure into one ConfigError line."""
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    """Read a TOML file (bounded, regular files only, UTF-8), every failure one error naming the file."""
+    return inputs.load_toml(path)
 
 
-def load_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file, turning every failure into one ConfigError line."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+def load_json(path: str | Path) -> Any:
+    """Read a JSON file (bounded, regular files only, UTF-8), every failure one error naming the file."""
+    return inputs.load_json(path)
 
 
 @functools.cache
@@ -405,7 +389,8 @@ def _parse_unit(suffix: str, text: str) -> Any:
     return text
 
 
-def _coerce(name: str, tp: Any, value: Any, where: str) -> Any:
+def _coerce(name: str, tp: Any, value: Any, where: str | None) -> Any:
+    """``value`` as field ``name`` of type ``tp``; a ConfigError carries ``where`` and ``key=name``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -415,11 +400,12 @@ def _coerce(name: str, tp: Any, value: Any, where: str) -> Any:
         return _coerce(name, inner[0], value, where)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where}: unknown {name} {value!r} (choose from {', '.join(map(str, args))})")
+            raise ConfigError(f"unknown {name} {value!r} (choose from {', '.join(map(str, args))})",
+                              where=where, key=name, value=value)
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {name} must be true or false, not {value!r}")
+            raise ConfigError(f"must be true or false, not {value!r}", where=where, key=name, value=value)
         return value
     if tp in (int, float):
         if isinstance(value, str):
@@ -428,40 +414,45 @@ def _coerce(name: str, tp: Any, value: Any, where: str) -> Any:
                     "_bytes" if name.endswith("_bytes") else "")
                 value = _parse_unit(suffix, value)
             except ConfigError as e:
-                raise ConfigError(f"{where}: {name}: {e}") from None
+                raise ConfigError(e.problem, where=where, key=name, value=value) from None
             if isinstance(value, str):
                 try:
                     value = float(value)
                 except ValueError:
-                    raise ConfigError(f"{where}: {name} must be a number, not {value!r}") from None
+                    raise ConfigError(f"must be a number, not {value!r}", where=where, key=name,
+                                      value=value) from None
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: {name} must be a number, not {value!r}")
+            raise ConfigError(f"must be a number, not {value!r}", where=where, key=name, value=value)
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{where}: {name} must be finite, not {value!r}")
+            raise ConfigError(f"must be finite, not {value!r}", where=where, key=name, value=value)
         if tp is int:
             if float(value) != int(value):
-                raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}")
+                raise ConfigError(f"must be a whole number, not {value!r}", where=where, key=name, value=value)
             return int(value)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: {name} must be a string, not {value!r}")
+            raise ConfigError(f"must be a string, not {value!r}", where=where, key=name, value=value)
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, typing.cast(type, tp)):  # is_dataclass narrowed tp to "instance or class"
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: [{name}] must be a table")
-        return _build(typing.cast(type, tp), value, where)
+            raise ConfigError(f"[{name}] must be a table", where=where, key=name, value=value)
+        try:
+            return _build(typing.cast(type, tp), value, where)
+        except ConfigError as e:
+            raise e.at(prefix=name) from None
     raise AssertionError(f"unhandled field type {tp!r}")
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+def _build(cls: type, data: dict[str, Any], where: str | None) -> Any:
     hints = _field_types(cls)
     names = hints.keys()
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown field {unknown[0]!r} in {cls.__name__} (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"unknown field in {cls.__name__} (known: {', '.join(sorted(names))})",
+                          where=where, key=str(unknown[0]))
     kwargs = {k: _coerce(k, hints[k], v, where) for k, v in data.items()}
     obj = cls(**kwargs)
     validate(obj, where)
@@ -483,8 +474,13 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def with_fields(obj: Any, changes: dict[str, Any], where: str = "override") -> Any:
-    """Return ``obj`` with dotted-path fields replaced, values coerced like from_dict."""
+def with_fields(obj: Any, changes: dict[str, Any], where: str | None = None) -> Any:
+    """Return ``obj`` with dotted-path fields replaced, values coerced like from_dict.
+
+    A bad value raises a ConfigError whose ``key`` is the dotted path (``strategy.downtime_limit_s``)
+    and whose ``where`` is ``where`` (None: the caller knows where the changes came from and says so
+    with :meth:`sim.errors.MiglabError.at`).
+    """
     nested: dict[str, dict[str, Any]] = {}
     flat: dict[str, Any] = {}
     for key, value in changes.items():
@@ -498,74 +494,84 @@ def with_fields(obj: Any, changes: dict[str, Any], where: str = "override") -> A
     updates: dict[str, Any] = {}
     for key, value in flat.items():
         if key not in names:
-            raise ConfigError(f"{where}: unknown field {key!r} in {type(obj).__name__}")
+            raise ConfigError(f"unknown field in {type(obj).__name__}", where=where, key=key, value=value)
         updates[key] = _coerce(key, hints[key], value, where)
     for key, sub in nested.items():
         if key not in names or not dataclasses.is_dataclass(hints[key]):
-            raise ConfigError(f"{where}: unknown table {key!r} in {type(obj).__name__}")
-        updates[key] = with_fields(getattr(obj, key), sub, where)
+            raise ConfigError(f"unknown table in {type(obj).__name__}", where=where, key=key)
+        try:
+            updates[key] = with_fields(getattr(obj, key), sub, where)
+        except ConfigError as e:
+            raise e.at(prefix=key) from None
     new = _replace(obj, updates)
     validate(new, where)
     return new
 
 
-def validate(obj: Any, where: str = "scenario") -> None:
-    """Range checks that the type system cannot express."""
-    if isinstance(obj, Link):
-        if obj.bandwidth_Bps <= 0:
-            raise ConfigError(f"{where}: bandwidth must be positive, not {obj.bandwidth_Bps!r}")
-        if obj.rtt_s < 0:
-            raise ConfigError(f"{where}: rtt must not be negative")
-        if obj.migration_cap_Bps is not None and obj.migration_cap_Bps <= 0:
-            raise ConfigError(f"{where}: migration bandwidth cap must be positive")
-        if obj.header_bytes_per_page < 0:
-            raise ConfigError(f"{where}: header_bytes_per_page must not be negative")
-    elif isinstance(obj, Workload):
-        if obj.memory_bytes <= 0:
-            raise ConfigError(f"{where}: memory must be positive")
-        if obj.page_size_bytes <= 0 or obj.page_size_bytes & (obj.page_size_bytes - 1):
-            raise ConfigError(f"{where}: page size must be a power of two")
-        if obj.zero_page_fraction is not None and not 0 <= obj.zero_page_fraction <= 1:
-            raise ConfigError(f"{where}: zero_page_fraction must lie in [0, 1]")
-        if obj.read_write_ratio < 0:
-            raise ConfigError(f"{where}: read_write_ratio must not be negative")
-        if obj.intensity < 0:
-            raise ConfigError(f"{where}: intensity must not be negative")
-        if not 0 < obj.cpu_utilization <= 1:
-            raise ConfigError(f"{where}: cpu_utilization must lie in (0, 1]")
-        if not obj.write_dispersion >= 1:
-            raise ConfigError(f"{where}: write_dispersion must be at least 1")
+def _positive(v: float | None) -> bool:
+    return v is None or v > 0
+
+
+def _not_negative(v: float | None) -> bool:
+    return v is None or v >= 0
+
+
+def _power_of_two(v: int) -> bool:
+    return 512 <= v <= 2**30 and not v & (v - 1)
+
+
+# Range checks per dataclass: (field, test, what the value must be). One row per field, so a refusal
+# names the field (the key) and the rule, and the CLI can name the flag that set it.
+_RULES: dict[type, tuple[tuple[str, Any, str], ...]] = {}
+
+
+def _rules() -> dict[type, tuple[tuple[str, Any, str], ...]]:
+    if _RULES:
+        return _RULES
+    positive, not_negative = (_positive, "must be positive"), (_not_negative, "must not be negative")
+    unit = (lambda v: v is None or 0 <= v <= 1, "must lie in [0, 1]")
+    pct = (lambda v: 0 <= v <= 100, "must lie in [0, 100]")
+    at_least_1 = (lambda v: v is None or v >= 1, "must be at least 1")
+    _RULES.update({
+        Link: (("bandwidth_Bps", *positive), ("rtt_s", *not_negative), ("migration_cap_Bps", *positive),
+               ("header_bytes_per_page", *not_negative)),
+        Workload: (("memory_bytes", *positive),
+                   ("page_size_bytes", _power_of_two, "must be a power of two from 512 to 1GiB"),
+                   ("zero_page_fraction", *unit), ("read_write_ratio", *not_negative),
+                   ("xbzrle_delta_fraction", *unit), ("trace_seconds", *positive), ("interval_s", *positive),
+                   ("intensity", *not_negative),
+                   ("cpu_utilization", lambda v: 0 < v <= 1, "must lie in (0, 1]"),
+                   ("write_dispersion", lambda v: v >= 1, "must be at least 1")),
+        Host: tuple((f, *not_negative) for f in (
+            "switchover_s", "postcopy_switch_s", "device_state_bytes", "page_send_cost_s", "setup_s",
+            "cold_restart_s", "postcopy_queue_bytes", "bhyve_chunk_pause_s", "bhyve_page_send_s", "resume_s",
+            "bhyve_dirty_search_s_per_page", "dirty_rate_factor", "final_copy_burst_bytes"))
+        + (("throughput_efficiency", lambda v: 0 < v <= 1.5, "must lie in (0, 1.5]"),
+           ("final_copy_rate_Bps", *positive), ("bhyve_chunk_pages", *at_least_1)),
+        Strategy: (("downtime_limit_s", *positive), ("max_rounds", *at_least_1), ("timeout_s", *positive),
+                   ("postcopy_after_rounds", *not_negative), ("bhyve_rounds", *at_least_1),
+                   ("ac_initial_pct", *pct), ("ac_max_pct", *pct), ("ac_increment_pct", *pct),
+                   ("ac_trigger_pct", *pct), ("xbzrle_cache_bytes", *not_negative),
+                   ("multifd_channels", *at_least_1), ("xen_rate_increment_Bps", *not_negative),
+                   ("xen_min_rate_Bps", *positive), ("xen_batch_pages", *at_least_1),
+                   ("xen_max_iters", *at_least_1), ("xen_max_factor", *positive),
+                   ("xen_min_dirty_pages", *not_negative), ("simgrid_threshold_s", *not_negative),
+                   ("qemu_iteration_s", *positive), ("bubble_pages", *not_negative)),
+    })
+    return _RULES
+
+
+def validate(obj: Any, where: str | None = "scenario") -> None:
+    """Range checks that the type system cannot express; a refusal names the field as ``key``."""
+    for name, ok, rule in _rules().get(type(obj), ()):
+        value = getattr(obj, name)
+        if not ok(value):
+            raise ConfigError(f"{rule}, not {value!r}", where=where, key=name, value=value)
+    if isinstance(obj, Workload):
         if obj.kind in ("trace", "model") and not obj.path:
-            raise ConfigError(f"{where}: a {obj.kind} workload needs a path")
-    elif isinstance(obj, Host):
-        if (obj.switchover_s < 0 or (obj.postcopy_switch_s or 0.0) < 0 or obj.setup_s < 0
-                or obj.page_send_cost_s < 0):
-            raise ConfigError(f"{where}: host times must not be negative")
-        if not 0 < obj.throughput_efficiency <= 1.5:
-            raise ConfigError(f"{where}: throughput_efficiency must lie in (0, 1.5]")
-        if obj.dirty_rate_factor < 0:
-            raise ConfigError(f"{where}: dirty_rate_factor must not be negative")
-        if obj.final_copy_rate_Bps is not None and obj.final_copy_rate_Bps <= 0:
-            raise ConfigError(f"{where}: final_copy_rate_Bps must be positive")
-        if obj.resume_s < 0 or obj.bhyve_dirty_search_s_per_page < 0:
-            raise ConfigError(f"{where}: host times must not be negative")
-        if obj.final_copy_burst_bytes < 0:
-            raise ConfigError(f"{where}: final_copy_burst_bytes must not be negative")
+            raise ConfigError(f"a {obj.kind} workload needs a path", where=where, key="path")
     elif isinstance(obj, Strategy):
-        if obj.downtime_limit_s <= 0:
-            raise ConfigError(f"{where}: downtime limit must be positive")
-        if obj.max_rounds is not None and obj.max_rounds < 1:
-            raise ConfigError(f"{where}: max_rounds must be at least 1")
-        if obj.timeout_s <= 0:
-            raise ConfigError(f"{where}: timeout must be positive")
-        if obj.postcopy_after_rounds < 0 or obj.bhyve_rounds < 1:
-            raise ConfigError(f"{where}: round counts must be positive")
-        if not 0 <= obj.ac_initial_pct <= 100 or not 0 <= obj.ac_max_pct <= 100:
-            raise ConfigError(f"{where}: throttle percentages must lie in [0, 100]")
-        if obj.xbzrle_cache_bytes < 0:
-            raise ConfigError(f"{where}: xbzrle cache must not be negative")
-        if not 0 < obj.xen_min_rate_Bps <= obj.xen_max_rate_Bps or obj.xen_rate_increment_Bps < 0:
-            raise ConfigError(f"{where}: Xen rates need 0 < xen_min_rate_Bps <= xen_max_rate_Bps "
-                              "and a non-negative xen_rate_increment_Bps")
-        if obj.xen_batch_pages < 1 or obj.xen_max_iters < 1:
-            raise ConfigError(f"{where}: xen_batch_pages and xen_max_iters must be at least 1")
+        if obj.xen_min_rate_Bps > obj.xen_max_rate_Bps:
+            raise ConfigError(f"must be at least xen_min_rate_Bps ({obj.xen_min_rate_Bps!r}), not "
+                              f"{obj.xen_max_rate_Bps!r}", where=where, key="xen_max_rate_Bps",
+                              value=obj.xen_max_rate_Bps)

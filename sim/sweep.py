@@ -120,20 +120,27 @@ class Sweep:
     variants: tuple[tuple[str, dict[str, Any]], ...] = ()
     description: str = ""
     source: str = "sweep"
+    #: Refuse a cross product of more runs than this before building any (``miglab sweep --max-runs``).
+    max_runs: int = field(default=1_000_000, repr=False, compare=False)
     _runs: tuple[tuple[dict[str, Any], Scenario], ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Validate everything up front (a bad sweep must fail before any run or output) and keep the result:
         # building 10,000 scenarios takes seconds.
+        if len(self) > self.max_runs:
+            from .errors import ResourceError
+
+            raise ResourceError(f"the cross product is {len(self):,} runs, more than the {self.max_runs:,} allowed "
+                                "(raise it with --max-runs)", estimate=len(self), where=self.source)
         object.__setattr__(self, "_runs", tuple(self._checked_scenarios()))
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> Sweep:
+    def from_toml(cls, path: str | Path, **kw: Any) -> Sweep:
         """Read a sweep TOML file; any problem raises one ConfigError naming the file."""
-        return cls.from_dict(load_toml(path), source=str(path))
+        return cls.from_dict(load_toml(path), source=str(path), **kw)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "sweep") -> Sweep:
+    def from_dict(cls, data: dict[str, Any], *, source: str = "sweep", max_runs: int = 1_000_000) -> Sweep:
         """Build from the parsed TOML/JSON form (keys name, description, base, vary, variants)."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: a sweep must be a table")
@@ -180,7 +187,7 @@ class Sweep:
         if not isinstance(description, str):
             raise ConfigError(f"{source}: description must be a string")
         return cls(name=name, base=base, vary=vary, variants=tuple(variants), description=description,
-                   source=source)
+                   source=source, max_runs=max_runs)
 
     def base_scenario(self) -> Scenario:
         return Scenario.from_dict(self.base, source=f"{self.source}: [base]")
@@ -198,9 +205,7 @@ class Sweep:
             return self._scenarios()
         except ConfigError as e:
             # unit parsers do not know which file they parse; every error must name it
-            if self.source in str(e):
-                raise
-            raise ConfigError(f"{self.source}: {e}") from None
+            raise e.at(where=self.source) from None
 
     def _scenarios(self) -> list[tuple[dict[str, Any], Scenario]]:
         base = self.base_scenario()

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_open
-from .errors import TraceError
+from .errors import MiglabError, TraceError
 
 FORMAT_NAME = "miglab-trace"
 FORMAT_VERSION = 1
@@ -211,17 +211,112 @@ def file_sha256(path: str | os.PathLike[str], into: Any = None) -> str:
     return h.hexdigest()
 
 
+#: Largest declared size of a small member (format, version, page_size, n_pages, meta_json), bytes.
+_SMALL_MEMBER_BYTES = 64 * 2**20
+_SCALARS = ("format", "version", "page_size", "n_pages", "meta_json")
+
+
+def replay_bytes(n_pages: int) -> int:
+    """Memory a replay of a guest of ``n_pages`` pages needs at least: a boolean per page (the masks of
+    :meth:`Trace.mask`) and the packed bitmaps beside it."""
+    return int(n_pages) + 2 * (int(n_pages) // 8)
+
+
+def _declared_sizes(z: Any, p: Path) -> dict[str, int]:
+    """Uncompressed sizes the zip directory declares for each array (read before any member is).
+
+    ``zipfile`` never inflates a member beyond its declared size, so these bound what loading costs:
+    a zip bomb is refused here, in milliseconds, instead of after gigabytes of inflating.
+    """
+    sizes = {info.filename[:-4] if info.filename.endswith(".npy") else info.filename: int(info.file_size)
+             for info in z.zip.infolist()}
+    for k in _SCALARS:
+        if sizes.get(k, 0) > _SMALL_MEMBER_BYTES:
+            raise TraceError(p, f"member {k} declares {sizes[k]:,} bytes; a trace's {k} is a few bytes "
+                                "(a damaged file or a zip bomb)")
+    return sizes
+
+
+#: An ``.npy`` header is at most this long (format 2/3 headers included); bounds for declared sizes.
+_NPY_HEADER_BYTES = 65536
+#: Deflate inflates at most about 1032:1; legitimate interval arrays of this size never come close to
+#: the ratio below, so a bigger member is a bomb (checked only above the size where it could hurt).
+_BOMB_RATIO, _BOMB_MIN_BYTES = 200, 64 * 2**20
+
+
+def _check_declared(p: Path, z: Any, sizes: dict[str, int]) -> None:
+    """The interval arrays' declared sizes agree with each other and are not a zip bomb."""
+    ratio = {info.filename[:-4]: info.file_size / max(1, info.compress_size) for info in z.zip.infolist()
+             if info.filename.endswith(".npy")}
+    for k in ("t_start_s", "t_end_s", "indptr"):
+        if sizes.get(k, 0) > _BOMB_MIN_BYTES and ratio.get(k, 0) > _BOMB_RATIO:
+            raise TraceError(p, f"member {k} inflates {ratio[k]:.0f}:1 to {sizes[k]:,} bytes (a zip bomb?)")
+    n_max = max(sizes.get("t_start_s", 0), sizes.get("t_end_s", 0)) + _NPY_HEADER_BYTES
+    if sizes.get("indptr", 0) > 2 * n_max + _NPY_HEADER_BYTES:
+        raise TraceError(p, "indptr declares more entries than there are intervals (damaged file or zip bomb)")
+
+
+def _check_deltas_declared(p: Path, sizes: dict[str, int], indptr: np.ndarray) -> None:
+    """The page data's declared size agrees with the page count ``indptr`` gives (checked before it is read)."""
+    n = int(indptr[-1]) if len(indptr) else 0
+    if sizes.get("deltas", 0) > _NPY_HEADER_BYTES + 8 * max(n, 0):
+        raise TraceError(p, f"deltas declare {sizes['deltas']:,} bytes but indptr counts {n:,} pages "
+                            "(damaged file or zip bomb)")
+
+
+def _check_scale(p: Path, sizes: dict[str, int], n_pages: int) -> None:
+    """Refuse, with the estimate, a trace whose arrays or guest would not fit in memory."""
+    from .inputs import check_allocation
+    from .units import format_bytes
+
+    total = sum(sizes.get(k, 0) for k in _REQUIRED)
+    check_allocation(total, "loading this trace's arrays", where=p)
+    check_allocation(replay_bytes(n_pages), f"replaying a guest of {n_pages:,} pages "
+                     f"({format_bytes(n_pages * 4096)} at 4 KiB pages)", where=p, key="n_pages")
+
+
+def _check_meta(p: Path, meta: dict[str, Any]) -> None:
+    """The numeric metadata the simulator reads: finite and in range, named by key."""
+    zpf = meta.get("zero_page_fraction")
+    if zpf is not None:
+        if isinstance(zpf, bool) or not isinstance(zpf, int | float) or not 0 <= zpf <= 1:
+            raise TraceError(p, f"must be a number in [0, 1], not {zpf!r}", key="meta_json.zero_page_fraction")
+
+
 def load(path: str | os.PathLike[str]) -> Trace:
-    """Load and validate a trace; every defect raises one TraceError naming the file."""
+    """Load and validate a trace; every defect raises one TraceError naming the file.
+
+    Only a regular file is opened; the zip directory's declared sizes and the guest size are checked
+    against the memory they would take before the page data is read (:func:`_check_scale`).
+    """
+    from .errors import InputError
+    from .inputs import regular_file
+
     p = Path(path)
+    try:
+        regular_file(p, "trace")
+    except InputError as e:
+        raise TraceError(p, e.problem) from None
     try:
         with np.load(p, allow_pickle=False) as z:
             missing = [k for k in _REQUIRED if k not in z.files]
             if missing:
                 raise TraceError(p, f"not a miglab trace: missing {', '.join(missing)}")
-            a = {k: z[k] for k in _REQUIRED}
-    except TraceError:
+            sizes = _declared_sizes(z, p)
+            a = {k: z[k] for k in _SCALARS}
+            try:
+                n_pages_claimed = int(a["n_pages"])
+            except (TypeError, ValueError):
+                raise TraceError(p, "version, page_size and n_pages must be integer scalars") from None
+            _check_scale(p, sizes, n_pages_claimed)
+            _check_declared(p, z, sizes)
+            a.update({k: z[k] for k in ("t_start_s", "t_end_s", "indptr")})
+            _check_deltas_declared(p, sizes, a["indptr"])
+            a["deltas"] = z["deltas"]
+    except MiglabError:
         raise
+    except MemoryError:
+        raise TraceError(p, "does not fit in memory") from None
     except FileNotFoundError:
         raise TraceError(p, "no such file") from None
     except IsADirectoryError:
@@ -230,9 +325,11 @@ def load(path: str | os.PathLike[str]) -> Trace:
         raise TraceError(p, f"malformed or truncated trace ({type(e).__name__}: {e})") from None
     except Exception as e:  # zlib/struct errors from a damaged member surface as assorted types
         raise TraceError(p, f"malformed or truncated trace ({type(e).__name__})") from None
-    if str(a["format"]) != FORMAT_NAME:
-        raise TraceError(p, f"format is {str(a['format'])!r}, not {FORMAT_NAME!r}")
+    if a["format"].shape != () or str(a["format"]) != FORMAT_NAME:
+        raise TraceError(p, f"format is {str(a['format'])[:40]!r}, not {FORMAT_NAME!r}")
     try:
+        if any(a[k].shape != () for k in ("version", "page_size", "n_pages", "meta_json")):
+            raise ValueError
         version = int(a["version"])
         page_size, n_pages = int(a["page_size"]), int(a["n_pages"])
     except (TypeError, ValueError):
@@ -243,8 +340,9 @@ def load(path: str | os.PathLike[str]) -> Trace:
         meta = json.loads(str(a["meta_json"]))
         if not isinstance(meta, dict):
             raise ValueError
-    except ValueError:
+    except (ValueError, RecursionError):
         raise TraceError(p, "meta_json is not a JSON object") from None
+    _check_meta(p, meta)
     for k in ("t_start_s", "t_end_s"):
         if a[k].dtype.kind != "f":
             raise TraceError(p, f"{k} must be floating point, not {a[k].dtype}")
@@ -254,6 +352,8 @@ def load(path: str | os.PathLike[str]) -> Trace:
     for k in ("t_start_s", "t_end_s", "indptr", "deltas"):
         if a[k].ndim != 1:
             raise TraceError(p, f"{k} must be one-dimensional")
+    if len(a["t_start_s"]) == 0:
+        raise TraceError(p, "has no intervals (nothing to replay)")
     t = Trace(page_size, n_pages, a["t_start_s"], a["t_end_s"], a["indptr"].astype(np.int64), a["deltas"], meta,
               file_sha256(p), str(p))
     check(t, p)

@@ -5,11 +5,22 @@ Rates accept bytes per second (``MiB/s``, ``MB/s``), bits per second
 (``Mbit/s``, ``Gbit/s``, ``Mbps``) or, without a unit, pages per second
 (``pages/s`` may be written out). Durations accept ``ns``, ``us``, ``ms``,
 ``s``, ``min``.
+
+A duration written as text needs its unit: ``"300"`` is refused with the hint
+``give a unit, e.g. 300ms or 300s`` (QEMU, guestperf and miglab's QMP adapter
+read a bare downtime limit as milliseconds, so a bare number is ambiguous).
+Sizes and link rates written as text without a unit are bytes and bytes per
+second; the CLI flags refuse those too (:func:`require_unit`), since QEMU's
+``-m 4096`` means MiB. Numbers (not text) are taken in the base unit: they
+come from file keys whose name carries the unit (``downtime_limit_s = 0.3``).
+Every value must be finite and not negative: ``1e400B`` and ``nan`` are refused.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from typing import TypeGuard
 
 from .errors import ConfigError
 
@@ -30,32 +41,82 @@ DURATION_UNITS: dict[str, float] = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0
 PAGE_SIZE_BYTES = 4096
 
 
+#: Examples of a unit for each kind of quantity, for the hint on a bare number.
+_UNIT_HINT = {"size": ("MiB", "GiB"), "duration": ("ms", "s"), "bandwidth": ("MiB/s", "Mbit/s"),
+              "rate": ("MiB/s", "pages/s")}
+
+
 def _split(text: object, what: str) -> tuple[float, str]:
-    m = re.fullmatch(_NUM + r"\s*(.*)", str(text).strip())
+    if not isinstance(text, str):
+        raise ConfigError(f"not a {what}: {text!r}", value=text)
+    m = re.fullmatch(_NUM + r"\s*(.*)", text.strip())
     if not m:
-        raise ConfigError(f"not a {what}: {text!r}")
-    return float(m.group(1)), m.group(2).strip()
+        raise ConfigError(f"not a {what}: {text!r}" if text.strip() else f"empty {what}", value=text)
+    return _finite(float(m.group(1)), text, what), m.group(2).strip()
+
+
+def _finite(value: float, text: object, what: str) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{what} {text!r} is not finite", value=text)
+    if value < 0:
+        raise ConfigError(f"{what} {text!r} must not be negative", value=text)
+    return value
+
+
+def _number(text: int | float, what: str) -> float:
+    return _finite(float(text), text, what)
+
+
+def _bare(value: float, text: str, what: str) -> ConfigError:
+    a, b = _UNIT_HINT[what]
+    n = text.strip()
+    return ConfigError(f"{n!r} has no unit: give a unit, e.g. {n}{a} or {n}{b}", value=text)
+
+
+def is_number(text: object) -> TypeGuard[int | float]:
+    """Whether ``text`` is a number (not a bool)."""
+    return isinstance(text, int | float) and not isinstance(text, bool)
+
+
+def require_unit(text: str, what: str) -> str:
+    """``text`` unchanged if it carries a unit (or is zero); else a ConfigError with the hint.
+
+    ``what`` is ``size``, ``duration`` or ``bandwidth``. Used for the CLI flags, where a bare
+    number is ambiguous (QEMU reads ``-m 4096`` as MiB and a downtime limit of 300 as ms).
+    """
+    value, unit = _split(text, what)
+    if unit == "" and value != 0:
+        raise _bare(value, text, what)
+    return text
 
 
 def parse_size(text: str | int | float) -> int:
     """Return a size in bytes: ``parse_size("4GiB") == 4 * 2**30``."""
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        return int(text)
+    if is_number(text):
+        return int(round(_number(text, "size")))
     value, unit = _split(text, "size")
     if unit not in SIZE_UNITS:
-        raise ConfigError(f"unknown size unit {unit!r} in {text!r} (use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)")
-    return int(round(value * SIZE_UNITS[unit]))
+        raise ConfigError(f"unknown size unit {unit!r} in {text!r} (use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)",
+                          value=text)
+    return int(round(_finite(value * SIZE_UNITS[unit], text, "size")))
 
 
 def parse_duration(text: str | int | float) -> float:
-    """Return a duration in seconds: ``parse_duration("300ms") == 0.3``."""
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        return float(text)
+    """Return a duration in seconds: ``parse_duration("300ms") == 0.3``.
+
+    Text needs a unit (``"300"`` is refused with a hint; ``"0"`` is zero in any unit). A number
+    is seconds: it comes from a key whose name says so (``downtime_limit_s``).
+    """
+    if is_number(text):
+        return _number(text, "duration")
     value, unit = _split(text, "duration")
-    unit = unit or "s"
+    if unit == "":
+        if value != 0:
+            raise _bare(value, str(text), "duration")
+        unit = "s"
     if unit not in DURATION_UNITS:
-        raise ConfigError(f"unknown duration unit {unit!r} in {text!r} (use ns, us, ms, s, min)")
-    return value * DURATION_UNITS[unit]
+        raise ConfigError(f"unknown duration unit {unit!r} in {text!r} (use ns, us, ms, s, min)", value=text)
+    return _finite(value * DURATION_UNITS[unit], text, "duration")
 
 
 def parse_bandwidth(text: str | int | float) -> float:
@@ -64,13 +125,13 @@ def parse_bandwidth(text: str | int | float) -> float:
     A bare number is bytes per second; ``119.2MiB/s``, ``1Gbit/s`` and
     ``100Mbps`` carry their unit.
     """
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        return float(text)
+    if is_number(text):
+        return _number(text, "bandwidth")
     value, unit = _split(text, "bandwidth")
     if unit in _BIT_UNITS:
-        return value * _BIT_UNITS[unit] / 8.0
+        return _finite(value * _BIT_UNITS[unit] / 8.0, text, "bandwidth")
     if unit.endswith("/s") and unit[:-2] in SIZE_UNITS:
-        return value * SIZE_UNITS[unit[:-2]]
+        return _finite(value * SIZE_UNITS[unit[:-2]], text, "bandwidth")
     if unit == "":
         return value
     raise ConfigError(f"unknown bandwidth unit {unit!r} in {text!r} (use B/s, MiB/s, MB/s, Mbit/s, Gbit/s)")
@@ -82,8 +143,8 @@ def parse_rate(text: str | int | float, page_size: int = PAGE_SIZE_BYTES) -> tup
     A bare number (or ``N pages/s``) is pages per second. A byte rate such as
     ``30MiB/s`` is divided by ``page_size``.
     """
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        return float(text), "pages/s"
+    if is_number(text):
+        return _number(text, "rate"), "pages/s"
     value, unit = _split(text, "rate")
     if unit in ("", "pages/s", "page/s", "pps"):
         return value, "pages/s"

@@ -289,11 +289,26 @@ def synth_trace(text: str, memory_bytes: int, *, seconds: float = 60.0, interval
     the random patterns, a contiguous slice of the permutation or address order
     for ``uniform`` and ``seq``.
     """
-    spec = parse_spec(text, memory_bytes, page_size)
+    from .inputs import check_allocation, number
+
+    number(seconds, key="seconds", low=0, low_open=True)
+    number(interval_s, key="interval_s", low=0, low_open=True)
+    number(zero_page_fraction, key="zero_page_fraction", low=0, high=1)
+    if memory_bytes < page_size:
+        raise ConfigError(f"must be at least one page ({page_size} bytes), not {memory_bytes}", key="memory_bytes")
     n_pages = memory_bytes // page_size
-    if seconds <= 0 or interval_s <= 0:
-        raise ConfigError("trace length and interval must be positive")
     n = int(round(seconds / interval_s))
+    if n < 1:
+        raise ConfigError(f"an interval of {interval_s:g} s is longer than the trace ({seconds:g} s): "
+                          "no interval to write", key="interval_s")
+    # Estimate before spending: per interval a page array and its bookkeeping (about 200 bytes), a
+    # page number (8 bytes) per write, and the permutation of the guest's pages (8 bytes a page).
+    check_allocation(n * 200.0, f"{n:,} intervals", key="interval_s")
+    check_allocation(8.0 * n_pages, f"a synthetic guest of {n_pages:,} pages", key="memory_bytes")
+    spec = parse_spec(text, memory_bytes, page_size)
+    check_allocation(n * 200.0 + 8.0 * spec.rate_pages_per_s * seconds + 8.0 * n_pages,
+                     f"{n:,} intervals of {spec.rate_pages_per_s * interval_s:,.3g} writes",
+                     where=f"workload spec {text!r}")
     rng = np.random.default_rng(seed)
     perm = _permutation(spec.span_pages, seed) if spec.pattern in ("uniform", "zipf") else None
     weights = zipf_weights(spec.span_pages, spec.s) if spec.pattern == "zipf" else None

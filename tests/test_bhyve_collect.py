@@ -329,7 +329,7 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, vmfile, args, needl
               cwd=tmp_path)
     assert cp.returncode == 2
     lines = cp.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("miglab: error:") and needle in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("miglab: ") and needle in lines[0]
     assert "Traceback" not in cp.stderr
     assert not (tmp_path / "x.npz").exists()
 

@@ -49,13 +49,19 @@ def test_compare_writes_summary_and_plot(trace_file, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,expect", [
-    (["--bandwidth", "0"], "bandwidth must be positive"),
+    (["--bandwidth", "0"], "miglab: --bandwidth: must be positive"),
+    (["--downtime-limit", "0s"], "miglab: --downtime-limit: must be positive"),
+    (["--downtime-limit", "300"], "--downtime-limit: '300' has no unit: give a unit, e.g. 300ms"),
+    (["--memory", ""], "miglab: --memory: empty size"),
+    (["--memory", "4096"], "--memory: '4096' has no unit"),
+    (["--memory", "1e400B"], "--memory: size '1e400B' is not finite"),
     (["--bandwidth=-5MiB/s"], "--bandwidth"),
     (["--bandwidth", "5furlongs/s"], "unknown bandwidth unit"),
     (["--memory", "4GB2"], "--memory"),
     (["--downtime-limit", "3 fortnights"], "unknown duration unit"),
-    (["--set", "strategy.kind=teleport"], "unknown kind 'teleport'"),
-    (["--set", "link.nonsense=1"], "unknown field 'nonsense'"),
+    (["--set", "strategy.kind=teleport"], "--set strategy.kind: unknown kind 'teleport'"),
+    (["--set", "link.nonsense=1"], "--set link.nonsense: unknown field in Link"),
+    (["--set", "strategy.multifd_channels=0"], "--set strategy.multifd_channels: must be at least 1"),
 ])
 def test_bad_flags(capsys, args, expect):
     _one_line_error(capsys, ["simulate", "--workload", "uniform:rate=1000", "--memory", "64MiB", *args], expect)

@@ -119,7 +119,7 @@ def test_too_few_repetitions_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content, problem", [
-    ("{not json", "not a readable JSON run record"),
+    ("{not json", "not valid JSON"),
     ('{"scenario": {}, "outcome": "completed", "stats": {}}', "schema_version"),
     ('{"schema_version": 1, "scenario": {"name": "a"}, "outcome": "completed", "stats": {}}', "'downtime_s'"),
 ])

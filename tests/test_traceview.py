@@ -105,7 +105,7 @@ def test_cli_bad_inputs_are_one_line_exit_2(trace_file, tmp_path, capsys):
     assert main(["trace", "plot", str(path), "-o", str(tmp_path / "x.nope")]) == 2
     assert main(["trace", "info", str(tmp_path / "missing.npz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all(line.startswith("miglab: error: ") for line in err)
+    assert len(err) == 4 and all(line.startswith("miglab: ") for line in err)
     assert str(bad) in err[0] and "nope" in err[2] and "missing.npz" in err[3]
     assert not out.exists() and not (tmp_path / "x.nope").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.npz", "hc.npz"]

@@ -12,7 +12,9 @@ in ``trace_<name>.py``.
 
 Exit codes: 0 ok, 1 the run's outcome was bad (did not converge, regression,
 failed migration), 2 user error. Any :class:`sim.errors.MiglabError` that
-escapes a verb becomes one line ``miglab: error: ...`` and exit 2.
+escapes a verb becomes one line rendered from the error's location fields,
+``miglab: <file>: <key>: <problem>`` or ``miglab: --flag: <problem>``, and
+exit 2 (see :mod:`sim.errors`).
 """
 
 from __future__ import annotations
@@ -145,15 +147,23 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     if not hasattr(args, "func"):  # parsed with a parser that did not load this verb
         return _missing(args.verb_spec)
     try:
+        from harness.cli.options import check_output
+
+        check_output(args)  # a bad -o is refused before the verb spends anything
         return int(args.func(args) or 0)
     except MiglabError as e:
-        print(f"miglab: error: {e}", file=sys.stderr)
+        print(f"miglab: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("miglab: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+
+
+def one_line(e: BaseException) -> str:
+    """``str(e)`` on one line: a problem quoting a file's text must not break the one-line contract."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _missing(verb: Verb) -> int:

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--classes must be between 1 and 6, got {args.classes}")
     if args.scaling is not None and args.memory is None:
         raise ConfigError("--scaling needs --memory")
-    memory = parse_size(args.memory) if args.memory is not None else None
+    memory = options.parse_flag(args.memory, parse_size, "--memory") if args.memory is not None else None
     out = Path(args.output)
     if out.is_dir():
         raise ConfigError(f"-o {out}: is a directory")

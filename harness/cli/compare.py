@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     base = options.scenario_from_args(args)
     kinds = [k.strip() for k in args.strategies.split(",") if k.strip()]
+    if not kinds:
+        raise ConfigError(f"no strategy in {args.strategies!r} (e.g. precopy,postcopy)", flag="--strategies")
     for k in kinds:
         if k not in STRATEGIES:
             raise ConfigError(f"--strategies: unknown strategy {k!r} (choose from {', '.join(STRATEGIES)})")

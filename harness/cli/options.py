@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -52,18 +53,54 @@ def add_seed(p: argparse.ArgumentParser, default: int | None = None, help: str |
 
 
 def add_output(p: argparse.ArgumentParser, help: str, *, metavar: str = FILE, required: bool = False) -> None:
-    """``-o/--output``."""
+    """``-o/--output``: a file (``metavar`` FILE or a file name) or, with ``metavar=DIR``, a directory.
+
+    The CLI checks the path before the verb runs (:func:`check_output`): a directory where a file is
+    expected, a device or special file, a parent that cannot be created or written are refused in one
+    line before any work is done.
+    """
     p.add_argument("-o", "--output", required=required, metavar=metavar, help=help)
+    p.set_defaults(output_kind="dir" if metavar == DIR else "file")
+
+
+def check_output(args: argparse.Namespace) -> None:
+    """Refuse ``-o`` now if it cannot be written safely (the error names the path)."""
+    path = getattr(args, "output", None)
+    kind = getattr(args, "output_kind", None)
+    if path is None or kind is None:
+        return
+    from sim.atomic import check_output_dir, check_output_file
+    from sim.errors import OutputError
+
+    if not str(path).strip():
+        raise OutputError("empty path", flag="-o/--output")
+    (check_output_dir if kind == "dir" else check_output_file)(path)  # the OutputError names the path
 
 
 def parse_flag(value: str, parse: Callable[[str], Any], flag: str) -> Any:
-    """``parse(value)``, with a ConfigError naming ``flag`` when the value is bad."""
+    """``parse(value)``, with a ConfigError naming ``flag`` when the value is bad.
+
+    The unit parsers of :mod:`sim.units` (sizes, durations, link rates) also refuse a bare number
+    here: on a command line ``300`` is ambiguous (QEMU reads a downtime limit of 300 as ms and
+    ``-m 4096`` as MiB), so the flag asks for the unit, unless the flag's name carries it
+    (``--seconds 60``).
+    """
+    from sim import units
     from sim.errors import ConfigError
 
+    kinds: dict[Any, str] = {units.parse_size: "size", units.parse_duration: "duration",
+                             units.parse_bandwidth: "bandwidth"}
+    kind = kinds.get(parse)
     try:
+        if flag.endswith("--seconds") and parse is units.parse_duration:
+            kind = None
+            if re.fullmatch(r"\s*[0-9.eE+-]+\s*", value):  # the flag's name is the unit
+                value = value.strip() + "s"
+        if kind is not None:
+            units.require_unit(value, kind)
         return parse(value)
     except ConfigError as e:
-        raise ConfigError(f"{flag}: {e}") from None
+        raise ConfigError(e.problem, flag=flag, value=value) from None
 
 
 # --------------------------------------------------------------------------- scenario flags
@@ -149,48 +186,60 @@ def scenario_from_args(args: argparse.Namespace, *, base: Scenario | None = None
     opt = _Flags(args)
     sc = Scenario.from_toml(opt.scenario) if opt.scenario else (base if base is not None else Scenario())
     ch: dict[str, Any] = {}
+    # Where each change came from, so a refusal of the combined scenario names the flag or file.
+    origin: dict[str, dict[str, Any]] = {}
     if opt.preset:
         from sim.presets import preset
 
-        ch.update(preset(opt.preset))
+        for key, value in preset(opt.preset).items():
+            ch[key] = value
+            origin[key] = {"flag": "--preset"}
     sources = [x for x in ("trace", "model", "workload") if opt.get(x)]
     if len(sources) > 1:
         raise ConfigError(f"give only one of --trace, --model, --workload (got {', '.join('--' + s for s in sources)})")
     if require_workload and not sources and not opt.scenario:
         raise ConfigError("--workload SPEC is required (e.g. hotcold:hot=64MiB,rate=5000)")
+    for name in ("trace", "model"):
+        origin.update({k: {"flag": "--" + name} for k in ("workload.kind", "workload.path")} if opt.get(name) else {})
+    if opt.workload:
+        origin["workload.spec"] = {"flag": "--workload"}
     if opt.trace:
         from sim.trace import load
 
         t = load(opt.trace)  # validates now: a bad trace is a one-line error before anything runs
         ch.update({"workload.kind": "trace", "workload.path": opt.trace, "workload.memory_bytes": t.memory_bytes,
                    "workload.page_size_bytes": t.page_size})
-        if opt.memory and parse_flag(opt.memory, parse_size, "--memory") != t.memory_bytes:
+        if opt.memory is not None and parse_flag(opt.memory, parse_size, "--memory") != t.memory_bytes:
             raise ConfigError(f"--memory: {opt.trace} is a {format_bytes(t.memory_bytes)} guest; a trace replays "
                               "at its own size (calibrate a model to rescale)")
     elif opt.model:
         ch.update({"workload.kind": "model", "workload.path": opt.model})
-        if not opt.memory:
+        if opt.memory is None:
             from sim.model import DirtyModel
 
             ch["workload.memory_bytes"] = DirtyModel.load(opt.model).memory_bytes
     elif opt.workload:
         ch.update({"workload.kind": "synthetic", "workload.spec": opt.workload, "workload.path": ""})
-    if opt.memory and not opt.trace:
+    if opt.memory is not None and not opt.trace:
         ch["workload.memory_bytes"] = parse_flag(opt.memory, parse_size, "--memory")
+        origin["workload.memory_bytes"] = {"flag": "--memory"}
     simple = {"scaling": "workload.scaling", "mode": "workload.mode", "stop_rule": "strategy.stop_rule",
               "max_rounds": "strategy.max_rounds", "auto_converge": "strategy.auto_converge",
               "hypervisor": "host.hypervisor", "seed": "seed"}
     for attr, path in simple.items():
         if opt.get(attr) is not None:
             ch[path] = opt.get(attr)
+            origin[path] = {"flag": "--" + attr.replace("_", "-")}
     if opt.postcopy_after is not None:
         if opt.postcopy_after < 0:
-            raise ConfigError("--postcopy-after: must not be negative")
+            raise ConfigError("must not be negative", flag="--postcopy-after", value=opt.postcopy_after)
         ch["strategy.postcopy_after_rounds"] = opt.postcopy_after
+        origin["strategy.postcopy_after_rounds"] = {"flag": "--postcopy-after"}
     if opt.multifd is not None:
         if opt.multifd < 1:
-            raise ConfigError("--multifd: need at least 1 channel")
+            raise ConfigError("need at least 1 channel", flag="--multifd", value=opt.multifd)
         ch["strategy.multifd_channels"] = opt.multifd
+        origin["strategy.multifd_channels"] = {"flag": "--multifd"}
     parsed = {"bandwidth": ("link.bandwidth_Bps", parse_bandwidth),
               "max_bandwidth": ("link.migration_cap_Bps", parse_bandwidth),
               "rtt": ("link.rtt_s", parse_duration),
@@ -198,24 +247,71 @@ def scenario_from_args(args: argparse.Namespace, *, base: Scenario | None = None
               "timeout": ("strategy.timeout_s", parse_duration),
               "xbzrle_cache": ("strategy.xbzrle_cache_bytes", parse_size)}
     for attr, (path, parse) in parsed.items():
-        if opt.get(attr):
-            ch[path] = parse_flag(opt.get(attr), parse, "--" + attr.replace("_", "-"))
+        if opt.get(attr) is not None:
+            flag = "--" + attr.replace("_", "-")
+            ch[path] = parse_flag(opt.get(attr), parse, flag)
+            origin[path] = {"flag": flag}
     if opt.strategy:
         if strategies is not None and opt.strategy not in strategies:
-            raise ConfigError(f"--strategy: unknown strategy {opt.strategy!r} (choose from {', '.join(strategies)})")
+            raise ConfigError(f"unknown strategy {opt.strategy!r} (choose from {', '.join(strategies)})",
+                              flag="--strategy", value=opt.strategy)
         ch["strategy.kind"] = opt.strategy
+        origin["strategy.kind"] = {"flag": "--strategy"}
     if opt.name:
         ch["name"] = opt.name
+        origin["name"] = {"flag": "--name"}
     if opt.host:
         from sim.hostconst import load_host_json
 
-        ch.update(load_host_json(opt.host))
+        for key, (file_key, value) in load_host_json(opt.host, with_keys=True).items():
+            ch[key] = value
+            origin[key] = {"where": opt.host, "key": file_key}
     for item in opt.get("set") or ():
         key, eq, value = item.partition("=")
         if not eq:
-            raise ConfigError(f"--set: expected FIELD=VALUE, got {item!r}")
+            raise ConfigError(f"expected FIELD=VALUE, got {item!r}", flag="--set", value=item)
         ch[key.strip()] = literal(value.strip())
-    return sc.replace(**ch) if ch else sc
+        origin[key.strip()] = {"flag": f"--set {key.strip()}"}
+    try:
+        new = sc.replace(**ch) if ch else sc
+    except ConfigError as e:
+        raise _located(e, origin, opt.scenario) from None
+    _check_cost(new, origin, opt.scenario)
+    return new
+
+
+def _check_cost(sc: Scenario, origin: dict[str, dict[str, Any]], scenario_file: str | None) -> None:
+    """Refuse, with the estimate, a page-exact run (a model in ``sampled`` mode) too big for memory.
+
+    A sampled model keeps page bitmaps of the whole guest; expected-mode models and synthetic specs
+    work on counts and run at any size, and a trace's size is checked when it is loaded.
+    """
+    from sim.errors import ResourceError
+    from sim.inputs import check_allocation
+    from sim.trace import replay_bytes
+    from sim.units import format_bytes
+
+    w = sc.workload
+    if w.kind != "model" or w.mode != "sampled":
+        return
+    try:
+        check_allocation(replay_bytes(w.memory_bytes // w.page_size_bytes),
+                         f"a page-exact (sampled) run of a {format_bytes(w.memory_bytes)} guest")
+    except ResourceError as e:
+        src = origin.get("workload.memory_bytes") or origin.get("workload.mode") or {}
+        raise e.at(flag=src.get("flag"), where=None if src.get("flag") else scenario_file) from None
+
+
+def _located(e: Any, origin: dict[str, dict[str, Any]], scenario_file: str | None) -> Any:
+    """``e`` (a refusal of the combined scenario) located at the flag or file that set its key."""
+    from sim.errors import ConfigError
+
+    src = origin.get(e.key or "")
+    if src is None:  # a rule between two fields, or the value came from --scenario FILE
+        return e.at(where=scenario_file) if scenario_file and e.key else e
+    if "flag" in src:
+        return ConfigError(e.problem, flag=src["flag"], value=e.value)
+    return ConfigError(e.problem, where=src["where"], key=src["key"], value=e.value)
 
 
 class _Flags:
@@ -227,10 +323,8 @@ class _Flags:
     def get(self, name: str) -> Any:
         return getattr(self._args, name, None)
 
-    if TYPE_CHECKING:  # mypy does not take a method assigned to a class attribute as __getattr__
-        def __getattr__(self, name: str) -> Any: ...
-    else:
-        __getattr__ = get
+    def __getattr__(self, name: str) -> Any:  # a def, not `= get`, so that type checkers see it
+        return self.get(name)
 
 
 def literal(text: str) -> Any:
@@ -274,5 +368,5 @@ def require_harness_extra(verb: str) -> None:
 
 
 __all__ = ["SIZE", "RATE", "TIME", "FILE", "DIR", "SPEC", "N", "DEFAULT_SYNTH_SEED", "HARNESS_EXTRA_HINT",
-           "add_quiet", "add_seed", "add_output", "parse_flag", "add_scenario_flags", "add_scenario_arguments",
+           "add_quiet", "add_seed", "add_output", "check_output", "parse_flag", "add_scenario_flags", "add_scenario_arguments",
            "strategies", "scenario_from_args", "literal", "sigterm_guard", "require_harness_extra"]

@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{CHECKPOINT_INTERVAL_S:g} s and on interrupt)")
     p.add_argument("--fresh", action="store_true", help="discard finished runs and the checkpoint first")
     p.add_argument("--dry-run", action="store_true", help="list the runs (scenario id and labels) and exit")
+    p.add_argument("--max-runs", type=int, default=1_000_000, metavar=options.N,
+                   help="refuse a sweep of more runs than this before building any (default 1000000)")
     options.add_quiet(p, "--no-progress")
 
 
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from sim.errors import ConfigError
     from sim.sweep import Sweep, _InputHashes, _remove_parts, parts_dir_for, run_sweep, scenario_id
 
-    sweep = Sweep.from_toml(args.sweep)
+    sweep = Sweep.from_toml(args.sweep, max_runs=args.max_runs)
     out = Path(args.output) if args.output else Path("results/sweeps") / f"{sweep.name}.parquet"
     if out.suffix != ".parquet":
         raise ConfigError(f"{out}: the output of a sweep must be a .parquet file")

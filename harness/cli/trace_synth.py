@@ -20,13 +20,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sim import trace
+    from sim.errors import ConfigError
     from sim.units import parse_duration, parse_size
     from sim.workload import synth_trace
 
-    t = synth_trace(args.spec, options.parse_flag(args.memory, parse_size, "--memory"),
-                    seconds=options.parse_flag(args.seconds, parse_duration, "--seconds"),
-                    interval_s=options.parse_flag(args.interval, parse_duration, "--interval"), seed=args.seed,
-                    zero_page_fraction=args.zero_fraction)
+    flags = {"seconds": "--seconds", "interval_s": "--interval", "memory_bytes": "--memory",
+             "zero_page_fraction": "--zero-fraction"}
+    try:
+        t = synth_trace(args.spec, options.parse_flag(args.memory, parse_size, "--memory"),
+                        seconds=options.parse_flag(args.seconds, parse_duration, "--seconds"),
+                        interval_s=options.parse_flag(args.interval, parse_duration, "--interval"), seed=args.seed,
+                        zero_page_fraction=args.zero_fraction)
+    except ConfigError as e:  # the library names the argument; say which flag set it
+        if e.key in flags:
+            raise ConfigError(e.problem, flag=flags[e.key], value=e.value) from None
+        raise
     sha = trace.save(t, args.output)
     rate = t.counts.mean() / (t.t_end_s - t.t_start_s).mean()
     print(f"wrote {args.output}: {t.n_intervals} intervals, {rate:.0f} changed pages/s, sha256 {sha[:12]}")

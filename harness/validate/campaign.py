@@ -172,10 +172,14 @@ def _number(d: dict[str, Any], key: str, parse: Any, default: Any, where: str) -
     if key not in d:
         return default
     v = d[key]
+    from sim.inputs import number, whole
+
     try:
-        return parse(v) if isinstance(v, str) else v
+        if parse is int:  # a count: a whole number, not "many", 2.5 or true
+            return whole(v, where=where, key=key)
+        return parse(v) if isinstance(v, str) else number(v, where=where, key=key, low=0)
     except ConfigError as e:
-        raise ConfigError(f"{where}: {key}: {e}") from None
+        raise ConfigError(e.problem, where=where, key=key, value=v) from None
 
 
 def _table_list(d: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
@@ -207,6 +211,8 @@ def _load_links(tables: list[dict[str, Any]], where: str) -> list[CampaignLink]:
         try:
             bw = parse_bandwidth(str(lk["bandwidth"]))
             rtt = parse_duration(str(lk.get("rtt", "0s")))
+            if not bw > 0:
+                raise ConfigError(f"bandwidth must be positive, not {lk['bandwidth']!r}")
         except ConfigError as e:
             raise ConfigError(f"{where}: [[link]] #{i + 1}: {e}") from None
         links.append(CampaignLink(_safe_name(str(lk.get("name") or f"{lk['bandwidth']}-{lk.get('rtt', '0s')}")),
