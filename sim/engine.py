@@ -9,7 +9,8 @@ strategy's phases as sub-processes:
 * ``stop_and_copy``: pause the guest, send what is left plus device state;
 * ``postcopy``: resume on the destination at once, with ``background_push``
   streaming the rest while ``run_guest`` touches pages and ``serve_fault``
-  stalls it for each page that has not arrived yet.
+  stalls it for each page that has not arrived yet (see :mod:`sim.postcopy`
+  for the QEMU functions each mechanism follows).
 
 Between rounds the dirty bitmap is synced (:meth:`Migration.sync_dirty`): the
 pages dirtied since the previous sync join the pending set, and the stop rule
@@ -151,6 +152,7 @@ class Migration:
         self.final_pages = 0.0
         self.precopy_end = 0.0
         self.pc_faults = 0.0
+        self.pc_urgent = 0.0
         self.pc_stall_s = 0.0
         self.pc_bytes = 0.0
         self.pc_start = math.nan
@@ -484,7 +486,10 @@ def _result(m: Migration) -> Result:
         bytes_sent=int(round(m.bytes_sent + m.pc_bytes)), rounds=live, dirty_sync_count=int(m.syncs),
         converged=bool(m.converged), reason=m.reason or m.rule.reason, memory_bytes=int(m.n_pages * m.page_size),
         precopy_time_s=float(m.precopy_end), postcopy_time_s=float(pc_time), postcopy_faults=float(m.pc_faults),
-        postcopy_stall_s=float(m.pc_stall_s), postcopy_bytes=int(round(m.pc_bytes)), final_pages=float(m.final_pages),
+        postcopy_stall_s=float(m.pc_stall_s), postcopy_urgent_pages=float(m.pc_urgent),
+        # One modelled vCPU: QEMU's total blocktime (all vCPUs blocked at once) is that vCPU's.
+        postcopy_blocktime_s=float(m.pc_stall_s), postcopy_vcpu_blocktime_s=(float(m.pc_stall_s),),
+        postcopy_bytes=int(round(m.pc_bytes)), final_pages=float(m.final_pages),
         expected_downtime_s=float(m.expected_downtime_s), throttle_pct_max=float(m.throttle_max),
         xbzrle_hit_pages=float(m.xbzrle_hits), trace_looped=bool(m.pages.looped or getattr(m.touch_source, "looped", False)),
         trace_sha256=m.trace_sha256, miglab_version=__version__, rounds_rows=m.rounds, timeline_points=m.timeline,

@@ -35,8 +35,10 @@ class MigrationState(Protocol):
     zero_left: float
     #: Guest time (s), which runs slower than wall time while the guest is throttled or stalled.
     g: float
-    #: Post-copy tallies: pages faulted in, vCPU seconds stalled on them, bytes streamed.
+    #: Post-copy tallies: page requests (as QEMU counts them), pages sent on the urgent path,
+    #: vCPU seconds stalled on faults, bytes streamed.
     pc_faults: float
+    pc_urgent: float
     pc_stall_s: float
     pc_bytes: float
 

@@ -13,6 +13,15 @@ Metric definitions (the validation report states them against QEMU's):
 * ``rounds``: live pre-copy iterations, the first full pass included.
 * ``dirty_sync_count``: dirty-bitmap syncs counted the way QEMU counts them
   (setup, each exact sync, completion or post-copy switch).
+* ``postcopy_faults``: page requests the source receives, counted as QEMU's
+  ``postcopy-requests`` counts them: one per fault on a page that has not
+  arrived, whether the source had sent it already (in flight) or not.
+  ``postcopy_urgent_pages`` is how many of them the source had not sent, i.e.
+  pages sent on the urgent path.
+* ``postcopy_blocktime_s`` / ``postcopy_vcpu_blocktime_s``: QEMU's
+  ``postcopy-blocktime`` (time during which every vCPU was blocked on a fault)
+  and ``postcopy-vcpu-blocktime`` (per vCPU, the time from each fault to its
+  page being placed). The model's guest has one vCPU.
 """
 
 from __future__ import annotations
@@ -57,6 +66,9 @@ class Result:
     postcopy_faults: float = 0.0
     postcopy_stall_s: float = 0.0
     postcopy_bytes: int = 0
+    postcopy_urgent_pages: float = 0.0
+    postcopy_blocktime_s: float = 0.0
+    postcopy_vcpu_blocktime_s: tuple[float, ...] = ()
     final_pages: float = 0.0
     expected_downtime_s: float = math.nan
     throttle_pct_max: float = 0.0
@@ -69,8 +81,8 @@ class Result:
 
     SUMMARY_KEYS = ("total_time_s", "downtime_s", "bytes_sent", "rounds", "dirty_sync_count", "converged", "reason",
                     "memory_bytes", "precopy_time_s", "postcopy_time_s", "postcopy_faults", "postcopy_stall_s",
-                    "postcopy_bytes", "final_pages", "expected_downtime_s", "throttle_pct_max", "xbzrle_hit_pages",
-                    "trace_looped")
+                    "postcopy_bytes", "postcopy_urgent_pages", "postcopy_blocktime_s", "postcopy_vcpu_blocktime_s",
+                    "final_pages", "expected_downtime_s", "throttle_pct_max", "xbzrle_hit_pages", "trace_looped")
 
     @functools.cached_property
     def rounds_table(self) -> pd.DataFrame:

@@ -35,7 +35,7 @@ StopRule = Literal["qemu", "bhyve", "xen", "simgrid", "xen-ratio"]
 WorkloadKind = Literal["trace", "model", "synthetic"]
 ScalingLaw = Literal["absolute", "proportional"]
 ModelMode = Literal["expected", "sampled"]
-Prepaging = Literal["linear", "follow", "bubbling"]
+Prepaging = Literal["qemu", "linear", "follow", "bubbling"]
 WithinInterval = Literal["poisson", "once"]
 
 STRATEGIES: tuple[str, ...] = typing.get_args(StrategyKind)
@@ -194,13 +194,16 @@ class Strategy:
     model (send the whole dirty set, then sync), which the geometric closed
     form assumes.
 
-    ``prepaging`` is the post-copy background push order: ``linear`` pushes
-    in address order regardless of faults; ``follow`` carries the scan on from
-    the page the guest last requested (one reading of QEMU without
-    postcopy-preempt); ``bubbling`` pushes the ``bubble_pages`` pages after
-    each fault first (Hines & Gopalan). Against 54 real QEMU post-copy and
-    hybrid runs, ``linear`` predicted the page requests better (held-out
-    median error 20 % against 31 % for ``follow``), so it is the default.
+    ``prepaging`` is the post-copy background push order: ``qemu`` (the
+    default) is what QEMU does: without postcopy-preempt ``get_queued_page``
+    moves the background scan to each requested page, with it the scan is not
+    moved; ``linear`` pushes in address order regardless of faults; ``follow``
+    always carries the scan on from the page the guest last requested;
+    ``bubbling`` pushes the ``bubble_pages`` pages after each fault first
+    (Hines & Gopalan). ``postcopy_preempt`` is QEMU's ``postcopy-preempt``
+    capability (QEMU 8+, off by default there too): requested pages go on a
+    channel of their own instead of queueing behind the background stream
+    (see :mod:`sim.postcopy`).
     ``max_rounds`` is a guard: ``on_round_limit`` says whether
     hitting it cancels the migration (QEMU has no forced switchover) or
     switches over anyway (Xen-style).
@@ -233,7 +236,8 @@ class Strategy:
     postcopy_after_rounds: int = 1
     stall_detector: bool = False
     stall_ratio: float = 0.95
-    prepaging: Prepaging = "linear"
+    prepaging: Prepaging = "qemu"
+    postcopy_preempt: bool = False
     bubble_pages: int = 64
     auto_converge: bool = False
     ac_initial_pct: float = 20.0

@@ -1,0 +1,108 @@
+"""Post-copy as QEMU does it: requests for pages in flight, the urgent path with and without
+postcopy-preempt, and blocktime (sim/postcopy.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import simpy
+
+from sim import Scenario, simulate
+from sim.dirty import ExactPages
+from sim.postcopy import PostcopyState, fault_stall_s, flight_s, push_follows_faults, serve_fault
+
+
+class _Touches:
+    """Touches pages 5, 7 and 9 at 10 %, 30 % and 50 % of every guest-time window."""
+
+    n_pages = 16
+    looped = False
+
+    def window(self, g0, g1):
+        return np.array([5, 7, 9]), g0 + np.array([0.1, 0.3, 0.5]) * (g1 - g0)
+
+
+def _migration(pending_pages):
+    pages = ExactPages(_Touches())
+    words = np.zeros_like(pages.pending_words)
+    words[0] = np.uint64(sum(1 << p for p in pending_pages))
+    pages.or_words(words)
+    return SimpleNamespace(pages=pages, touch_source=_Touches(), g=0.0)
+
+
+def test_a_fault_on_a_page_in_flight_waits_for_it_to_land_and_is_one_request():
+    env = simpy.Environment()
+    m = _migration([5])  # 5 not sent; 7 on its way, landing at 0.45 s; 9 landed already (0.2 s)
+    state = PostcopyState(step_s=1.0, stalled_until_s=0.0)
+    state.in_flight.append((np.array([7, 9]), np.array([0.45, 0.2])))
+    requests, urgent, ran = serve_fault(env, m, state, 1.0, 0.1, 1.0)
+    # 5 at 0.1: urgent, stalls 0.1 s (to 0.2); 7 reached at 0.2 + 0.2 = 0.4, waits to 0.45; 9 has landed.
+    assert (requests, urgent) == (2.0, 1.0)
+    assert ran == pytest.approx(1.0 - 0.1 - 0.05)
+    assert state.faulted_pages.tolist() == [5]  # only the urgent page goes to the source's queue
+
+
+def test_a_page_that_landed_before_the_touch_is_no_request():
+    env = simpy.Environment()
+    m = _migration([])
+    state = PostcopyState(step_s=1.0, stalled_until_s=0.0)
+    state.in_flight.append((np.array([5, 7, 9]), np.array([0.05, 0.25, 0.45])))
+    requests, urgent, ran = serve_fault(env, m, state, 1.0, 0.1, 1.0)
+    assert (requests, urgent, ran) == (0.0, 0.0, pytest.approx(1.0))
+
+
+def test_landing_times_drop_landed_pushes():
+    state = PostcopyState(step_s=1.0, stalled_until_s=0.0)
+    state.in_flight = [(np.array([1, 4]), np.array([0.1, 0.2])), (np.array([2, 8]), np.array([0.6, 0.9]))]
+    got = state.landing_s(np.array([1, 2, 3, 8]), now_s=0.5)
+    assert got.tolist() == [-np.inf, 0.6, -np.inf, 0.9]
+    assert len(state.in_flight) == 1
+
+
+def _scenario(**changes):
+    base = {"workload.memory_bytes": "256MiB", "workload.spec": "hotcold:hot=32MiB,rate=4000",
+            "link.bandwidth_Bps": "250Mbit/s", "link.rtt_s": 0.02, "host.postcopy_queue_bytes": 1 << 20,
+            "strategy.kind": "postcopy"}
+    return Scenario().replace(**{**base, **changes})
+
+
+def test_preempt_takes_the_backlog_off_the_urgent_path():
+    plain, preempt = _scenario(), _scenario(**{"strategy.postcopy_preempt": True})
+    m = SimpleNamespace(sc=plain, page_wire=4096, switch_rate_Bps=plain.link.bandwidth_Bps)
+    mp = SimpleNamespace(sc=preempt, page_wire=4096, switch_rate_Bps=plain.link.bandwidth_Bps)
+    assert fault_stall_s(m) - fault_stall_s(mp) == pytest.approx((1 << 20) / plain.link.bandwidth_Bps)
+    assert fault_stall_s(mp) == pytest.approx(0.02 + 4096 / plain.link.bandwidth_Bps)
+    assert flight_s(m) == flight_s(mp)  # the background stream keeps its backlog either way
+    # get_queued_page moves the background scan only when the requested page comes down the same channel
+    assert push_follows_faults(m) and not push_follows_faults(mp)
+
+
+@pytest.mark.parametrize("mode", ["expected", "sampled"])
+def test_preempt_faults_more_often_but_each_waits_less(mode):
+    plain = simulate(_scenario(**{"workload.mode": mode}))
+    preempt = simulate(_scenario(**{"workload.mode": mode, "strategy.postcopy_preempt": True}))
+    assert preempt.postcopy_faults > plain.postcopy_faults
+    assert (preempt.postcopy_stall_s / preempt.postcopy_faults) < (plain.postcopy_stall_s / plain.postcopy_faults)
+    assert preempt.bytes_sent == pytest.approx(plain.bytes_sent, rel=0.01)  # the same pages, another channel
+
+
+@pytest.mark.parametrize("mode", ["expected", "sampled"])
+def test_requests_include_pages_in_flight_and_blocktime_is_the_vcpu_stall(mode):
+    r = simulate(_scenario(**{"workload.mode": mode, "strategy.prepaging": "linear"}))
+    assert r.postcopy_faults >= r.postcopy_urgent_pages > 0
+    assert r.postcopy_blocktime_s == r.postcopy_stall_s > 0
+    assert r.postcopy_vcpu_blocktime_s == (r.postcopy_stall_s,)
+    assert r.summary()["postcopy_blocktime_s"] == r.postcopy_blocktime_s
+    # a page in flight lands within the channel's backlog plus one way: without any, no request finds one
+    r0 = simulate(_scenario(**{"workload.mode": mode, "strategy.prepaging": "linear", "host.postcopy_queue_bytes": 0,
+                               "link.rtt_s": 0.0}))
+    assert r0.postcopy_faults == r0.postcopy_urgent_pages
+
+
+def test_precopy_ignores_the_postcopy_knobs():
+    sc = _scenario(**{"strategy.kind": "precopy"})
+    a, b = simulate(sc), simulate(sc.replace(**{"strategy.postcopy_preempt": True, "strategy.prepaging": "linear"}))
+    assert a.summary() == b.summary()
+    assert a.postcopy_faults == 0 and a.postcopy_blocktime_s == 0 and a.postcopy_vcpu_blocktime_s == (0.0,)
