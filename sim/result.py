@@ -8,6 +8,11 @@ Metric definitions (the validation report states them against QEMU's):
   resumes it: final pages and device state sent, plus the host's fixed
   switchover cost and one one-way delay. Post-copy fault stalls are *not*
   downtime; they are ``postcopy_stall_s``.
+* ``guest_pause_s``: what the guest sees, from the source's STOP to the
+  destination's RESUME (QMP events): the final data in flight behind the
+  stream's backlog, device state sent and loaded, and for post-copy the
+  switchover package. QEMU's ``downtime`` is taken on the source and stops
+  earlier; both are reported.
 * ``bytes_sent``: bytes put on the migration stream, headers and zero-page
   markers included (QEMU's ``ram.transferred``).
 * ``rounds``: live pre-copy iterations, the first full pass included.
@@ -61,6 +66,7 @@ class Result:
     converged: bool
     reason: str
     memory_bytes: int
+    guest_pause_s: float = math.nan
     precopy_time_s: float = 0.0
     postcopy_time_s: float = 0.0
     postcopy_faults: float = 0.0
@@ -79,8 +85,8 @@ class Result:
     rounds_rows: Sequence[dict[str, Any]] = ()
     timeline_points: Sequence[tuple[float, float]] = ()
 
-    SUMMARY_KEYS = ("total_time_s", "downtime_s", "bytes_sent", "rounds", "dirty_sync_count", "converged", "reason",
-                    "memory_bytes", "precopy_time_s", "postcopy_time_s", "postcopy_faults", "postcopy_stall_s",
+    SUMMARY_KEYS = ("total_time_s", "downtime_s", "guest_pause_s", "bytes_sent", "rounds", "dirty_sync_count",
+                    "converged", "reason", "memory_bytes", "precopy_time_s", "postcopy_time_s", "postcopy_faults", "postcopy_stall_s",
                     "postcopy_bytes", "postcopy_urgent_pages", "postcopy_blocktime_s", "postcopy_vcpu_blocktime_s",
                     "final_pages", "expected_downtime_s", "throttle_pct_max", "xbzrle_hit_pages", "trace_looped")
 

@@ -127,6 +127,10 @@ class Host:
     same backlog delays a completion whenever QEMU's return path is open
     (``postcopy-ram`` on: post-copy and hybrid strategies): its downtime clock
     stops only when the destination has read the whole stream and replied.
+    ``device_load_s`` is the destination's own part of the pause: loading the
+    device state and starting the vCPUs once the last byte has landed. It is in
+    ``guest_pause_s`` (source STOP to destination RESUME), not in QEMU's
+    ``downtime``, which is taken on the source.
 
     ``hypervisor`` selects the copy mechanics. ``qemu``: zero pages elided,
     XBZRLE and auto-converge available. ``bhyve`` (FreeBSD-UPB patches): every
@@ -171,6 +175,7 @@ class Host:
     bhyve_lowmem_only: bool = False
     final_copy_rate_Bps: float | None = None
     resume_s: float = 0.0
+    device_load_s: float = 0.0
     bhyve_sticky_dirty: bool = False
     bhyve_dirty_search_s_per_page: float = 0.0
 

@@ -106,3 +106,34 @@ def test_precopy_ignores_the_postcopy_knobs():
     a, b = simulate(sc), simulate(sc.replace(**{"strategy.postcopy_preempt": True, "strategy.prepaging": "linear"}))
     assert a.summary() == b.summary()
     assert a.postcopy_faults == 0 and a.postcopy_blocktime_s == 0 and a.postcopy_vcpu_blocktime_s == (0.0,)
+
+
+# -- the pause the guest sees ----------------------------------------------------------
+@pytest.mark.parametrize("kind", ["precopy", "postcopy", "hybrid"])
+def test_guest_pause_adds_the_data_in_flight_and_the_load_to_the_switchover(kind):
+    sc = _scenario(**{"strategy.kind": kind, "host.switchover_s": 0.004, "host.postcopy_switch_s": 0.001})
+    r = simulate(sc)
+    backlog_s = (1 << 20) / sc.link.bandwidth_Bps
+    if kind == "precopy":
+        # no return path: QEMU's clock (with its rtt/2 for the last byte) plus the backlog
+        assert r.guest_pause_s == pytest.approx(r.downtime_s + backlog_s)
+    else:
+        assert r.guest_pause_s == pytest.approx(r.downtime_s + backlog_s + 0.01)
+    loaded = simulate(sc.replace(**{"host.device_load_s": 0.03}))
+    assert loaded.guest_pause_s == pytest.approx(r.guest_pause_s + 0.03)
+    assert loaded.downtime_s == r.downtime_s  # QEMU's figure does not see the destination's load
+    assert "guest_pause_s" in r.summary()
+
+
+def test_guest_pause_with_the_return_path_is_the_downtime_without_the_reply():
+    sc = _scenario(**{"strategy.kind": "hybrid", "strategy.postcopy_after_rounds": 50,
+                      "workload.spec": "hotcold:hot=1MiB,rate=100"})  # converges as pre-copy first
+    r = simulate(sc)
+    assert r.postcopy_time_s == 0
+    assert r.guest_pause_s == pytest.approx(r.downtime_s - 0.01)
+
+
+def test_cancelled_migration_has_no_pause():
+    r = simulate(_scenario(**{"strategy.kind": "precopy", "strategy.timeout_s": 1.0,
+                              "workload.spec": "uniform:rate=100MiB/s"}))
+    assert not r.converged and np.isnan(r.guest_pause_s)
