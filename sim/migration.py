@@ -28,6 +28,7 @@ class MigrationState(Protocol):
     #: Wire framing: bytes per page header, bytes per normal page (page + header).
     header: int
     page_wire: int
+    page_size: int
     #: Link rate at switchover (the whole link, no migration cap) and the sender's CPU cost per page.
     switch_rate_Bps: float
     per_page_s: float
@@ -41,6 +42,8 @@ class MigrationState(Protocol):
     pc_urgent: float
     pc_stall_s: float
     pc_bytes: float
+    #: (t_s, bytes pending) points: the phases append to it (through :meth:`mark` or directly).
+    timeline: list[tuple[float, float]]
 
     def mark(self) -> None:
         """Append (now, bytes still pending) to the timeline."""

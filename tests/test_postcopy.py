@@ -137,3 +137,38 @@ def test_cancelled_migration_has_no_pause():
     r = simulate(_scenario(**{"strategy.kind": "precopy", "strategy.timeout_s": 1.0,
                               "workload.spec": "uniform:rate=100MiB/s"}))
     assert not r.converged and np.isnan(r.guest_pause_s)
+
+
+# -- the expected-value loop is the two processes without the events ------------------------
+def _with_processes(monkeypatch):
+    import sim.engine as engine
+    import sim.postcopy as pc
+
+    def processes(env, m):
+        done = env.event()
+        step_s = max(m.pages.count() * m.page_wire / m.switch_rate_Bps / pc.STEPS, 1e-4)
+        state = pc.PostcopyState(step_s=step_s, stalled_until_s=env.now)
+        env.process(pc.background_push(env, m, state, done))
+        env.process(pc.run_guest(env, m, state, done))
+        yield done
+
+    monkeypatch.setattr(engine, "postcopy", processes)
+
+
+@pytest.mark.parametrize("changes", [
+    {"strategy.kind": "postcopy"},
+    {"strategy.kind": "hybrid", "strategy.postcopy_preempt": True},
+    {"strategy.kind": "postcopy", "strategy.prepaging": "linear", "link.rtt_s": 0.0},
+    {"strategy.kind": "hybrid", "workload.spec": "zipf:rate=4000,s=1.1,total=128MiB"},  # 45 classes
+])
+def test_the_expected_loop_gives_the_processes_numbers(monkeypatch, changes):
+    sc = _scenario(**changes)
+    fused = simulate(sc)
+    _with_processes(monkeypatch)
+    stepped = simulate(sc)
+    for key, value in fused.summary().items():
+        if isinstance(value, float):
+            assert value == pytest.approx(stepped.summary()[key], rel=1e-12, abs=1e-12, nan_ok=True), key
+    a, b = np.array(fused.timeline_points), np.array(stepped.timeline_points)
+    assert a.shape == b.shape and np.allclose(a, b, rtol=1e-12, atol=1e-6 * a[:, 1].max())
+    assert fused.postcopy_faults > fused.postcopy_urgent_pages > 0  # pages in flight are requests too
