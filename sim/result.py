@@ -26,7 +26,8 @@ Metric definitions (the validation report states them against QEMU's):
 * ``postcopy_blocktime_s`` / ``postcopy_vcpu_blocktime_s``: QEMU's
   ``postcopy-blocktime`` (time during which every vCPU was blocked on a fault)
   and ``postcopy-vcpu-blocktime`` (per vCPU, the time from each fault to its
-  page being placed). The model's guest has one vCPU.
+  page being placed; a list, in :meth:`to_dict`'s summary beside the scalars). The model's
+  guest has one vCPU.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class Result:
 
     SUMMARY_KEYS = ("total_time_s", "downtime_s", "guest_pause_s", "bytes_sent", "rounds", "dirty_sync_count",
                     "converged", "reason", "memory_bytes", "precopy_time_s", "postcopy_time_s", "postcopy_faults", "postcopy_stall_s",
-                    "postcopy_bytes", "postcopy_urgent_pages", "postcopy_blocktime_s", "postcopy_vcpu_blocktime_s",
+                    "postcopy_bytes", "postcopy_urgent_pages", "postcopy_blocktime_s",
                     "final_pages", "expected_downtime_s", "throttle_pct_max", "xbzrle_hit_pages", "trace_looped")
 
     @functools.cached_property
@@ -111,7 +112,9 @@ class Result:
             return None if isinstance(v, float) and math.isnan(v) else v
 
         return {
-            "summary": {k: clean(v) for k, v in self.summary().items()},
+            # the per-vCPU list beside the flat metrics (summary() stays one scalar per column)
+            "summary": {**{k: clean(v) for k, v in self.summary().items()},
+                        "postcopy_vcpu_blocktime_s": list(self.postcopy_vcpu_blocktime_s)},
             "rounds": [{k: clean(v) for k, v in r.items()} for r in self.rounds_table.to_dict("records")],
             "timeline": self.timeline.to_dict("list"),
             "scenario": self.scenario.to_dict(),

@@ -95,6 +95,7 @@ def test_requests_include_pages_in_flight_and_blocktime_is_the_vcpu_stall(mode):
     assert r.postcopy_blocktime_s == r.postcopy_stall_s > 0
     assert r.postcopy_vcpu_blocktime_s == (r.postcopy_stall_s,)
     assert r.summary()["postcopy_blocktime_s"] == r.postcopy_blocktime_s
+    assert r.to_dict()["summary"]["postcopy_vcpu_blocktime_s"] == [r.postcopy_stall_s]
     # a page in flight lands within the channel's backlog plus one way: without any, no request finds one
     r0 = simulate(_scenario(**{"workload.mode": mode, "strategy.prepaging": "linear", "host.postcopy_queue_bytes": 0,
                                "link.rtt_s": 0.0}))
