@@ -9,7 +9,8 @@ strategy's phases as sub-processes:
 * ``stop_and_copy``: pause the guest, send what is left plus device state;
 * ``postcopy``: resume on the destination at once, with ``background_push``
   streaming the rest while ``run_guest`` touches pages and ``serve_fault``
-  stalls it for each page that has not arrived yet.
+  stalls it for each page that has not arrived yet (see :mod:`sim.postcopy`
+  for the QEMU functions each mechanism follows).
 
 Between rounds the dirty bitmap is synced (:meth:`Migration.sync_dirty`): the
 pages dirtied since the previous sync join the pending set, and the stop rule
@@ -147,10 +148,12 @@ class Migration:
         self.converged = True
         self.reason = ""
         self.downtime_s = math.nan
+        self.guest_pause_s = math.nan
         self.expected_downtime_s = math.nan
         self.final_pages = 0.0
         self.precopy_end = 0.0
         self.pc_faults = 0.0
+        self.pc_urgent = 0.0
         self.pc_stall_s = 0.0
         self.pc_bytes = 0.0
         self.pc_start = math.nan
@@ -294,9 +297,19 @@ def stop_and_copy(env: simpy.Environment, m: Migration, phase: str = "stopcopy")
         # until the destination has the whole stream -- the backlog still queued in socket and link
         # buffers, the same queue a post-copy request waits behind -- and its reply is back.
         downtime += sc.host.postcopy_queue_bytes / m.switch_rate_Bps + sc.link.rtt_s / 2
+    if phase == "cold":
+        pause = downtime
+    else:
+        # The guest pause (source STOP to destination RESUME) ends on the destination: after the last
+        # byte lands -- behind the backlog still buffered in socket and link when the source has
+        # written it, plus one way -- and the destination has loaded the device state. QEMU's
+        # downtime clock, on the source, stops earlier (or, with the return path, one reply later).
+        pause = (fixed + seconds + sc.host.postcopy_queue_bytes / m.switch_rate_Bps + sc.link.rtt_s / 2
+                 + sc.host.device_load_s)
     m.pages.clear()
     yield env.timeout(downtime)
     m.downtime_s = downtime
+    m.guest_pause_s = pause
     m.bytes_sent += wire
     m.pages_sent += pages
     m.mark()
@@ -328,9 +341,14 @@ def postcopy_switch(env: simpy.Environment, m: Migration) -> Generator[Any, Any,
     # resumes when it arrives, rtt/2 later.
     fixed = sc.host.postcopy_switch_s if sc.host.postcopy_switch_s is not None else sc.host.switchover_s
     downtime = fixed + seconds
-    paused = downtime + sc.link.rtt_s / 2
+    # The destination resumes when the package has landed -- behind the backlog the pre-copy stream
+    # left in socket and link buffers, plus one way -- and it has loaded the device state
+    # (loadvm_postcopy_handle_run); the post-copy phase starts there.
+    paused = (downtime + sc.host.postcopy_queue_bytes / m.switch_rate_Bps + sc.link.rtt_s / 2
+              + sc.host.device_load_s)
     yield env.timeout(paused)
     m.downtime_s = downtime
+    m.guest_pause_s = paused
     m.bytes_sent += sc.host.device_state_bytes
     m.record(round=len(m.rounds), phase="switchover", t_start_s=t0, duration_s=paused, pages=0.0, zero_pages=0.0,
              xbzrle_pages=0.0, bytes=float(sc.host.device_state_bytes), pending_pages_after=m.pages.count(),
@@ -488,10 +506,14 @@ def _result(m: Migration) -> Result:
     pc_time = (total - m.pc_start) if not math.isnan(m.pc_start) else 0.0
     return Result(
         scenario=m.sc, total_time_s=float(total), downtime_s=float(m.downtime_s) if m.converged else math.nan,
+        guest_pause_s=float(m.guest_pause_s) if m.converged else math.nan,
         bytes_sent=int(round(m.bytes_sent + m.pc_bytes)), rounds=live, dirty_sync_count=int(m.syncs),
         converged=bool(m.converged), reason=m.reason or m.rule.reason, memory_bytes=int(m.n_pages * m.page_size),
         precopy_time_s=float(m.precopy_end), postcopy_time_s=float(pc_time), postcopy_faults=float(m.pc_faults),
-        postcopy_stall_s=float(m.pc_stall_s), postcopy_bytes=int(round(m.pc_bytes)), final_pages=float(m.final_pages),
+        postcopy_stall_s=float(m.pc_stall_s), postcopy_urgent_pages=float(m.pc_urgent),
+        # One modelled vCPU: QEMU's total blocktime (all vCPUs blocked at once) is that vCPU's.
+        postcopy_blocktime_s=float(m.pc_stall_s), postcopy_vcpu_blocktime_s=(float(m.pc_stall_s),),
+        postcopy_bytes=int(round(m.pc_bytes)), final_pages=float(m.final_pages),
         expected_downtime_s=float(m.expected_downtime_s), throttle_pct_max=float(m.throttle_max),
         xbzrle_hit_pages=float(m.xbzrle_hits), trace_looped=bool(m.pages.looped or getattr(m.touch_source, "looped", False)),
         trace_sha256=m.trace_sha256, miglab_version=__version__, rounds_rows=m.rounds, timeline_points=m.timeline,

@@ -28,6 +28,7 @@ class MigrationState(Protocol):
     #: Wire framing: bytes per page header, bytes per normal page (page + header).
     header: int
     page_wire: int
+    page_size: int
     #: Link rate at switchover (the whole link, no migration cap) and the sender's CPU cost per page.
     switch_rate_Bps: float
     per_page_s: float
@@ -35,10 +36,14 @@ class MigrationState(Protocol):
     zero_left: float
     #: Guest time (s), which runs slower than wall time while the guest is throttled or stalled.
     g: float
-    #: Post-copy tallies: pages faulted in, vCPU seconds stalled on them, bytes streamed.
+    #: Post-copy tallies: page requests (as QEMU counts them), pages sent on the urgent path,
+    #: vCPU seconds stalled on faults, bytes streamed.
     pc_faults: float
+    pc_urgent: float
     pc_stall_s: float
     pc_bytes: float
+    #: (t_s, bytes pending) points: the phases append to it (through :meth:`mark` or directly).
+    timeline: list[tuple[float, float]]
 
     def mark(self) -> None:
         """Append (now, bytes still pending) to the timeline."""

@@ -8,11 +8,26 @@ Metric definitions (the validation report states them against QEMU's):
   resumes it: final pages and device state sent, plus the host's fixed
   switchover cost and one one-way delay. Post-copy fault stalls are *not*
   downtime; they are ``postcopy_stall_s``.
+* ``guest_pause_s``: what the guest sees, from the source's STOP to the
+  destination's RESUME (QMP events): the final data in flight behind the
+  stream's backlog, device state sent and loaded, and for post-copy the
+  switchover package. QEMU's ``downtime`` is taken on the source and stops
+  earlier; both are reported.
 * ``bytes_sent``: bytes put on the migration stream, headers and zero-page
   markers included (QEMU's ``ram.transferred``).
 * ``rounds``: live pre-copy iterations, the first full pass included.
 * ``dirty_sync_count``: dirty-bitmap syncs counted the way QEMU counts them
   (setup, each exact sync, completion or post-copy switch).
+* ``postcopy_faults``: page requests the source receives, counted as QEMU's
+  ``postcopy-requests`` counts them: one per fault on a page that has not
+  arrived, whether the source had sent it already (in flight) or not.
+  ``postcopy_urgent_pages`` is how many of them the source had not sent, i.e.
+  pages sent on the urgent path.
+* ``postcopy_blocktime_s`` / ``postcopy_vcpu_blocktime_s``: QEMU's
+  ``postcopy-blocktime`` (time during which every vCPU was blocked on a fault)
+  and ``postcopy-vcpu-blocktime`` (per vCPU, the time from each fault to its
+  page being placed; a list, in :meth:`to_dict`'s summary beside the scalars). The model's
+  guest has one vCPU.
 """
 
 from __future__ import annotations
@@ -52,11 +67,15 @@ class Result:
     converged: bool
     reason: str
     memory_bytes: int
+    guest_pause_s: float = math.nan
     precopy_time_s: float = 0.0
     postcopy_time_s: float = 0.0
     postcopy_faults: float = 0.0
     postcopy_stall_s: float = 0.0
     postcopy_bytes: int = 0
+    postcopy_urgent_pages: float = 0.0
+    postcopy_blocktime_s: float = 0.0
+    postcopy_vcpu_blocktime_s: tuple[float, ...] = ()
     final_pages: float = 0.0
     expected_downtime_s: float = math.nan
     throttle_pct_max: float = 0.0
@@ -67,10 +86,10 @@ class Result:
     rounds_rows: Sequence[dict[str, Any]] = ()
     timeline_points: Sequence[tuple[float, float]] = ()
 
-    SUMMARY_KEYS = ("total_time_s", "downtime_s", "bytes_sent", "rounds", "dirty_sync_count", "converged", "reason",
-                    "memory_bytes", "precopy_time_s", "postcopy_time_s", "postcopy_faults", "postcopy_stall_s",
-                    "postcopy_bytes", "final_pages", "expected_downtime_s", "throttle_pct_max", "xbzrle_hit_pages",
-                    "trace_looped")
+    SUMMARY_KEYS = ("total_time_s", "downtime_s", "guest_pause_s", "bytes_sent", "rounds", "dirty_sync_count",
+                    "converged", "reason", "memory_bytes", "precopy_time_s", "postcopy_time_s", "postcopy_faults", "postcopy_stall_s",
+                    "postcopy_bytes", "postcopy_urgent_pages", "postcopy_blocktime_s",
+                    "final_pages", "expected_downtime_s", "throttle_pct_max", "xbzrle_hit_pages", "trace_looped")
 
     @functools.cached_property
     def rounds_table(self) -> pd.DataFrame:
@@ -93,7 +112,9 @@ class Result:
             return None if isinstance(v, float) and math.isnan(v) else v
 
         return {
-            "summary": {k: clean(v) for k, v in self.summary().items()},
+            # the per-vCPU list beside the flat metrics (summary() stays one scalar per column)
+            "summary": {**{k: clean(v) for k, v in self.summary().items()},
+                        "postcopy_vcpu_blocktime_s": list(self.postcopy_vcpu_blocktime_s)},
             "rounds": [{k: clean(v) for k, v in r.items()} for r in self.rounds_table.to_dict("records")],
             "timeline": self.timeline.to_dict("list"),
             "scenario": self.scenario.to_dict(),

@@ -35,7 +35,7 @@ StopRule = Literal["qemu", "bhyve", "xen", "simgrid", "xen-ratio"]
 WorkloadKind = Literal["trace", "model", "synthetic"]
 ScalingLaw = Literal["absolute", "proportional"]
 ModelMode = Literal["expected", "sampled"]
-Prepaging = Literal["linear", "follow", "bubbling"]
+Prepaging = Literal["qemu", "linear", "follow", "bubbling"]
 WithinInterval = Literal["poisson", "once"]
 
 STRATEGIES: tuple[str, ...] = typing.get_args(StrategyKind)
@@ -134,6 +134,10 @@ class Host:
     same backlog delays a completion whenever QEMU's return path is open
     (``postcopy-ram`` on: post-copy and hybrid strategies): its downtime clock
     stops only when the destination has read the whole stream and replied.
+    ``device_load_s`` is the destination's own part of the pause: loading the
+    device state and starting the vCPUs once the last byte has landed. It is in
+    ``guest_pause_s`` (source STOP to destination RESUME), not in QEMU's
+    ``downtime``, which is taken on the source.
 
     ``hypervisor`` selects the copy mechanics. ``qemu``: zero pages elided,
     XBZRLE and auto-converge available. ``bhyve`` (FreeBSD-UPB patches): every
@@ -185,6 +189,7 @@ class Host:
     final_copy_rate_Bps: float | None = None
     resume_s: float = 0.0
     final_copy_burst_bytes: int = 0
+    device_load_s: float = 0.0
     bhyve_sticky_dirty: bool = False
     bhyve_dirty_search_s_per_page: float = 0.0
 
@@ -208,13 +213,16 @@ class Strategy:
     model (send the whole dirty set, then sync), which the geometric closed
     form assumes.
 
-    ``prepaging`` is the post-copy background push order: ``linear`` pushes
-    in address order regardless of faults; ``follow`` carries the scan on from
-    the page the guest last requested (one reading of QEMU without
-    postcopy-preempt); ``bubbling`` pushes the ``bubble_pages`` pages after
-    each fault first (Hines & Gopalan). Against 54 real QEMU post-copy and
-    hybrid runs, ``linear`` predicted the page requests better (held-out
-    median error 20 % against 31 % for ``follow``), so it is the default.
+    ``prepaging`` is the post-copy background push order: ``qemu`` (the
+    default) is what QEMU does: without postcopy-preempt ``get_queued_page``
+    moves the background scan to each requested page, with it the scan is not
+    moved; ``linear`` pushes in address order regardless of faults; ``follow``
+    always carries the scan on from the page the guest last requested;
+    ``bubbling`` pushes the ``bubble_pages`` pages after each fault first
+    (Hines & Gopalan). ``postcopy_preempt`` is QEMU's ``postcopy-preempt``
+    capability (QEMU 8+, off by default there too): requested pages go on a
+    channel of their own instead of queueing behind the background stream
+    (see :mod:`sim.postcopy`).
     ``max_rounds`` is a guard: ``on_round_limit`` says whether
     hitting it cancels the migration (QEMU has no forced switchover) or
     switches over anyway (Xen-style).
@@ -247,7 +255,8 @@ class Strategy:
     postcopy_after_rounds: int = 1
     stall_detector: bool = False
     stall_ratio: float = 0.95
-    prepaging: Prepaging = "linear"
+    prepaging: Prepaging = "qemu"
+    postcopy_preempt: bool = False
     bubble_pages: int = 64
     auto_converge: bool = False
     ac_initial_pct: float = 20.0
@@ -545,7 +554,7 @@ def _rules() -> dict[type, tuple[tuple[str, Any, str], ...]]:
         Host: tuple((f, *not_negative) for f in (
             "switchover_s", "postcopy_switch_s", "device_state_bytes", "page_send_cost_s", "setup_s",
             "cold_restart_s", "postcopy_queue_bytes", "bhyve_chunk_pause_s", "bhyve_page_send_s", "resume_s",
-            "bhyve_dirty_search_s_per_page", "dirty_rate_factor", "final_copy_burst_bytes"))
+            "bhyve_dirty_search_s_per_page", "dirty_rate_factor", "final_copy_burst_bytes", "device_load_s"))
         + (("throughput_efficiency", lambda v: 0 < v <= 1.5, "must lie in (0, 1.5]"),
            ("final_copy_rate_Bps", *positive), ("bhyve_chunk_pages", *at_least_1)),
         Strategy: (("downtime_limit_s", *positive), ("max_rounds", *at_least_1), ("timeout_s", *positive),

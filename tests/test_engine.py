@@ -490,8 +490,8 @@ def test_serve_fault_stalls_the_vcpu_per_first_touch(stall_s, faults, ran_s, sta
     env = simpy.Environment()
     m = _faulting_migration()
     state = PostcopyState(step_s=1.0, stalled_until_s=0.0)
-    got_faults, got_ran = serve_fault(env, m, state, 1.0, stall_s, 1.0)
-    assert got_faults == faults and got_ran == pytest.approx(ran_s)
+    got_faults, got_urgent, got_ran = serve_fault(env, m, state, 1.0, stall_s, 1.0)
+    assert got_faults == faults and got_urgent == faults and got_ran == pytest.approx(ran_s)
     assert m.g == pytest.approx(ran_s)  # the guest clock ran only while the vCPU did
     assert state.stalled_until_s == pytest.approx(stalled_until_s)
     assert state.faulted_pages.tolist() == [5, 7][:faults]  # the repeat touch of page 5 is no fault

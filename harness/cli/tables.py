@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-HEADER = ("strategy", "converged", "rounds", "total time", "downtime", "sent", "pc faults", "pc stall", "why")
+HEADER = ("strategy", "converged", "rounds", "total time", "downtime", "guest pause", "sent", "pc faults", "pc stall", "why")
 
 
 def summary_row(name: str, s: dict[str, Any]) -> list[str]:
@@ -13,7 +13,8 @@ def summary_row(name: str, s: dict[str, Any]) -> list[str]:
     from sim.units import format_bytes, format_duration
 
     return [name, "yes" if s["converged"] else "NO", str(s["rounds"]), format_duration(s["total_time_s"]),
-            format_duration(s["downtime_s"]), format_bytes(s["bytes_sent"]),
+            format_duration(s["downtime_s"]), format_duration(s.get("guest_pause_s", float("nan"))),
+            format_bytes(s["bytes_sent"]),
             f"{s['postcopy_faults']:.0f}", format_duration(s["postcopy_stall_s"]), s["reason"]]
 
 
