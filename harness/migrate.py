@@ -72,6 +72,7 @@ from harness.record import (
     WorkloadRate,
     utc_now,
 )
+from harness.roundcap import RoundCap
 from harness.vm import VM, Console, VMConfig, find_qemu
 from sim.errors import ConfigError, MiglabError
 from sim.scenario import Scenario, Strategy
@@ -84,6 +85,11 @@ from sim.units import (
 log = logging.getLogger(__name__)
 
 RUNNER_STRATEGIES: tuple[str, ...] = ("precopy", "postcopy", "hybrid")
+#: Stop rules QEMU can run: its own threshold, and bhyve's fixed rounds through a round cap (harness.roundcap).
+RUNNER_STOP_RULES: tuple[str, ...] = ("qemu", "bhyve")
+#: The live downtime-limit under the ``bhyve`` rule: QEMU's smallest, so that its threshold (bandwidth x limit)
+#: practically never ends the live phase before the round cap does -- bhyve has no threshold.
+BHYVE_LIVE_DOWNTIME_LIMIT_MS = 1
 MIGRATION_PORT = 4444
 POLL_INTERVAL_S = 0.05  # 20 Hz, like guestperf's 50 ms
 FINAL_STATUSES = ("completed", "failed", "cancelled")
@@ -174,7 +180,37 @@ def validate_for_qemu(scenario: Scenario) -> GuestWorkload:
         raise ConfigError("QEMU cannot combine multifd with xbzrle; choose one")
     if s.multifd_channels > 1 and s.kind != "precopy":
         raise ConfigError("QEMU cannot combine multifd with post-copy; use --strategy precopy")
+    if s.stop_rule not in RUNNER_STOP_RULES:
+        raise ConfigError(f"stop rule {s.stop_rule!r} cannot be run on QEMU (choose from "
+                          f"{', '.join(RUNNER_STOP_RULES)}; bhyve's fixed rounds run as a round cap)")
+    capped = s.stop_rule == "bhyve" or s.max_rounds is not None
+    if capped and s.kind != "precopy":
+        raise ConfigError("a round cap (--max-rounds, stop rule bhyve) runs on QEMU with --strategy precopy only")
+    if s.max_rounds is not None and s.stop_rule == "qemu" and s.on_round_limit != "switchover":
+        raise ConfigError("max_rounds: the QEMU runner applies a round cap as a forced switchover; "
+                          "set strategy.on_round_limit = \"switchover\" (miglab migrate --max-rounds does)")
     return parse_workload(w.spec, w.memory_bytes)
+
+
+def round_cap_for(strategy: Strategy) -> RoundCap | None:
+    """The round cap a scenario asks for, or None.
+
+    ``stop_rule = "bhyve"``: ``bhyve_rounds`` rounds and no threshold (the
+    live downtime-limit is :data:`BHYVE_LIVE_DOWNTIME_LIMIT_MS`). Otherwise
+    ``max_rounds`` with ``on_round_limit = "switchover"``: QEMU's threshold
+    as usual, and a switchover after ``max_rounds`` rounds at the latest. In
+    both cases, once ``dirty-sync-count`` shows K rounds ended (K + 1, the
+    setup sync included), ``downtime-limit`` is raised to QEMU's maximum and
+    QEMU's next iteration check completes -- guestperf's way of ending a
+    migration after ``max_iters``.
+    """
+    if strategy.kind != "precopy":
+        return None
+    if strategy.stop_rule == "bhyve":
+        return RoundCap(int(strategy.bhyve_rounds))
+    if strategy.max_rounds is not None and strategy.on_round_limit == "switchover":
+        return RoundCap(int(strategy.max_rounds))
+    return None
 
 
 def _capabilities(strategy: Strategy) -> dict[str, bool]:
@@ -190,8 +226,9 @@ def migration_parameters(scenario: Scenario) -> dict[str, Any]:
     """The ``migrate-set-parameters`` arguments for a scenario (QMP names and units)."""
     s, link = scenario.strategy, scenario.link
     cap = link.migration_cap_Bps if link.migration_cap_Bps is not None else link.bandwidth_Bps
+    limit_ms = BHYVE_LIVE_DOWNTIME_LIMIT_MS if s.stop_rule == "bhyve" else max(1, int(round(s.downtime_limit_s * 1000)))
     params: dict[str, Any] = {
-        "downtime-limit": max(1, int(round(s.downtime_limit_s * 1000))),
+        "downtime-limit": limit_ms,
         "max-bandwidth": int(cap),
     }
     if s.auto_converge:
@@ -269,6 +306,7 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
     params = migration_parameters(scenario)
     caps = _capabilities(scenario.strategy)
     options_record = _options_record(opts, timeout_s, caps, params, workload, qemu.version_line)
+    cap = round_cap_for(scenario.strategy)
     events: list[tuple[float, str]] = []
     timeline: list[Poll] = []
     src_rates, dst_rates = _Rates(), _Rates()
@@ -277,7 +315,10 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
         run = _start_guests(stack, scenario, workload, opts, options_record)
         before = _warm_up(run.src, src_rates, opts)
         target = _configure(run, caps, params)
-        end = _poll_loop(run, target, scenario.strategy, opts, timeout_s, timeline, events, (src_rates, dst_rates))
+        end = _poll_loop(run, target, scenario.strategy, opts, timeout_s, timeline, events, (src_rates, dst_rates),
+                         cap)
+        if cap is not None:
+            options_record["round_cap"] = _round_cap_record(cap, params, events)
         t_start, t_end = run.t0, time.monotonic()
         if end.status != "completed" and not end.dst_exit and not run.dst.is_running():
             # The source often notices the broken stream before a poll sees the destination gone.
@@ -394,8 +435,10 @@ class _LoopState:
 
 
 def _poll_loop(run: MigrationRun, target: str, strategy: Strategy, opts: MigrateOptions, timeout_s: float,
-               timeline: list[Poll], events: list[tuple[float, str]], rates: tuple[_Rates, _Rates]) -> LoopEnd:
-    """Start the migration and poll ``query-migrate`` until it ends, switching to post-copy and cancelling."""
+               timeline: list[Poll], events: list[tuple[float, str]], rates: tuple[_Rates, _Rates],
+               cap: RoundCap | None = None) -> LoopEnd:
+    """Start the migration and poll ``query-migrate`` until it ends, switching to post-copy, applying the
+    round cap and cancelling."""
     src = run.src
     st = _LoopState()
     bar = _progress_bar(opts.progress)
@@ -414,6 +457,8 @@ def _poll_loop(run: MigrationRun, target: str, strategy: Strategy, opts: Migrate
                 return st.end(STOP_FINAL, info, timeout_s)
             if opts.on_poll is not None:
                 opts.on_poll(poll, run)
+            if cap is not None:
+                _apply_round_cap(src, cap, info, poll, events)
             _maybe_start_postcopy(src, strategy, poll, st, events)
             _watch_destination(run, now, poll, st, events)
             stop = _enforce_timeout(src, now - t_start, timeout_s, poll, st, events)
@@ -462,6 +507,25 @@ def _maybe_start_postcopy(src: VM, strategy: Strategy, poll: Poll, st: _LoopStat
         src.qmp.migrate_start_postcopy()
         st.postcopy_requested = True
         events.append((poll.t_s, f"migrate-start-postcopy after {poll.dirty_sync_count - 1} passes"))
+
+
+def _apply_round_cap(src: VM, cap: RoundCap, info: dict[str, Any], poll: Poll,
+                     events: list[tuple[float, str]]) -> None:
+    """Send the round cap's command once it fires (raise downtime-limit: QEMU's next check completes)."""
+    cmd = cap.poll_reply(info)
+    if cmd is None:
+        return
+    src.qmp.execute(cmd.execute, cmd.arguments)
+    events.append((poll.t_s, f"{cmd.reason}: {cmd.execute} {cmd.arguments}"))
+
+
+def _round_cap_record(cap: RoundCap, params: dict[str, Any], events: list[tuple[float, str]]) -> dict[str, Any]:
+    """What the record keeps of a round cap: the cap, the sync it fired at, and the limit it raised."""
+    fired_t = next((t for t, text in events if text.startswith(f"round cap {cap.max_rounds}:")), None)
+    return {"max_rounds": cap.max_rounds, "action": cap.action, "trigger_sync_count": cap.trigger_count,
+            "fired_sync_count": cap.fired_sync_count, "fired_t_s": fired_t,
+            "live_downtime_limit_ms": params["downtime-limit"],
+            "raised_downtime_limit_ms": cap.limit_ms if cap.fired and cap.action == "raise-limit" else None}
 
 
 def _watch_destination(run: MigrationRun, now: float, poll: Poll, st: _LoopState,

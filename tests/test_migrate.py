@@ -367,3 +367,25 @@ def test_source_killed_is_recorded_and_interrupt_cleans_up(image, clean_host) ->
     with pytest.raises(KeyboardInterrupt):
         run_migration(s, MigrateOptions(image=image, warmup_s=0.5, on_poll=interrupt))
     # clean_host checks that QEMU, RAM files, namespaces and forwarders are gone
+
+
+@pytest.mark.vm
+def test_round_cap_completes_a_migration_that_would_not_converge(image, clean_host) -> None:
+    # bhyve's rule, K = 2: live downtime-limit 1 ms, 20 MB/s of distinct pages over a 100 Mbit/s link -- QEMU's
+    # threshold alone would never end it. Passes take seconds here, so the poll sees every sync.
+    k = 2
+    s = _scenario(**{"workload.spec": "uniform:rate=20MB/s,span=48MiB,total=64MiB", "workload.memory_bytes": "256MiB",
+                     "link.bandwidth_Bps": "100Mbit/s", "link.rtt_s": 0.002, "strategy.stop_rule": "bhyve",
+                     "strategy.bhyve_rounds": k, "strategy.timeout_s": 60.0})
+    rec = run_migration(s, MigrateOptions(image=image, warmup_s=1.0))
+    assert rec.outcome == OUTCOME_COMPLETED, rec.outcome
+    assert rec.guest_side == "destination" and rec.guest_continues
+    cap = rec.options["round_cap"]
+    assert cap["max_rounds"] == k and cap["fired_sync_count"] == k + 1  # the setup sync + K pass-ending syncs
+    assert cap["live_downtime_limit_ms"] == 1 and cap["raised_downtime_limit_ms"] == 2_000_000
+    assert rec.options["parameters"]["downtime-limit"] == 1
+    # It completes within K + 1 passes: the setup sync, K pass-ending syncs, then at most the exact sync of the
+    # pass the cap cut short and the completion sync.
+    assert k + 2 <= rec.stats.dirty_sync_count <= k + 3, rec.stats.dirty_sync_count
+    assert max(p.dirty_sync_count for p in rec.timeline if p.status == "active") <= k + 2
+    assert any(text.startswith(f"round cap {k}:") for _, text in rec.events)

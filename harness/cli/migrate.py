@@ -29,6 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         xbzrle_cache="enable XBZRLE with this cache size, e.g. 64MiB")
     p.add_argument("--multifd", type=int, metavar=options.N, help="multifd channels (pre-copy only)")
     options.add_scenario_flags(p, ("max_bandwidth",), max_bandwidth="QEMU max-bandwidth cap (default: the link rate)")
+    p.add_argument("--max-rounds", type=int, metavar="K",
+                   help="round cap: once K pre-copy rounds have ended (dirty-sync-count K+1), raise downtime-limit "
+                        "so QEMU's next check completes (guestperf's max_iters); QEMU's threshold still applies "
+                        "before that. --stop-rule bhyve instead runs bhyve's fixed rounds without a threshold")
+    p.add_argument("--stop-rule", choices=("qemu", "bhyve"),
+                   help="qemu: QEMU's threshold (default); bhyve: exactly --bhyve-rounds rounds, then switch over")
+    p.add_argument("--bhyve-rounds", type=int, metavar="K", help="with --stop-rule bhyve: the rounds (default 4)")
     p.add_argument("--timeout", metavar=options.TIME,
                    help="cancel a pre-copy that has not converged after this long (default 120s)")
     p.add_argument("--verify-memory", action="store_true",
@@ -50,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def migrate_scenario(args: argparse.Namespace) -> Scenario:
     """The Scenario a QEMU run measures: the shared flags on the runner's defaults, named after the output."""
     from harness.migrate import RUNNER_STRATEGIES, validate_for_qemu
+    from sim.errors import ConfigError
     from sim.scenario import Link, Scenario, Strategy, Workload
     from sim.units import parse_bandwidth
 
@@ -57,8 +65,19 @@ def migrate_scenario(args: argparse.Namespace) -> Scenario:
     runner_defaults = Scenario(workload=Workload(memory_bytes=512 << 20),
                                link=Link(bandwidth_Bps=parse_bandwidth("1Gbit/s")),
                                strategy=Strategy(timeout_s=120.0))
+    for flag, value in (("--max-rounds", getattr(args, "max_rounds", None)),
+                        ("--bhyve-rounds", getattr(args, "bhyve_rounds", None))):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag}: must be at least 1, not {value}")
     scenario = options.scenario_from_args(args, base=runner_defaults, require_workload=True,
                                           strategies=RUNNER_STRATEGIES)
+    if getattr(args, "max_rounds", None) is not None:
+        # A real cap forces the switchover (QEMU has no cancel-at-K of its own to model).
+        scenario = scenario.replace(**{"strategy.on_round_limit": "switchover"})
+    if getattr(args, "bhyve_rounds", None) is not None:
+        if scenario.strategy.stop_rule != "bhyve":
+            raise ConfigError("--bhyve-rounds: needs --stop-rule bhyve")
+        scenario = scenario.replace(**{"strategy.bhyve_rounds": args.bhyve_rounds})
     if not args.name and args.output:
         scenario = scenario.replace(name=Path(args.output).stem)
     validate_for_qemu(scenario)  # one-line errors before anything starts
@@ -75,6 +94,12 @@ def _summarise_qemu_trace(log_path: Path) -> None:
     with atomic_open(dest) as f:
         table.to_csv(f, index=False)
     print(f"QEMU trace: {len(table)} bitmap syncs -> {dest}")
+
+
+def _cap_note(cap: dict[str, object]) -> str:
+    if cap.get("fired_sync_count") is None:
+        return f"; round cap {cap['max_rounds']} not reached"
+    return f"; round cap {cap['max_rounds']} fired at sync {cap['fired_sync_count']}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,5 +129,6 @@ def run(args: argparse.Namespace) -> int:
           f"{s.dirty_sync_count} syncs, {s.postcopy_requests} post-copy requests; guest continues on "
           f"{record.guest_side or '-'}: {record.guest_continues}"
           + (f"; {record.memory_check.pages_differing} pages differ" if record.memory_check else "")
+          + (_cap_note(record.options["round_cap"]) if "round_cap" in record.options else "")
           + f" -> {out}")
     return 0 if record.completed and record.guest_continues else 1
