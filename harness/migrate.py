@@ -48,9 +48,11 @@ import contextlib
 import dataclasses
 import logging
 import re
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,11 +60,13 @@ from typing import Any
 import numpy as np
 
 from harness.guest import GuestImage, GuestWorkload, parse_workload
-from harness.link import ShapedLink, cleanup_stale
+from harness.link import LinkHealth, ShapedLink, cleanup_stale
 from harness.preflight import check_migration
 from harness.qmp import QMPError
 from harness.record import (
     OUTCOME_COMPLETED,
+    OUTCOME_INTERRUPTED,
+    OUTCOME_LINK_LOST,
     OUTCOME_NOT_CONVERGED,
     HostInfo,
     MemoryCheck,
@@ -96,6 +100,10 @@ FINAL_STATUSES = ("completed", "failed", "cancelled")
 DEST_DEATH_GRACE_S = 5.0
 CANCEL_WAIT_S = 10.0
 DEST_START_TIMEOUT_S = 15.0
+#: No byte moved for this long during a transfer: look at the link (a stall alone is not a link failure).
+LINK_STALL_S = 3.0
+#: query-migrate states in which bytes should be moving.
+TRANSFER_STATES = ("active", "postcopy-active", "postcopy-paused", "device")
 _PROGRESS_LINE = re.compile(r"^miglab-(load|redis|idle) t=([0-9.]+)(?:.*?\brate=([0-9.]+))?")
 
 
@@ -123,6 +131,45 @@ class MigrateOptions:
     #: migration thread's own decisions (pending estimates, thresholds, bitmap syncs).
     src_extra_args: tuple[str, ...] = ()
     on_poll: Callable[[Poll, MigrationRun], None] | None = field(default=None, compare=False)
+
+
+class MigrationInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run; everything is torn down and ``record`` (outcome ``interrupted``) says
+    what had happened until then. A KeyboardInterrupt, so callers that do not care still stop."""
+
+    def __init__(self, record: RunRecord) -> None:
+        super().__init__(record.outcome)
+        self.record = record
+
+
+class _InterruptOnce:
+    """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are noted and ignored, so the teardown
+    that the first one starts runs to the end (a second Ctrl-C used to cut it short, leaving RAM files)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: str = ""
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.received:
+            return
+        self.received = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_InterruptOnce]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handler)
+        try:
+            yield self
+        finally:
+            for sig, h in self._previous.items():
+                signal.signal(sig, h)
 
 
 @dataclass
@@ -311,33 +358,60 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
     timeline: list[Poll] = []
     src_rates, dst_rates = _Rates(), _Rates()
 
-    with contextlib.ExitStack() as stack:
-        run = _start_guests(stack, scenario, workload, opts, options_record)
-        before = _warm_up(run.src, src_rates, opts)
-        target = _configure(run, caps, params)
-        end = _poll_loop(run, target, scenario.strategy, opts, timeout_s, timeline, events, (src_rates, dst_rates),
-                         cap)
-        if cap is not None:
-            options_record["round_cap"] = _round_cap_record(cap, params, events)
-        t_start, t_end = run.t0, time.monotonic()
-        if end.status != "completed" and not end.dst_exit and not run.dst.is_running():
-            # The source often notices the broken stream before a poll sees the destination gone.
-            end = dataclasses.replace(end, dst_exit=_dst_exit(run.dst))
-            events.append((round(t_end - t_start, 4), end.dst_exit))
-        check = _check_guest(run, opts, classify_outcome(end), src_rates, dst_rates, events)
-        rate = _workload_rate(workload, before, src_rates, dst_rates, check.guest_side, t_start, t_end)
-        # the stack closes: QEMU processes, RAM files, run directories, namespaces, forwarders
+    live: dict[str, Any] = {}  # what the poll loop has seen so far, for a record of an interrupted run
+    guard = _InterruptOnce()
+    with guard.installed():
+        try:
+            with contextlib.ExitStack() as stack:
+                run = _start_guests(stack, scenario, workload, opts, options_record)
+                live["run"] = run
+                before = live["before"] = _warm_up(run.src, src_rates, opts)
+                target = _configure(run, caps, params)
+                end = _poll_loop(run, target, scenario.strategy, opts, timeout_s, timeline, events,
+                                 (src_rates, dst_rates), cap, live)
+                if cap is not None:
+                    options_record["round_cap"] = _round_cap_record(cap, params, events)
+                t_start, t_end = run.t0, time.monotonic()
+                if end.status != "completed" and not end.dst_exit and not run.dst.is_running():
+                    # The source often notices the broken stream before a poll sees the destination gone.
+                    end = dataclasses.replace(end, dst_exit=_dst_exit(run.dst))
+                    events.append((round(t_end - t_start, 4), end.dst_exit))
+                check = _check_guest(run, opts, classify_outcome(end), src_rates, dst_rates, events)
+                rate = _workload_rate(workload, before, src_rates, dst_rates, check.guest_side, t_start, t_end)
+                # the stack closes: QEMU processes, RAM files, run directories, namespaces, forwarders
+        except KeyboardInterrupt:
+            # Everything is torn down (the stack unwound with further signals ignored); say what happened.
+            run_ = live.get("run")
+            t_rel = round(time.monotonic() - run_.t0, 4) if run_ is not None and run_.t0 else 0.0
+            events.append((t_rel, f"interrupted by {guard.received or 'KeyboardInterrupt'}; torn down"))
+            if cap is not None:
+                options_record["round_cap"] = _round_cap_record(cap, params, events)
+            last = live.get("last_known") or {}
+            stats = _stats(last, timeline) if last else MigrationStats()
+            record = RunRecord(scenario=scenario, outcome=OUTCOME_INTERRUPTED, hypervisor="qemu", host=host,
+                               timeline=tuple(timeline), stats=stats, raw_query_migrate=live.get("final") or {},
+                               workload_rate=WorkloadRate(before=live.get("before")), guest_continues=None,
+                               events=tuple(events), options=options_record, started_utc=started,
+                               wall_time_s=round(time.monotonic() - wall0, 3))
+            raise MigrationInterrupted(record) from None
 
-    max_throttle = max((p.throttle_pct for p in timeline), default=0.0)
-    last_expected = next((p.expected_downtime_s for p in reversed(timeline) if p.expected_downtime_s is not None),
-                         None)
     final = end.final
-    stats = MigrationStats.from_query_migrate(final, max_throttle, last_expected) if final else MigrationStats()
+    # QEMU leaves the RAM figures out of a cancelled or failed migration's answer: keep the last ones it gave.
+    source = final if final.get("ram") else end.last_known
+    stats = _stats(source, timeline) if source else MigrationStats()
     stats = _fix_postcopy_downtime(stats, timeline, dst_rates, t_start, t_end, events)
     return RunRecord(scenario=scenario, outcome=check.outcome, hypervisor="qemu", host=host, timeline=tuple(timeline),
                      stats=stats, raw_query_migrate=final, workload_rate=rate, guest_continues=check.guest_continues,
                      guest_side=check.guest_side, memory_check=check.memory_check, events=tuple(events),
                      options=options_record, started_utc=started, wall_time_s=round(time.monotonic() - wall0, 3))
+
+
+def _stats(info: dict[str, Any], timeline: Sequence[Poll]) -> MigrationStats:
+    """Statistics from a query-migrate answer, with the highest throttle and last expected downtime seen."""
+    max_throttle = max((p.throttle_pct for p in timeline), default=0.0)
+    last_expected = next((p.expected_downtime_s for p in reversed(timeline) if p.expected_downtime_s is not None),
+                         None)
+    return MigrationStats.from_query_migrate(info, max_throttle, last_expected)
 
 
 def _options_record(opts: MigrateOptions, timeout_s: float, caps: dict[str, bool], params: dict[str, Any],
@@ -404,6 +478,7 @@ STOP_FINAL = "final"  # QEMU reported a final status
 STOP_POSTCOPY_TIMEOUT = "postcopy-timeout"  # post-copy still running at the timeout (it cannot be cancelled)
 STOP_CANCEL_STUCK = "cancel-stuck"  # still not final CANCEL_WAIT_S after migrate_cancel
 STOP_SOURCE_LOST = "source-lost"  # the source stopped answering QMP
+STOP_LINK_LOST = "link-lost"  # the link died during post-copy (which cannot be cancelled)
 
 
 @dataclass(frozen=True)
@@ -417,6 +492,8 @@ class LoopEnd:
     timed_out: bool = False  # we cancelled at our timeout (not because the destination died)
     dst_exit: str = ""  # "destination QEMU exited (status N)" once seen
     source_error: str = ""  # for STOP_SOURCE_LOST: what the source's QMP said (and its exit status)
+    link_lost: str = ""  # "link lost (no byte moved for N s; evidence)" once the link was found dead
+    last_known: dict[str, Any] = field(default_factory=dict)  # the last answer that had RAM figures
 
 
 @dataclass
@@ -427,20 +504,29 @@ class _LoopState:
     postcopy_requested: bool = False
     cancelled: bool = False  # migrate_cancel sent: at our timeout, or after the destination died
     timed_out: bool = False
+    cancelled_at: float | None = None
     dst_dead_since: float | None = None
     dst_exit: str = ""
+    progress_bytes: int = -1
+    progress_t: float | None = None  # when transferred bytes last grew
+    stall_health: LinkHealth | None = None  # the link's counters early in the current stall
+    link_lost: str = ""
+    last_known: dict[str, Any] = field(default_factory=dict)
 
     def end(self, stop: str, final: dict[str, Any], timeout_s: float, source_error: str = "") -> LoopEnd:
-        return LoopEnd(stop, self.status, final, timeout_s, self.timed_out, self.dst_exit, source_error)
+        return LoopEnd(stop, self.status, final, timeout_s, self.timed_out, self.dst_exit, source_error,
+                       self.link_lost, self.last_known)
 
 
 def _poll_loop(run: MigrationRun, target: str, strategy: Strategy, opts: MigrateOptions, timeout_s: float,
                timeline: list[Poll], events: list[tuple[float, str]], rates: tuple[_Rates, _Rates],
-               cap: RoundCap | None = None) -> LoopEnd:
+               cap: RoundCap | None = None, live: dict[str, Any] | None = None) -> LoopEnd:
     """Start the migration and poll ``query-migrate`` until it ends, switching to post-copy, applying the
     round cap and cancelling."""
     src = run.src
     st = _LoopState()
+    if live is not None:
+        live["last_known"] = st.last_known  # the same dict, kept up to date
     bar = _progress_bar(opts.progress)
     try:
         t_start = run.t0 = time.monotonic()
@@ -451,6 +537,11 @@ def _poll_loop(run: MigrationRun, target: str, strategy: Strategy, opts: Migrate
             next_poll += opts.poll_interval_s
             info = src.qmp.query_migrate()
             now = time.monotonic()
+            if info.get("ram"):
+                st.last_known.clear()
+                st.last_known.update(info)
+            if live is not None:
+                live["final"] = info
             poll = Poll.from_query_migrate(now - t_start, info)
             _record_poll(run, poll, st, timeline, events, rates, bar)
             if st.status in FINAL_STATUSES:
@@ -461,6 +552,9 @@ def _poll_loop(run: MigrationRun, target: str, strategy: Strategy, opts: Migrate
                 _apply_round_cap(src, cap, info, poll, events)
             _maybe_start_postcopy(src, strategy, poll, st, events)
             _watch_destination(run, now, poll, st, events)
+            stop = _watch_link(run, now, poll, st, events)
+            if stop:
+                return st.end(stop, info, timeout_s)
             stop = _enforce_timeout(src, now - t_start, timeout_s, poll, st, events)
             if stop:
                 return st.end(stop, info, timeout_s)
@@ -540,6 +634,41 @@ def _watch_destination(run: MigrationRun, now: float, poll: Poll, st: _LoopState
     elif now - st.dst_dead_since > DEST_DEATH_GRACE_S and not st.cancelled:
         run.src.qmp.migrate_cancel()
         st.cancelled = True
+        st.cancelled_at = now
+
+
+def _watch_link(run: MigrationRun, now: float, poll: Poll, st: _LoopState, events: list[tuple[float, str]]) -> str:
+    """A transfer stalled for LINK_STALL_S with the link down (or losing every packet) is a lost link.
+
+    Pre-copy is cancelled then (the source runs on); a post-copy cannot be, so polling stops. A stall alone
+    is not enough (QEMU may be busy); nor is a dead destination, which :func:`_watch_destination` reports.
+    Returns the reason to stop polling, or "".
+    """
+    if poll.transferred_bytes > st.progress_bytes or poll.status not in TRANSFER_STATES:
+        st.progress_bytes, st.progress_t, st.stall_health = poll.transferred_bytes, now, None
+        return ""
+    if st.link_lost or st.progress_t is None or not run.dst.is_running():
+        return ""
+    stalled = now - st.progress_t
+    if st.stall_health is None and stalled >= LINK_STALL_S / 2:
+        st.stall_health = run.link.health()
+        return ""
+    if stalled < LINK_STALL_S and poll.status != "postcopy-paused":
+        return ""
+    evidence = run.link.health().evidence_against(st.stall_health)
+    if not evidence:
+        st.stall_health = None  # look again a while later
+        st.progress_t = now - LINK_STALL_S / 2
+        return ""
+    st.link_lost = f"{OUTCOME_LINK_LOST.removeprefix('failed: ')} (no byte moved for {stalled:.1f} s; {evidence})"
+    events.append((poll.t_s, st.link_lost))
+    if st.status.startswith("postcopy"):
+        return STOP_LINK_LOST
+    if not st.cancelled:
+        run.src.qmp.migrate_cancel()
+        st.cancelled = True
+        st.cancelled_at = now
+    return ""
 
 
 def _enforce_timeout(src: VM, elapsed_s: float, timeout_s: float, poll: Poll, st: _LoopState,
@@ -551,7 +680,8 @@ def _enforce_timeout(src: VM, elapsed_s: float, timeout_s: float, poll: Poll, st
         events.append((poll.t_s, "timeout: migrate_cancel"))
         src.qmp.migrate_cancel()
         st.cancelled = st.timed_out = True
-    if st.cancelled and elapsed_s > timeout_s + CANCEL_WAIT_S:
+        st.cancelled_at = time.monotonic()
+    if st.cancelled and st.cancelled_at is not None and time.monotonic() - st.cancelled_at > CANCEL_WAIT_S:
         return STOP_CANCEL_STUCK
     return ""
 
@@ -563,6 +693,8 @@ def _dst_exit(dst: VM) -> str:
 # -- phase 4: the outcome (pure) ----------------------------------------------------
 def classify_outcome(end: LoopEnd) -> str:
     """The run's outcome from how the poll loop ended: ``completed``, ``cancelled: ...`` or ``failed: reason``."""
+    if end.link_lost and not end.dst_exit and str(end.final.get("status", end.status)) != "completed":
+        return f"failed: {end.link_lost}" + (" after the post-copy switch" if end.stop == STOP_LINK_LOST else "")
     if end.stop == STOP_POSTCOPY_TIMEOUT:
         return f"failed: post-copy still running at the {format_duration(end.timeout_s)} timeout"
     if end.stop == STOP_CANCEL_STUCK:

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 RECORD_SCHEMA_VERSION = 1
 OUTCOME_COMPLETED = "completed"
 OUTCOME_NOT_CONVERGED = "cancelled: did not converge"
+OUTCOME_INTERRUPTED = "interrupted"  # SIGINT or SIGTERM to the runner; everything was torn down
+OUTCOME_LINK_LOST = "failed: link lost"
 
 _MS = 1e-3
 
@@ -202,8 +204,11 @@ class MemoryCheck:
 class RunRecord:
     """One measured migration: scenario, host, timeline, final statistics and outcome.
 
-    ``outcome`` is ``"completed"``, ``"failed: <reason>"`` or
-    ``"cancelled: did not converge"``. ``options`` holds runner settings that
+    ``outcome`` is ``"completed"``, ``"failed: <reason>"`` (``"failed: link
+    lost ..."`` when the transfer stalled with the link down),
+    ``"cancelled: did not converge"`` or ``"interrupted"`` (the runner got
+    SIGINT or SIGTERM). For a run that did not complete, ``stats`` holds the
+    last known values, from the last ``query-migrate`` answer that had them. ``options`` holds runner settings that
     are not part of the scenario (timeout, whether memory was verified, the
     ``max-bandwidth`` actually set, ...). ``events`` are ``(t_s, text)`` marks
     such as the switch to post-copy. ``guest_continues`` says whether the

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     options.require_harness_extra("migrate")
-    from harness.migrate import MigrateOptions, qemu_trace_args, run_migration
+    from harness.migrate import MigrateOptions, MigrationInterrupted, qemu_trace_args, run_migration
     from harness.record import record_path
     from sim.units import format_bytes, format_duration, parse_duration
 
@@ -118,8 +118,15 @@ def run(args: argparse.Namespace) -> int:
                           progress=not args.quiet and sys.stderr.isatty(),
                           keep_logs_in=Path(args.keep_logs) if args.keep_logs else None,
                           src_extra_args=qemu_trace_args(Path(args.qemu_trace)) if args.qemu_trace else ())
-    with options.sigterm_guard():  # so every context manager of the running migration cleans up
-        record = run_migration(scenario, opts)
+    try:
+        with options.sigterm_guard():  # so every context manager of the running migration cleans up
+            record = run_migration(scenario, opts)
+    except MigrationInterrupted as e:
+        # Torn down already; the record says how far it got. One line, no traceback.
+        e.record.save(out)
+        print(f"miglab: interrupted ({e.record.events[-1][1] if e.record.events else 'torn down'}); "
+              f"record -> {out}", file=sys.stderr)
+        return 130
     record.save(out)
     if args.qemu_trace:
         _summarise_qemu_trace(Path(args.qemu_trace))
