@@ -198,6 +198,11 @@ class MemoryCheck:
     pages_differing: int
     first_differing: tuple[int, ...] = ()
     nonzero_pages: int = 0  # pages of the source that are not all zero: each must have crossed the link
+    seconds: float = 0.0  # wall time of the comparison (its cost to the run)
+
+    @property
+    def identical(self) -> bool:
+        return self.pages_differing == 0
 
 
 @dataclass(frozen=True)

@@ -171,3 +171,28 @@ def test_sigterm_to_migrate_writes_the_record_and_leaves_nothing(image, tmp_path
     assert rec.stats.bytes_sent > 0 and rec.timeline  # how far it got
     assert any("SIGTERM" in text for _, text in rec.events)
     assert _leftovers_of(proc.pid) == NOTHING
+
+
+@pytest.mark.vm
+def test_a_differing_page_fails_the_run(image, monkeypatch) -> None:
+    from harness import migrate
+
+    real = migrate.compare_memory
+
+    def corrupt_then_compare(src_path: Path, dst_path: Path, *args: object, **kw: object):
+        with open(dst_path, "r+b") as f:  # the destination is paused: flip one byte of page 1000
+            f.seek(1000 * 4096 + 17)
+            b = f.read(1)
+            f.seek(1000 * 4096 + 17)
+            f.write(bytes([b[0] ^ 0xFF]))
+        return real(src_path, dst_path, *args, **kw)
+
+    monkeypatch.setattr(migrate, "compare_memory", corrupt_then_compare)
+    # verification is on by default for a small pre-copy guest
+    rec = run_migration(_scenario(**{"link.bandwidth_Bps": "400Mbit/s"}), MigrateOptions(image=image, warmup_s=0.5))
+    assert rec.options["verify_memory"] is True and rec.options["verify_memory_default"] is True
+    assert rec.memory_check is not None and rec.memory_check.pages_differing == 1
+    assert rec.memory_check.first_differing == (1000,)
+    assert rec.outcome.startswith("failed: memory differs: 1 of 65536 pages"), rec.outcome
+    assert not rec.completed
+    assert _leftovers_of(os.getpid()) == NOTHING

@@ -389,3 +389,12 @@ def test_round_cap_completes_a_migration_that_would_not_converge(image, clean_ho
     assert k + 2 <= rec.stats.dirty_sync_count <= k + 3, rec.stats.dirty_sync_count
     assert max(p.dirty_sync_count for p in rec.timeline if p.status == "active") <= k + 2
     assert any(text.startswith(f"round cap {k}:") for _, text in rec.events)
+
+
+def test_memory_is_verified_by_default_where_it_is_cheap_and_harmless() -> None:
+    from harness.migrate import VERIFY_MEMORY_MAX_BYTES, verify_memory_by_default
+
+    assert verify_memory_by_default(_scenario())  # pre-copy, 512 MiB
+    assert not verify_memory_by_default(_scenario(**{"strategy.kind": "postcopy"}))  # a paused dst cannot fault
+    assert not verify_memory_by_default(_scenario(**{"strategy.kind": "hybrid"}))
+    assert not verify_memory_by_default(_scenario(**{"workload.memory_bytes": 2 * VERIFY_MEMORY_MAX_BYTES}))

@@ -38,8 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bhyve-rounds", type=int, metavar="K", help="with --stop-rule bhyve: the rounds (default 4)")
     p.add_argument("--timeout", metavar=options.TIME,
                    help="cancel a pre-copy that has not converged after this long (default 120s)")
-    p.add_argument("--verify-memory", action="store_true",
-                   help="keep the destination paused after switchover and compare RAM page by page")
+    p.add_argument("--verify-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the destination paused after switchover and compare RAM page by page; any "
+                        "differing page fails the run (default: on for pre-copy guests up to 1 GiB, where it "
+                        "costs about 3 %% of the run; post-copy only on request, since a paused destination "
+                        "cannot fault pages in)")
     p.add_argument("--warmup", default="2s", metavar=options.TIME,
                    help="workload run time before migrating (default 2s)")
     p.add_argument("--name", metavar="NAME", help="scenario name (default: the output file's stem)")
