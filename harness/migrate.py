@@ -177,8 +177,8 @@ class _InterruptOnce:
         try:
             yield self
         finally:
-            for sig, h in self._previous.items():
-                signal.signal(sig, h)
+            for signum, h in self._previous.items():
+                signal.signal(signum, h)
 
 
 @dataclass
@@ -364,7 +364,7 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
     verify_auto = opts.verify_memory is None
     if verify_auto:
         opts = dataclasses.replace(opts, verify_memory=verify_memory_by_default(scenario))
-    check_migration(scenario.workload.memory_bytes, workload, verify_memory=opts.verify_memory)  # before booting
+    check_migration(scenario.workload.memory_bytes, workload, verify_memory=bool(opts.verify_memory))  # before booting
     timeout_s = opts.timeout_s if opts.timeout_s is not None else scenario.strategy.timeout_s
     qemu = find_qemu()
     host = HostInfo.collect(qemu.path)

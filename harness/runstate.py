@@ -111,7 +111,7 @@ def discard(kind: str, item: Any) -> None:
 
 def stale_states() -> list[tuple[Path, dict[str, Any]]]:
     """State files whose owner is dead (or whose pid now belongs to another process)."""
-    out = []
+    out: list[tuple[Path, dict[str, Any]]] = []
     d = state_dir()
     if not d.is_dir():
         return out
