@@ -279,7 +279,9 @@ def round_cap_for(strategy: Strategy) -> RoundCap | None:
 
 
 def _capabilities(strategy: Strategy) -> dict[str, bool]:
+    # "events": MIGRATION state events, so the destination says when it finished loading (guest_pause)
     return {
+        "events": True,
         "postcopy-ram": strategy.kind in ("postcopy", "hybrid"),
         "auto-converge": strategy.auto_converge,
         "xbzrle": strategy.xbzrle_cache_bytes > 0,
@@ -380,6 +382,7 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
     timeline: list[Poll] = []
     src_rates, dst_rates = _Rates(), _Rates()
 
+    pause: tuple[float, str] | None = None
     live: dict[str, Any] = {}  # what the poll loop has seen so far, for a record of an interrupted run
     guard = _InterruptOnce()
     with guard.installed():
@@ -399,6 +402,12 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
                     end = dataclasses.replace(end, dst_exit=_dst_exit(run.dst))
                     events.append((round(t_end - t_start, 4), end.dst_exit))
                 check = _check_guest(run, opts, classify_outcome(end), src_rates, dst_rates, events)
+                # A post-copy destination held paused (-S) never runs the guest during post-copy: no pause to tell.
+                held = bool(opts.verify_memory)
+                if not (held and scenario.strategy.kind != "precopy"):
+                    pause = guest_pause(_all_events(run.src), _all_events(run.dst), dst_held=held)
+                if pause is not None:
+                    options_record["guest_pause"] = {"end": pause[1], "start": "source STOP event"}
                 rate = _workload_rate(workload, before, src_rates, dst_rates, check.guest_side, t_start, t_end)
                 # the stack closes: QEMU processes, RAM files, run directories, namespaces, forwarders
         except KeyboardInterrupt:
@@ -422,10 +431,57 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
     source = final if final.get("ram") else end.last_known
     stats = _stats(source, timeline) if source else MigrationStats()
     stats = _fix_postcopy_downtime(stats, timeline, dst_rates, t_start, t_end, events)
+    if pause is not None:
+        stats = dataclasses.replace(stats, guest_pause_s=round(pause[0], 6))
     return RunRecord(scenario=scenario, outcome=check.outcome, hypervisor="qemu", host=host, timeline=tuple(timeline),
                      stats=stats, raw_query_migrate=final, workload_rate=rate, guest_continues=check.guest_continues,
                      guest_side=check.guest_side, memory_check=check.memory_check, events=tuple(events),
                      options=options_record, started_utc=started, wall_time_s=round(time.monotonic() - wall0, 3))
+
+
+def _event_time(e: dict[str, Any]) -> float | None:
+    ts = e.get("timestamp") or {}
+    if "seconds" not in ts:
+        return None
+    return float(ts["seconds"]) + float(ts.get("microseconds", 0)) * 1e-6
+
+
+def _all_events(vm: VM) -> list[dict[str, Any]]:
+    """Every QMP event ``vm`` sent so far (one more command first, so the last ones are read off the socket)."""
+    try:
+        if vm.is_running():
+            vm.qmp.status()
+        return vm.qmp.events()
+    except MiglabError:
+        return []
+
+
+def guest_pause(src_events: Sequence[dict[str, Any]], dst_events: Sequence[dict[str, Any]],
+                dst_held: bool = False) -> tuple[float, str] | None:
+    """The pause the guest sees, in seconds, and what ended it; None when it cannot be told.
+
+    From the source's last ``STOP`` event (the guest stops for the switchover) to the destination's first
+    ``RESUME`` after it (the guest runs again there). Both QEMUs stamp events with the host's real-time clock
+    (``g_get_real_time``), and both run on this host, so the two stamps are on one clock. A destination kept
+    paused for memory verification (``-S``, ``dst_held``) never resumes by itself: then the end is its ``MIGRATION``
+    ``completed`` event, which QEMU sends right where it would have resumed the guest
+    (``process_incoming_migration_bh``).
+    """
+    stops = [t for e in src_events if e.get("event") == "STOP" and (t := _event_time(e)) is not None]
+    if not stops:
+        return None
+    t_stop = stops[-1]
+    resumes = [t for e in dst_events if e.get("event") == "RESUME" and (t := _event_time(e)) is not None
+               and t >= t_stop]
+    done = [t for e in dst_events if e.get("event") == "MIGRATION" and (e.get("data") or {}).get("status")
+            == "completed" and (t := _event_time(e)) is not None and t >= t_stop]
+    if dst_held:
+        if not done:
+            return None
+        return done[0] - t_stop, "destination MIGRATION completed event (kept paused: -S)"
+    if resumes:
+        return resumes[0] - t_stop, "destination RESUME event"
+    return None
 
 
 def _stats(info: dict[str, Any], timeline: Sequence[Poll]) -> MigrationStats:

@@ -145,6 +145,9 @@ class MigrationStats:
     downtime_bytes: int = 0
     xbzrle_cache_miss: int = 0
     xbzrle_bytes: int = 0
+    #: The pause the guest sees: the source's STOP event to the destination's RESUME event, both stamped by
+    #: QEMU on this host's one clock (see :func:`harness.migrate.guest_pause`); None when not measurable.
+    guest_pause_s: float | None = None
 
     @classmethod
     def from_query_migrate(cls, info: dict[str, Any], max_throttle_pct: float = 0.0,

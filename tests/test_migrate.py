@@ -257,6 +257,9 @@ def test_precopy_completes_with_identical_memory(image, clean_host, tmp_path: Pa
     assert s.normal_pages >= rec.memory_check.nonzero_pages
     assert s.duplicate_pages > 0  # most of 512 MiB is zero pages
     assert 0 < s.downtime_s < s.total_time_s  # how short it is depends on the host's load: a benchmark's job
+    # the pause the guest saw, from QEMU's own event stamps (the destination was held for the comparison)
+    assert s.guest_pause_s is not None and 0 < s.guest_pause_s < s.total_time_s
+    assert "MIGRATION completed" in rec.options["guest_pause"]["end"]
     assert s.dirty_sync_count >= 2
     # No faster than the link (how much slower is the host's load).
     assert s.total_time_s >= 0.9 * s.bytes_sent / LINK_BPS
@@ -292,6 +295,8 @@ def test_postcopy_completes_with_page_requests(image, clean_host) -> None:
     assert any(p.status == "postcopy-active" for p in rec.timeline)
     s = rec.stats
     assert s.postcopy_requests > 0  # the running destination faulted pages in over the link
+    assert s.guest_pause_s is not None and 0 < s.guest_pause_s < s.total_time_s
+    assert rec.options["guest_pause"]["end"] == "destination RESUME event"
     assert s.postcopy_bytes > 32 * MiB
     assert 0 < s.downtime_s < s.total_time_s
     assert s.total_time_s >= 0.9 * s.bytes_sent / LINK_BPS
@@ -398,3 +403,20 @@ def test_memory_is_verified_by_default_where_it_is_cheap_and_harmless() -> None:
     assert not verify_memory_by_default(_scenario(**{"strategy.kind": "postcopy"}))  # a paused dst cannot fault
     assert not verify_memory_by_default(_scenario(**{"strategy.kind": "hybrid"}))
     assert not verify_memory_by_default(_scenario(**{"workload.memory_bytes": 2 * VERIFY_MEMORY_MAX_BYTES}))
+
+
+def test_guest_pause_is_source_stop_to_destination_resume_on_one_clock() -> None:
+    from harness.migrate import guest_pause
+
+    def ev(name: str, t: float, **data: object) -> dict[str, object]:
+        return {"event": name, "timestamp": {"seconds": int(t), "microseconds": round((t % 1) * 1e6)},
+                "data": data}
+
+    src = [ev("STOP", 100.250000)]
+    dst = [ev("RESUME", 99.0), ev("MIGRATION", 100.30, status="completed"), ev("RESUME", 100.331500)]
+    pause = guest_pause(src, dst)
+    assert pause is not None and pause[0] == pytest.approx(0.0815) and "RESUME" in pause[1]
+    # held paused for memory verification: the end is where it finished loading
+    held = guest_pause(src, [ev("MIGRATION", 100.30, status="completed"), ev("RESUME", 102.0)], dst_held=True)
+    assert held is not None and held[0] == pytest.approx(0.05) and "MIGRATION completed" in held[1]
+    assert guest_pause([], dst) is None and guest_pause(src, [ev("RESUME", 99.0)]) is None

@@ -135,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
         _summarise_qemu_trace(Path(args.qemu_trace))
     s = record.stats
     print(f"{record.outcome}: total {format_duration(s.total_time_s or float('nan'))}, downtime "
-          f"{format_duration(s.downtime_s or float('nan'))}, sent {format_bytes(s.bytes_sent)}, "
+          f"{format_duration(s.downtime_s or float('nan'))}"
+          + (f" (guest paused {format_duration(s.guest_pause_s)})" if s.guest_pause_s is not None else "")
+          + f", sent {format_bytes(s.bytes_sent)}, "
           f"{s.dirty_sync_count} syncs, {s.postcopy_requests} post-copy requests; guest continues on "
           f"{record.guest_side or '-'}: {record.guest_continues}"
           + (f"; {record.memory_check.pages_differing} pages differ" if record.memory_check else "")

@@ -33,8 +33,8 @@ MODEL_TRAIN = "miglab-train"
 MODEL_DEFAULT = "miglab-uncalibrated"
 BASELINES: tuple[str, ...] = ("geometric", "simgrid", "qemu-expected-downtime")
 MODELS: tuple[str, ...] = (MODEL_HELDOUT, MODEL_TRAIN, MODEL_DEFAULT, *BASELINES)
-COMPARED: tuple[str, ...] = ("total_time_s", "downtime_s", "bytes_sent", "dirty_sync_count", "postcopy_requests",
-                             "converged")
+COMPARED: tuple[str, ...] = ("total_time_s", "downtime_s", "guest_pause_s", "bytes_sent", "dirty_sync_count",
+                             "postcopy_requests", "converged")
 TABLE_COLUMNS: tuple[str, ...] = ("scenario", "workload", "link", "strategy", "strategy_kind", "repetition", "run",
                                   "outcome", "model", "fold", "metric", "predicted", "measured", "error",
                                   "abs_error", "rel_error", "abs_rel_error")
@@ -165,7 +165,8 @@ def measured_metrics(run: ValidatedRun) -> dict[str, float]:
     kind = run.record.scenario.strategy.kind
     m: dict[str, float] = {"converged": float(run.record.completed)}
     if run.record.completed:
-        for k in ("total_time_s", "downtime_s"):
+        # guest_pause_s: QMP STOP (source) to RESUME (destination); only records since it was measured have it
+        for k in ("total_time_s", "downtime_s", "guest_pause_s"):
             v = getattr(s, k)
             if v is not None:
                 m[k] = float(v)

@@ -252,7 +252,7 @@ def _errors(errs: Any, table: Any) -> list[str]:
 def _error_cell(metric: str, r: Any) -> str:
     if metric == "dirty_sync_count":
         return f"{r['exact_share'] * 100:.0f} % exact, median |err| {r['median_abs']:.0f} (n={r['n']})"
-    if metric == "downtime_s":
+    if metric in ("downtime_s", "guest_pause_s"):
         return (f"{_pct(r['median_abs_rel'])} / {_pct(r['p90_abs_rel'])}; "
                 f"{r['median_abs'] * 1e3:.1f} / {r['p90_abs'] * 1e3:.1f} ms (n={r['n']})")
     return f"{_pct(r['median_abs_rel'])} / {_pct(r['p90_abs_rel'])} (n={r['n']})"
