@@ -196,3 +196,22 @@ def test_a_differing_page_fails_the_run(image, monkeypatch) -> None:
     assert rec.outcome.startswith("failed: memory differs: 1 of 65536 pages"), rec.outcome
     assert not rec.completed
     assert _leftovers_of(os.getpid()) == NOTHING
+
+
+@pytest.mark.vm
+def test_link_cut_after_the_postcopy_switch_is_a_lost_link(image) -> None:
+    cut: list[float] = []
+
+    def cut_link(poll: Poll, run: MigrationRun) -> None:
+        if not cut and poll.status == "postcopy-active" and poll.transferred_bytes > 8 * MiB:
+            run.link.cut()
+            cut.append(poll.t_s)
+
+    rec = run_migration(_scenario(**{"strategy.kind": "postcopy"}),
+                        MigrateOptions(image=image, warmup_s=1.0, on_poll=cut_link))
+    assert cut
+    assert rec.outcome.startswith(OUTCOME_LINK_LOST) and rec.outcome.endswith("after the post-copy switch"), \
+        rec.outcome
+    assert rec.stats.bytes_sent > 8 * MiB  # the last known figures, not zeros
+    assert rec.timeline[-1].t_s < 40.0  # not the timeout
+    assert _leftovers_of(os.getpid()) == NOTHING
