@@ -57,6 +57,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from harness import runstate
 from sim.errors import ConfigError, MiglabError
 from sim.interrupt import sigterm_as_interrupt
 from sim.units import format_duration
@@ -123,13 +124,16 @@ def delete_namespace(ns: str) -> None:
 def cleanup_stale() -> list[str]:
     """Clean up after runners that died without cleaning up (SIGKILL); return what was removed.
 
+    First what dead runs wrote down (:mod:`harness.runstate`: their processes,
+    namespaces, RAM files and run directories, by name, whatever the names).
+    Then, for runs older than the state files, by name:
     Namespaces ``miglab-<role>-<pid>-<hex>`` whose creating pid is gone are
     deleted, with the guests still running in them; then that dead runner's
     guest RAM files ``/dev/shm/miglab-<pid>-*`` and run directories
     ``<tmp>/miglab-<pid>-*`` (the naming of :mod:`harness.vm`) go too. The pid
     in the names keeps a live run's link and files out of reach.
     """
-    removed: list[str] = []
+    removed: list[str] = _cleanup_recorded()
     dead: set[str] = set()
     for ns in list_namespaces():
         m = re.fullmatch(r"miglab-[a-z]+-(\d+)-[0-9a-f]+", ns)
@@ -144,6 +148,32 @@ def cleanup_stale() -> list[str]:
             else:
                 path.unlink(missing_ok=True)
             removed.append(str(path))
+    return removed
+
+
+def _cleanup_recorded() -> list[str]:
+    """Remove everything the state files of dead runs list; return what was removed."""
+    removed: list[str] = []
+    for path, data in runstate.stale_states():
+        for pid, marker in data.get("pids") or []:
+            if runstate.process_matches(int(pid), str(marker)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(pid), signal.SIGKILL)
+                removed.append(f"process {pid}")
+        existing = set(list_namespaces())
+        for ns in data.get("namespaces") or []:
+            if ns in existing:
+                delete_namespace(ns)
+                removed.append(ns)
+        for item in data.get("paths") or []:
+            p = Path(item)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(str(p))
+            elif p.exists():
+                p.unlink(missing_ok=True)
+                removed.append(str(p))
+        runstate.remove_file(path)
     return removed
 
 
@@ -168,6 +198,26 @@ class LinkMeasurement:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class LinkHealth:
+    """What :meth:`ShapedLink.health` saw: ends that are not up, and the packets out of the source and
+    into the destination (each counts both directions' traffic at that end: data out, acks in)."""
+
+    down: tuple[str, ...]
+    src_tx_packets: int
+    dst_rx_packets: int
+
+    def evidence_against(self, earlier: LinkHealth | None) -> str:
+        """Why the link is lost, compared with an ``earlier`` look ("" when nothing says so)."""
+        if self.down:
+            return "; ".join(self.down)
+        if earlier is not None and self.src_tx_packets > earlier.src_tx_packets \
+                and self.dst_rx_packets == earlier.dst_rx_packets:
+            return (f"the source sent {self.src_tx_packets - earlier.src_tx_packets} packets, the destination "
+                    "received none")
+        return ""
 
 
 class ShapedLink:
@@ -221,6 +271,7 @@ class ShapedLink:
         if os.geteuid() != 0:
             raise LinkError("a shaped link needs root (network namespaces and tc)")
         for ns in self.namespaces:
+            runstate.add("namespaces", ns)  # before it exists: a kill right after still leaves it findable
             _run(["ip", "netns", "add", ns])
             self._created.append(ns)
             _run(["ip", "-n", ns, "link", "set", "lo", "up"])
@@ -266,11 +317,45 @@ class ShapedLink:
         """Kill forwarders and everything left in our namespaces; delete the namespaces. Idempotent."""
         for proc in self._forwarders.values():
             _stop(proc)
+            runstate.discard("pids", [proc.pid, "harness.link"])
         self._forwarders.clear()
         for ns in reversed(self._created):
             delete_namespace(ns)
         self._created.clear()
+        for ns in self.namespaces:
+            runstate.discard("namespaces", ns)
         self._up = False
+
+    # -- health ----------------------------------------------------------------------
+    def interfaces(self) -> tuple[tuple[str, str], ...]:
+        """(namespace, device) of every link end, source to destination."""
+        return ((self.src_ns, "eth0"), (self.mid_ns, "to-src"), (self.mid_ns, "to-dst"), (self.dst_ns, "eth0"))
+
+    def health(self) -> LinkHealth:
+        """The link's own view of itself: which ends are not up, and the packet counters at both ends."""
+        down: list[str] = []
+        stats: dict[tuple[str, str], dict[str, Any]] = {}
+        for ns, dev in self.interfaces():
+            out = _run(["ip", "-n", ns, "-j", "-s", "link", "show", "dev", dev], check=False).stdout
+            try:
+                info = json.loads(out)[0]
+            except (ValueError, IndexError, KeyError):
+                down.append(f"{ns}/{dev} missing")
+                continue
+            stats[(ns, dev)] = info.get("stats64") or info.get("stats") or {}
+            # operstate LOWERLAYERDOWN / DOWN: this end, or its veth peer, is down
+            if "UP" not in info.get("flags", ()) or info.get("operstate") not in ("UP", "UNKNOWN"):
+                down.append(f"{dev} in {ns.split('-')[1]} {str(info.get('operstate', '?')).lower()}")
+
+        def packets(ns: str, dev: str, way: str) -> int:
+            return int(((stats.get((ns, dev)) or {}).get(way) or {}).get("packets", 0))
+
+        return LinkHealth(tuple(down), packets(self.src_ns, "eth0", "tx"), packets(self.dst_ns, "eth0", "rx"))
+
+    def cut(self) -> None:
+        """Take the middle's two ends down, as a failed switch or cable would (fault injection)."""
+        for ns, dev in ((self.mid_ns, "to-src"), (self.mid_ns, "to-dst")):
+            _run(["ip", "-n", ns, "link", "set", dev, "down"])
 
     # -- use -------------------------------------------------------------------------
     def forward(self, port: int) -> tuple[str, int]:
@@ -290,6 +375,7 @@ class ShapedLink:
                 "--listen", f"{MID_SRC_IP}:{port}", "--connect", f"{DST_IP}:{port}",
                 "--delay", repr(self.rtt_s / 2), "--bandwidth", repr(self.bandwidth_Bps)]
         proc = _start_ready(argv, f"forwarder for port {port}")
+        runstate.add("pids", [proc.pid, "harness.link"])
         self._forwarders[port] = proc
         return (MID_SRC_IP, port)
 
@@ -382,10 +468,73 @@ def _addr(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class _ITimerSpec(ctypes.Structure):
+    _fields_ = [("interval_s", ctypes.c_long), ("interval_ns", ctypes.c_long),
+                ("value_s", ctypes.c_long), ("value_ns", ctypes.c_long)]
+
+
+_CLOCK_MONOTONIC = 1  # time.monotonic() and asyncio's loop.time() read this clock
+_TFD_NONBLOCK_CLOEXEC = os.O_NONBLOCK | os.O_CLOEXEC
+_TFD_TIMER_ABSTIME = 1
+
+
+class _DelayTimer:
+    """Sleep until an absolute ``loop.time()`` with sub-millisecond precision.
+
+    asyncio's own timers wait in epoll, which counts whole milliseconds,
+    rounding up: a 0.5 ms wait becomes 1 ms, and the earlier fix of aiming
+    half a millisecond early turned the 0.5 ms each way of a 1 ms RTT link
+    into no wait at all (measured 0.17 ms RTT on a 1 ms link). A timerfd
+    (Linux, through libc) armed at the absolute deadline on CLOCK_MONOTONIC
+    becomes readable exactly then, and the loop wakes on it like on a socket,
+    so neither direction ever blocks the other. Without timerfd it falls back
+    to asyncio's timer centred on the millisecond grid.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.fd = -1
+        with contextlib.suppress(OSError, AttributeError):
+            self._libc = ctypes.CDLL(None, use_errno=True)
+            fd = self._libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK_CLOEXEC)
+            self.fd = fd if isinstance(fd, int) and fd >= 0 else -1
+
+    async def sleep_until(self, due: float) -> None:
+        if due <= self.loop.time():
+            return
+        if self.fd < 0:
+            await asyncio.sleep(max(0.0, due - self.loop.time() - TIMER_CENTRING_S))
+            return
+        sec = int(due)
+        spec = _ITimerSpec(0, 0, sec, int((due - sec) * 1e9))
+        if self._libc.timerfd_settime(self.fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+            await asyncio.sleep(max(0.0, due - self.loop.time()))
+            return
+        fired = self.loop.create_future()
+
+        def on_expiry() -> None:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.fd, 8)
+            if not fired.done():
+                fired.set_result(None)
+
+        self.loop.add_reader(self.fd, on_expiry)
+        try:
+            await fired
+        finally:
+            self.loop.remove_reader(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float,
                 max_buffer: int) -> None:
     """Copy reader→writer, each chunk leaving ``delay_s`` after it arrived; EOF is forwarded too."""
     loop = asyncio.get_running_loop()
+    timer = _DelayTimer(loop)
     queue: deque[tuple[float, bytes]] = deque()
     queued = 0
     have_data = asyncio.Event()
@@ -410,11 +559,7 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
         while True:
             await have_data.wait()
             due, data = queue[0]
-            # epoll waits in whole milliseconds, rounding up: aim half a millisecond early so
-            # the timer error is centred on zero instead of adding 0.5 ms per hop on average.
-            wait = due - loop.time() - TIMER_CENTRING_S
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await timer.sleep_until(due)
             queue.popleft()
             if not queue:
                 have_data.clear()
@@ -428,7 +573,10 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
             if queued <= max_buffer:
                 room.set()
 
-    await asyncio.gather(inbound(), outbound())
+    try:
+        await asyncio.gather(inbound(), outbound())
+    finally:
+        timer.close()
 
 
 def _nodelay(writer: asyncio.StreamWriter) -> None:

@@ -32,7 +32,11 @@ What happens:
    lines (the guest runs on). With ``verify_memory`` the destination starts
    with ``-S`` (it stays paused after the switchover; post-copy then completes
    by background push alone, without faults), both RAM files are compared
-   page by page, and only then is the destination resumed and watched.
+   page by page, and only then is the destination resumed and watched. Any
+   differing page fails the run (``failed: memory differs ...``).
+   ``verify_memory=None`` (the default) verifies what it can verify cheaply
+   without changing what is measured (:func:`verify_memory_by_default`):
+   pre-copy runs of guests up to ``VERIFY_MEMORY_MAX_BYTES``.
 
 ``max-bandwidth``: QEMU's default is 128 MiB/s, which would silently cap fast
 links. It is set to ``link.migration_cap_Bps`` when the scenario has one,
@@ -48,9 +52,11 @@ import contextlib
 import dataclasses
 import logging
 import re
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,11 +64,13 @@ from typing import Any
 import numpy as np
 
 from harness.guest import GuestImage, GuestWorkload, parse_workload
-from harness.link import ShapedLink, cleanup_stale
+from harness.link import LinkHealth, ShapedLink, cleanup_stale
 from harness.preflight import check_migration
 from harness.qmp import QMPError
 from harness.record import (
     OUTCOME_COMPLETED,
+    OUTCOME_INTERRUPTED,
+    OUTCOME_LINK_LOST,
     OUTCOME_NOT_CONVERGED,
     HostInfo,
     MemoryCheck,
@@ -72,6 +80,7 @@ from harness.record import (
     WorkloadRate,
     utc_now,
 )
+from harness.roundcap import RoundCap
 from harness.vm import VM, Console, VMConfig, find_qemu
 from sim.errors import ConfigError, MiglabError
 from sim.scenario import Scenario, Strategy
@@ -84,12 +93,26 @@ from sim.units import (
 log = logging.getLogger(__name__)
 
 RUNNER_STRATEGIES: tuple[str, ...] = ("precopy", "postcopy", "hybrid")
+#: Stop rules QEMU can run: its own threshold, and bhyve's fixed rounds through a round cap (harness.roundcap).
+RUNNER_STOP_RULES: tuple[str, ...] = ("qemu", "bhyve")
+#: The live downtime-limit under the ``bhyve`` rule: QEMU's smallest, so that its threshold (bandwidth x limit)
+#: practically never ends the live phase before the round cap does -- bhyve has no threshold.
+BHYVE_LIVE_DOWNTIME_LIMIT_MS = 1
 MIGRATION_PORT = 4444
 POLL_INTERVAL_S = 0.05  # 20 Hz, like guestperf's 50 ms
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 DEST_DEATH_GRACE_S = 5.0
 CANCEL_WAIT_S = 10.0
 DEST_START_TIMEOUT_S = 15.0
+#: Memory verification is on by default for pre-copy guests up to this size. Measured on 512 MiB guests on
+#: 2 shared cores: the page-by-page comparison took 0.57-0.79 s alone (load 8.7), and 1.65 s of a 42.5 s
+#: run at load 9 (3.9 %; a 22 s run at load 7 spends about 3 %); it grows with guest size as the run does; post-copy and hybrid are verified only on request, because a destination
+#: kept paused for the comparison cannot fault pages in (the run would no longer measure post-copy).
+VERIFY_MEMORY_MAX_BYTES = 1 << 30
+#: No byte moved for this long during a transfer: look at the link (a stall alone is not a link failure).
+LINK_STALL_S = 3.0
+#: query-migrate states in which bytes should be moving.
+TRANSFER_STATES = ("active", "postcopy-active", "postcopy-paused", "device")
 _PROGRESS_LINE = re.compile(r"^miglab-(load|redis|idle) t=([0-9.]+)(?:.*?\brate=([0-9.]+))?")
 
 
@@ -104,7 +127,7 @@ class MigrateOptions:
     """
 
     timeout_s: float | None = None
-    verify_memory: bool = False
+    verify_memory: bool | None = None  # None: verify_memory_by_default(scenario)
     warmup_s: float = 2.0
     watch_after_s: float = 3.0
     boot_timeout_s: float = 90.0
@@ -117,6 +140,45 @@ class MigrateOptions:
     #: migration thread's own decisions (pending estimates, thresholds, bitmap syncs).
     src_extra_args: tuple[str, ...] = ()
     on_poll: Callable[[Poll, MigrationRun], None] | None = field(default=None, compare=False)
+
+
+class MigrationInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run; everything is torn down and ``record`` (outcome ``interrupted``) says
+    what had happened until then. A KeyboardInterrupt, so callers that do not care still stop."""
+
+    def __init__(self, record: RunRecord) -> None:
+        super().__init__(record.outcome)
+        self.record = record
+
+
+class _InterruptOnce:
+    """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are noted and ignored, so the teardown
+    that the first one starts runs to the end (a second Ctrl-C used to cut it short, leaving RAM files)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: str = ""
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.received:
+            return
+        self.received = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_InterruptOnce]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handler)
+        try:
+            yield self
+        finally:
+            for signum, h in self._previous.items():
+                signal.signal(signum, h)
 
 
 @dataclass
@@ -174,11 +236,52 @@ def validate_for_qemu(scenario: Scenario) -> GuestWorkload:
         raise ConfigError("QEMU cannot combine multifd with xbzrle; choose one")
     if s.multifd_channels > 1 and s.kind != "precopy":
         raise ConfigError("QEMU cannot combine multifd with post-copy; use --strategy precopy")
+    if s.stop_rule not in RUNNER_STOP_RULES:
+        raise ConfigError(f"stop rule {s.stop_rule!r} cannot be run on QEMU (choose from "
+                          f"{', '.join(RUNNER_STOP_RULES)}; bhyve's fixed rounds run as a round cap)")
+    capped = s.stop_rule == "bhyve" or s.max_rounds is not None
+    if capped and s.kind != "precopy":
+        raise ConfigError("a round cap (--max-rounds, stop rule bhyve) runs on QEMU with --strategy precopy only")
+    if s.max_rounds is not None and s.stop_rule == "qemu" and s.on_round_limit != "switchover":
+        raise ConfigError("max_rounds: the QEMU runner applies a round cap as a forced switchover; "
+                          "set strategy.on_round_limit = \"switchover\" (miglab migrate --max-rounds does)")
     return parse_workload(w.spec, w.memory_bytes)
 
 
+def verify_memory_by_default(scenario: Scenario) -> bool:
+    """Whether a run verifies memory when not told: pre-copy, guest up to VERIFY_MEMORY_MAX_BYTES, RAM in /dev/shm."""
+    from harness.preflight import choose_backing
+
+    mem = scenario.workload.memory_bytes
+    return (scenario.strategy.kind == "precopy" and mem <= VERIFY_MEMORY_MAX_BYTES
+            and choose_backing(mem) == "shm")
+
+
+def round_cap_for(strategy: Strategy) -> RoundCap | None:
+    """The round cap a scenario asks for, or None.
+
+    ``stop_rule = "bhyve"``: ``bhyve_rounds`` rounds and no threshold (the
+    live downtime-limit is :data:`BHYVE_LIVE_DOWNTIME_LIMIT_MS`). Otherwise
+    ``max_rounds`` with ``on_round_limit = "switchover"``: QEMU's threshold
+    as usual, and a switchover after ``max_rounds`` rounds at the latest. In
+    both cases, once ``dirty-sync-count`` shows K rounds ended (K + 1, the
+    setup sync included), ``downtime-limit`` is raised to QEMU's maximum and
+    QEMU's next iteration check completes -- guestperf's way of ending a
+    migration after ``max_iters``.
+    """
+    if strategy.kind != "precopy":
+        return None
+    if strategy.stop_rule == "bhyve":
+        return RoundCap(int(strategy.bhyve_rounds))
+    if strategy.max_rounds is not None and strategy.on_round_limit == "switchover":
+        return RoundCap(int(strategy.max_rounds))
+    return None
+
+
 def _capabilities(strategy: Strategy) -> dict[str, bool]:
+    # "events": MIGRATION state events, so the destination says when it finished loading (guest_pause)
     return {
+        "events": True,
         "postcopy-ram": strategy.kind in ("postcopy", "hybrid"),
         "auto-converge": strategy.auto_converge,
         "xbzrle": strategy.xbzrle_cache_bytes > 0,
@@ -190,8 +293,9 @@ def migration_parameters(scenario: Scenario) -> dict[str, Any]:
     """The ``migrate-set-parameters`` arguments for a scenario (QMP names and units)."""
     s, link = scenario.strategy, scenario.link
     cap = link.migration_cap_Bps if link.migration_cap_Bps is not None else link.bandwidth_Bps
+    limit_ms = BHYVE_LIVE_DOWNTIME_LIMIT_MS if s.stop_rule == "bhyve" else max(1, int(round(s.downtime_limit_s * 1000)))
     params: dict[str, Any] = {
-        "downtime-limit": max(1, int(round(s.downtime_limit_s * 1000))),
+        "downtime-limit": limit_ms,
         "max-bandwidth": int(cap),
     }
     if s.auto_converge:
@@ -259,7 +363,10 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
     """
     opts = options or MigrateOptions()
     workload = validate_for_qemu(scenario)
-    check_migration(scenario.workload.memory_bytes, workload, verify_memory=opts.verify_memory)  # before booting
+    verify_auto = opts.verify_memory is None
+    if verify_auto:
+        opts = dataclasses.replace(opts, verify_memory=verify_memory_by_default(scenario))
+    check_migration(scenario.workload.memory_bytes, workload, verify_memory=bool(opts.verify_memory))  # before booting
     timeout_s = opts.timeout_s if opts.timeout_s is not None else scenario.strategy.timeout_s
     qemu = find_qemu()
     host = HostInfo.collect(qemu.path)
@@ -269,34 +376,120 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
     params = migration_parameters(scenario)
     caps = _capabilities(scenario.strategy)
     options_record = _options_record(opts, timeout_s, caps, params, workload, qemu.version_line)
+    options_record["verify_memory_default"] = verify_auto
+    cap = round_cap_for(scenario.strategy)
     events: list[tuple[float, str]] = []
     timeline: list[Poll] = []
     src_rates, dst_rates = _Rates(), _Rates()
 
-    with contextlib.ExitStack() as stack:
-        run = _start_guests(stack, scenario, workload, opts, options_record)
-        before = _warm_up(run.src, src_rates, opts)
-        target = _configure(run, caps, params)
-        end = _poll_loop(run, target, scenario.strategy, opts, timeout_s, timeline, events, (src_rates, dst_rates))
-        t_start, t_end = run.t0, time.monotonic()
-        if end.status != "completed" and not end.dst_exit and not run.dst.is_running():
-            # The source often notices the broken stream before a poll sees the destination gone.
-            end = dataclasses.replace(end, dst_exit=_dst_exit(run.dst))
-            events.append((round(t_end - t_start, 4), end.dst_exit))
-        check = _check_guest(run, opts, classify_outcome(end), src_rates, dst_rates, events)
-        rate = _workload_rate(workload, before, src_rates, dst_rates, check.guest_side, t_start, t_end)
-        # the stack closes: QEMU processes, RAM files, run directories, namespaces, forwarders
+    pause: tuple[float, str] | None = None
+    live: dict[str, Any] = {}  # what the poll loop has seen so far, for a record of an interrupted run
+    guard = _InterruptOnce()
+    with guard.installed():
+        try:
+            with contextlib.ExitStack() as stack:
+                run = _start_guests(stack, scenario, workload, opts, options_record)
+                live["run"] = run
+                before = live["before"] = _warm_up(run.src, src_rates, opts)
+                target = _configure(run, caps, params)
+                end = _poll_loop(run, target, scenario.strategy, opts, timeout_s, timeline, events,
+                                 (src_rates, dst_rates), cap, live)
+                if cap is not None:
+                    options_record["round_cap"] = _round_cap_record(cap, params, events)
+                t_start, t_end = run.t0, time.monotonic()
+                if end.status != "completed" and not end.dst_exit and not run.dst.is_running():
+                    # The source often notices the broken stream before a poll sees the destination gone.
+                    end = dataclasses.replace(end, dst_exit=_dst_exit(run.dst))
+                    events.append((round(t_end - t_start, 4), end.dst_exit))
+                check = _check_guest(run, opts, classify_outcome(end), src_rates, dst_rates, events)
+                # A post-copy destination held paused (-S) never runs the guest during post-copy: no pause to tell.
+                held = bool(opts.verify_memory)
+                if not (held and scenario.strategy.kind != "precopy"):
+                    pause = guest_pause(_all_events(run.src), _all_events(run.dst), dst_held=held)
+                if pause is not None:
+                    options_record["guest_pause"] = {"end": pause[1], "start": "source STOP event"}
+                rate = _workload_rate(workload, before, src_rates, dst_rates, check.guest_side, t_start, t_end)
+                # the stack closes: QEMU processes, RAM files, run directories, namespaces, forwarders
+        except KeyboardInterrupt:
+            # Everything is torn down (the stack unwound with further signals ignored); say what happened.
+            run_ = live.get("run")
+            t_rel = round(time.monotonic() - run_.t0, 4) if run_ is not None and run_.t0 else 0.0
+            events.append((t_rel, f"interrupted by {guard.received or 'KeyboardInterrupt'}; torn down"))
+            if cap is not None:
+                options_record["round_cap"] = _round_cap_record(cap, params, events)
+            last = live.get("last_known") or {}
+            stats = _stats(last, timeline) if last else MigrationStats()
+            record = RunRecord(scenario=scenario, outcome=OUTCOME_INTERRUPTED, hypervisor="qemu", host=host,
+                               timeline=tuple(timeline), stats=stats, raw_query_migrate=live.get("final") or {},
+                               workload_rate=WorkloadRate(before=live.get("before")), guest_continues=None,
+                               events=tuple(events), options=options_record, started_utc=started,
+                               wall_time_s=round(time.monotonic() - wall0, 3))
+            raise MigrationInterrupted(record) from None
 
-    max_throttle = max((p.throttle_pct for p in timeline), default=0.0)
-    last_expected = next((p.expected_downtime_s for p in reversed(timeline) if p.expected_downtime_s is not None),
-                         None)
     final = end.final
-    stats = MigrationStats.from_query_migrate(final, max_throttle, last_expected) if final else MigrationStats()
+    # QEMU leaves the RAM figures out of a cancelled or failed migration's answer: keep the last ones it gave.
+    source = final if final.get("ram") else end.last_known
+    stats = _stats(source, timeline) if source else MigrationStats()
     stats = _fix_postcopy_downtime(stats, timeline, dst_rates, t_start, t_end, events)
+    if pause is not None:
+        stats = dataclasses.replace(stats, guest_pause_s=round(pause[0], 6))
     return RunRecord(scenario=scenario, outcome=check.outcome, hypervisor="qemu", host=host, timeline=tuple(timeline),
                      stats=stats, raw_query_migrate=final, workload_rate=rate, guest_continues=check.guest_continues,
                      guest_side=check.guest_side, memory_check=check.memory_check, events=tuple(events),
                      options=options_record, started_utc=started, wall_time_s=round(time.monotonic() - wall0, 3))
+
+
+def _event_time(e: dict[str, Any]) -> float | None:
+    ts = e.get("timestamp") or {}
+    if "seconds" not in ts:
+        return None
+    return float(ts["seconds"]) + float(ts.get("microseconds", 0)) * 1e-6
+
+
+def _all_events(vm: VM) -> list[dict[str, Any]]:
+    """Every QMP event ``vm`` sent so far (one more command first, so the last ones are read off the socket)."""
+    try:
+        if vm.is_running():
+            vm.qmp.status()
+        return vm.qmp.events()
+    except MiglabError:
+        return []
+
+
+def guest_pause(src_events: Sequence[dict[str, Any]], dst_events: Sequence[dict[str, Any]],
+                dst_held: bool = False) -> tuple[float, str] | None:
+    """The pause the guest sees, in seconds, and what ended it; None when it cannot be told.
+
+    From the source's last ``STOP`` event (the guest stops for the switchover) to the destination's first
+    ``RESUME`` after it (the guest runs again there). Both QEMUs stamp events with the host's real-time clock
+    (``g_get_real_time``), and both run on this host, so the two stamps are on one clock. A destination kept
+    paused for memory verification (``-S``, ``dst_held``) never resumes by itself: then the end is its ``MIGRATION``
+    ``completed`` event, which QEMU sends right where it would have resumed the guest
+    (``process_incoming_migration_bh``).
+    """
+    stops = [t for e in src_events if e.get("event") == "STOP" and (t := _event_time(e)) is not None]
+    if not stops:
+        return None
+    t_stop = stops[-1]
+    resumes = [t for e in dst_events if e.get("event") == "RESUME" and (t := _event_time(e)) is not None
+               and t >= t_stop]
+    done = [t for e in dst_events if e.get("event") == "MIGRATION" and (e.get("data") or {}).get("status")
+            == "completed" and (t := _event_time(e)) is not None and t >= t_stop]
+    if dst_held:
+        if not done:
+            return None
+        return done[0] - t_stop, "destination MIGRATION completed event (kept paused: -S)"
+    if resumes:
+        return resumes[0] - t_stop, "destination RESUME event"
+    return None
+
+
+def _stats(info: dict[str, Any], timeline: Sequence[Poll]) -> MigrationStats:
+    """Statistics from a query-migrate answer, with the highest throttle and last expected downtime seen."""
+    max_throttle = max((p.throttle_pct for p in timeline), default=0.0)
+    last_expected = next((p.expected_downtime_s for p in reversed(timeline) if p.expected_downtime_s is not None),
+                         None)
+    return MigrationStats.from_query_migrate(info, max_throttle, last_expected)
 
 
 def _options_record(opts: MigrateOptions, timeout_s: float, caps: dict[str, bool], params: dict[str, Any],
@@ -363,6 +556,7 @@ STOP_FINAL = "final"  # QEMU reported a final status
 STOP_POSTCOPY_TIMEOUT = "postcopy-timeout"  # post-copy still running at the timeout (it cannot be cancelled)
 STOP_CANCEL_STUCK = "cancel-stuck"  # still not final CANCEL_WAIT_S after migrate_cancel
 STOP_SOURCE_LOST = "source-lost"  # the source stopped answering QMP
+STOP_LINK_LOST = "link-lost"  # the link died during post-copy (which cannot be cancelled)
 
 
 @dataclass(frozen=True)
@@ -376,6 +570,8 @@ class LoopEnd:
     timed_out: bool = False  # we cancelled at our timeout (not because the destination died)
     dst_exit: str = ""  # "destination QEMU exited (status N)" once seen
     source_error: str = ""  # for STOP_SOURCE_LOST: what the source's QMP said (and its exit status)
+    link_lost: str = ""  # "link lost (no byte moved for N s; evidence)" once the link was found dead
+    last_known: dict[str, Any] = field(default_factory=dict)  # the last answer that had RAM figures
 
 
 @dataclass
@@ -386,18 +582,29 @@ class _LoopState:
     postcopy_requested: bool = False
     cancelled: bool = False  # migrate_cancel sent: at our timeout, or after the destination died
     timed_out: bool = False
+    cancelled_at: float | None = None
     dst_dead_since: float | None = None
     dst_exit: str = ""
+    progress_bytes: int = -1
+    progress_t: float | None = None  # when transferred bytes last grew
+    stall_health: LinkHealth | None = None  # the link's counters early in the current stall
+    link_lost: str = ""
+    last_known: dict[str, Any] = field(default_factory=dict)
 
     def end(self, stop: str, final: dict[str, Any], timeout_s: float, source_error: str = "") -> LoopEnd:
-        return LoopEnd(stop, self.status, final, timeout_s, self.timed_out, self.dst_exit, source_error)
+        return LoopEnd(stop, self.status, final, timeout_s, self.timed_out, self.dst_exit, source_error,
+                       self.link_lost, self.last_known)
 
 
 def _poll_loop(run: MigrationRun, target: str, strategy: Strategy, opts: MigrateOptions, timeout_s: float,
-               timeline: list[Poll], events: list[tuple[float, str]], rates: tuple[_Rates, _Rates]) -> LoopEnd:
-    """Start the migration and poll ``query-migrate`` until it ends, switching to post-copy and cancelling."""
+               timeline: list[Poll], events: list[tuple[float, str]], rates: tuple[_Rates, _Rates],
+               cap: RoundCap | None = None, live: dict[str, Any] | None = None) -> LoopEnd:
+    """Start the migration and poll ``query-migrate`` until it ends, switching to post-copy, applying the
+    round cap and cancelling."""
     src = run.src
     st = _LoopState()
+    if live is not None:
+        live["last_known"] = st.last_known  # the same dict, kept up to date
     bar = _progress_bar(opts.progress)
     try:
         t_start = run.t0 = time.monotonic()
@@ -408,14 +615,24 @@ def _poll_loop(run: MigrationRun, target: str, strategy: Strategy, opts: Migrate
             next_poll += opts.poll_interval_s
             info = src.qmp.query_migrate()
             now = time.monotonic()
+            if info.get("ram"):
+                st.last_known.clear()
+                st.last_known.update(info)
+            if live is not None:
+                live["final"] = info
             poll = Poll.from_query_migrate(now - t_start, info)
             _record_poll(run, poll, st, timeline, events, rates, bar)
             if st.status in FINAL_STATUSES:
                 return st.end(STOP_FINAL, info, timeout_s)
             if opts.on_poll is not None:
                 opts.on_poll(poll, run)
+            if cap is not None:
+                _apply_round_cap(src, cap, info, poll, events)
             _maybe_start_postcopy(src, strategy, poll, st, events)
             _watch_destination(run, now, poll, st, events)
+            stop = _watch_link(run, now, poll, st, events)
+            if stop:
+                return st.end(stop, info, timeout_s)
             stop = _enforce_timeout(src, now - t_start, timeout_s, poll, st, events)
             if stop:
                 return st.end(stop, info, timeout_s)
@@ -464,6 +681,25 @@ def _maybe_start_postcopy(src: VM, strategy: Strategy, poll: Poll, st: _LoopStat
         events.append((poll.t_s, f"migrate-start-postcopy after {poll.dirty_sync_count - 1} passes"))
 
 
+def _apply_round_cap(src: VM, cap: RoundCap, info: dict[str, Any], poll: Poll,
+                     events: list[tuple[float, str]]) -> None:
+    """Send the round cap's command once it fires (raise downtime-limit: QEMU's next check completes)."""
+    cmd = cap.poll_reply(info)
+    if cmd is None:
+        return
+    src.qmp.execute(cmd.execute, cmd.arguments)
+    events.append((poll.t_s, f"{cmd.reason}: {cmd.execute} {cmd.arguments}"))
+
+
+def _round_cap_record(cap: RoundCap, params: dict[str, Any], events: list[tuple[float, str]]) -> dict[str, Any]:
+    """What the record keeps of a round cap: the cap, the sync it fired at, and the limit it raised."""
+    fired_t = next((t for t, text in events if text.startswith(f"round cap {cap.max_rounds}:")), None)
+    return {"max_rounds": cap.max_rounds, "action": cap.action, "trigger_sync_count": cap.trigger_count,
+            "fired_sync_count": cap.fired_sync_count, "fired_t_s": fired_t,
+            "live_downtime_limit_ms": params["downtime-limit"],
+            "raised_downtime_limit_ms": cap.limit_ms if cap.fired and cap.action == "raise-limit" else None}
+
+
 def _watch_destination(run: MigrationRun, now: float, poll: Poll, st: _LoopState,
                        events: list[tuple[float, str]]) -> None:
     """Note a dead destination; cancel when the source has not noticed after DEST_DEATH_GRACE_S."""
@@ -476,6 +712,41 @@ def _watch_destination(run: MigrationRun, now: float, poll: Poll, st: _LoopState
     elif now - st.dst_dead_since > DEST_DEATH_GRACE_S and not st.cancelled:
         run.src.qmp.migrate_cancel()
         st.cancelled = True
+        st.cancelled_at = now
+
+
+def _watch_link(run: MigrationRun, now: float, poll: Poll, st: _LoopState, events: list[tuple[float, str]]) -> str:
+    """A transfer stalled for LINK_STALL_S with the link down (or losing every packet) is a lost link.
+
+    Pre-copy is cancelled then (the source runs on); a post-copy cannot be, so polling stops. A stall alone
+    is not enough (QEMU may be busy); nor is a dead destination, which :func:`_watch_destination` reports.
+    Returns the reason to stop polling, or "".
+    """
+    if poll.transferred_bytes > st.progress_bytes or poll.status not in TRANSFER_STATES:
+        st.progress_bytes, st.progress_t, st.stall_health = poll.transferred_bytes, now, None
+        return ""
+    if st.link_lost or st.progress_t is None or not run.dst.is_running():
+        return ""
+    stalled = now - st.progress_t
+    if st.stall_health is None and stalled >= LINK_STALL_S / 2:
+        st.stall_health = run.link.health()
+        return ""
+    if stalled < LINK_STALL_S and poll.status != "postcopy-paused":
+        return ""
+    evidence = run.link.health().evidence_against(st.stall_health)
+    if not evidence:
+        st.stall_health = None  # look again a while later
+        st.progress_t = now - LINK_STALL_S / 2
+        return ""
+    st.link_lost = f"{OUTCOME_LINK_LOST.removeprefix('failed: ')} (no byte moved for {stalled:.1f} s; {evidence})"
+    events.append((poll.t_s, st.link_lost))
+    if st.status.startswith("postcopy"):
+        return STOP_LINK_LOST
+    if not st.cancelled:
+        run.src.qmp.migrate_cancel()
+        st.cancelled = True
+        st.cancelled_at = now
+    return ""
 
 
 def _enforce_timeout(src: VM, elapsed_s: float, timeout_s: float, poll: Poll, st: _LoopState,
@@ -487,7 +758,8 @@ def _enforce_timeout(src: VM, elapsed_s: float, timeout_s: float, poll: Poll, st
         events.append((poll.t_s, "timeout: migrate_cancel"))
         src.qmp.migrate_cancel()
         st.cancelled = st.timed_out = True
-    if st.cancelled and elapsed_s > timeout_s + CANCEL_WAIT_S:
+        st.cancelled_at = time.monotonic()
+    if st.cancelled and st.cancelled_at is not None and time.monotonic() - st.cancelled_at > CANCEL_WAIT_S:
         return STOP_CANCEL_STUCK
     return ""
 
@@ -499,6 +771,8 @@ def _dst_exit(dst: VM) -> str:
 # -- phase 4: the outcome (pure) ----------------------------------------------------
 def classify_outcome(end: LoopEnd) -> str:
     """The run's outcome from how the poll loop ended: ``completed``, ``cancelled: ...`` or ``failed: reason``."""
+    if end.link_lost and not end.dst_exit and str(end.final.get("status", end.status)) != "completed":
+        return f"failed: {end.link_lost}" + (" after the post-copy switch" if end.stop == STOP_LINK_LOST else "")
     if end.stop == STOP_POSTCOPY_TIMEOUT:
         return f"failed: post-copy still running at the {format_duration(end.timeout_s)} timeout"
     if end.stop == STOP_CANCEL_STUCK:
@@ -539,9 +813,18 @@ def _check_guest(run: MigrationRun, opts: MigrateOptions, outcome: str, src_rate
             if opts.verify_memory:
                 _wait_status(dst, ("paused", "prelaunch"), DEST_START_TIMEOUT_S)
                 assert src.shm_path is not None and dst.shm_path is not None
+                t_cmp = time.monotonic()
                 memory_check = compare_memory(src.shm_path, dst.shm_path)
+                memory_check = dataclasses.replace(memory_check, seconds=round(time.monotonic() - t_cmp, 3))
                 events.append((round(time.monotonic() - run.t0, 4),
-                               f"memory compared: {memory_check.pages_differing} pages differ"))
+                               f"memory compared: {memory_check.pages_differing} pages differ "
+                               f"({memory_check.seconds:.2f} s)"))
+                if not memory_check.identical:
+                    # The lab's own reason to exist: a migration that loses guest pages is not a success.
+                    return _GuestCheck(f"failed: memory differs: {memory_check.pages_differing} of "
+                                       f"{memory_check.pages_compared} pages (first "
+                                       f"{', '.join(map(str, memory_check.first_differing[:4]))})",
+                                       "destination", None, memory_check)
                 dst.qmp.cont()
             _wait_status(dst, ("running",), DEST_START_TIMEOUT_S)
             return _GuestCheck(outcome, "destination", _watch(dst, dst_rates, opts.watch_after_s,

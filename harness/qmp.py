@@ -26,10 +26,11 @@ serialised) but is meant to be used by one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,6 +72,17 @@ class QMPCommandError(QMPError):
         self.desc = desc
 
 
+@contextlib.contextmanager
+def _quiet_library() -> Iterator[None]:
+    lib = logging.getLogger("qemu.qmp.protocol")
+    level = lib.level
+    lib.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        lib.setLevel(level)
+
+
 def _qmp_names(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k.replace("_", "-"): v for k, v in params.items()}
 
@@ -105,6 +117,12 @@ class QMP:
     def connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         """Connect and negotiate, retrying until ``timeout_s`` (QEMU creates the socket at startup)."""
         deadline = time.monotonic() + timeout_s
+        # qemu.qmp logs every refused attempt at ERROR; refusals are expected until QEMU listens, and a real
+        # failure is raised below as one QMPConnectError.
+        with _quiet_library():
+            self._connect_until(deadline, timeout_s)
+
+    def _connect_until(self, deadline: float, timeout_s: float) -> None:
         last: Exception | None = None
         while True:
             try:

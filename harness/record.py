@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 RECORD_SCHEMA_VERSION = 1
 OUTCOME_COMPLETED = "completed"
 OUTCOME_NOT_CONVERGED = "cancelled: did not converge"
+OUTCOME_INTERRUPTED = "interrupted"  # SIGINT or SIGTERM to the runner; everything was torn down
+OUTCOME_LINK_LOST = "failed: link lost"
 
 _MS = 1e-3
 
@@ -143,6 +145,9 @@ class MigrationStats:
     downtime_bytes: int = 0
     xbzrle_cache_miss: int = 0
     xbzrle_bytes: int = 0
+    #: The pause the guest sees: the source's STOP event to the destination's RESUME event, both stamped by
+    #: QEMU on this host's one clock (see :func:`harness.migrate.guest_pause`); None when not measurable.
+    guest_pause_s: float | None = None
 
     @classmethod
     def from_query_migrate(cls, info: dict[str, Any], max_throttle_pct: float = 0.0,
@@ -196,14 +201,22 @@ class MemoryCheck:
     pages_differing: int
     first_differing: tuple[int, ...] = ()
     nonzero_pages: int = 0  # pages of the source that are not all zero: each must have crossed the link
+    seconds: float = 0.0  # wall time of the comparison (its cost to the run)
+
+    @property
+    def identical(self) -> bool:
+        return self.pages_differing == 0
 
 
 @dataclass(frozen=True)
 class RunRecord:
     """One measured migration: scenario, host, timeline, final statistics and outcome.
 
-    ``outcome`` is ``"completed"``, ``"failed: <reason>"`` or
-    ``"cancelled: did not converge"``. ``options`` holds runner settings that
+    ``outcome`` is ``"completed"``, ``"failed: <reason>"`` (``"failed: link
+    lost ..."`` when the transfer stalled with the link down),
+    ``"cancelled: did not converge"`` or ``"interrupted"`` (the runner got
+    SIGINT or SIGTERM). For a run that did not complete, ``stats`` holds the
+    last known values, from the last ``query-migrate`` answer that had them. ``options`` holds runner settings that
     are not part of the scenario (timeout, whether memory was verified, the
     ``max-bandwidth`` actually set, ...). ``events`` are ``(t_s, text)`` marks
     such as the switch to post-copy. ``guest_continues`` says whether the

@@ -63,7 +63,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import preflight
+from harness import preflight, runstate
 from harness.guest import GuestImage, GuestWorkload, ensure_guest, parse_workload, workload_footprint_bytes
 from harness.qmp import QMP
 from sim.errors import MiglabError
@@ -278,9 +278,14 @@ class VM:
         if self.image is None:
             self.image = ensure_guest()
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"{SHM_PREFIX}{os.getpid()}-{self.config.name}-"))
+        runstate.add("paths", str(self.run_dir))
         os.chmod(self.run_dir, 0o700)
         if self.backing == "shm":
             self.shm_path = SHM_DIR / f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+            runstate.add("paths", str(self.shm_path))
+            # Created here, 0600, before QEMU opens it (QEMU would create it 0644 under the usual umask):
+            # guest memory is nobody else's to read.
+            os.close(os.open(self.shm_path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600))
         self.console = Console(self.console_path)
         self.argv = self.build_argv()
         log.info("starting %s: %s", self.config.name, " ".join(self.argv))
@@ -289,6 +294,7 @@ class VM:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
                                          start_new_session=True, env={**os.environ, **self.config.env})
         self.started_at = time.monotonic()
+        runstate.add("pids", [self.proc.pid, str(self.run_dir)])
         try:
             self._qmp = QMP(self.qmp_path, name=self.config.name, connect=False)
             deadline = time.monotonic() + 15.0
@@ -382,8 +388,12 @@ class VM:
                 log.debug("RAM view still referenced at close")
         if self.shm_path is not None:
             self.shm_path.unlink(missing_ok=True)
+            runstate.discard("paths", str(self.shm_path))
         if self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self.proc is not None:
+                runstate.discard("pids", [self.proc.pid, str(self.run_dir)])
+            runstate.discard("paths", str(self.run_dir))
 
     def _kill_group(self, sig: int) -> None:
         assert self.proc is not None

@@ -148,3 +148,33 @@ def test_dirty_log_trace_of_a_real_guest(tmp_path, guest_image):
     # the hot set alone takes about 900 writes per window; every window sees at least that many pages
     assert tr.counts.min() > 300
     assert np.all(tr.t_end_s - tr.t_start_s >= 0.5 - 1e-6)
+
+
+def test_trace_collect_method_flag_refusals(tmp_path, capsys):
+    from harness.cli import main
+
+    out = tmp_path / "t.npz"
+    assert main(["trace", "collect", "--workload", "uniform:rate=100", "--keep-first-pass", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--keep-first-pass: only with --method dirty-log" in err and err.count("\n") == 1, err
+    assert main(["trace", "collect", "--workload", "uniform:rate=100", "--method", "magic", "-o", str(out)]) == 2
+    assert "--method" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.vm
+def test_trace_collect_cli_dirty_log_method(tmp_path, guest_image, capsys):
+    from harness.cli import main
+    from sim import trace as trace_fmt
+
+    out = tmp_path / "t.npz"
+    assert main(["trace", "collect", "--method", "dirty-log", "--keep-first-pass", "--workload",
+                 "hotcold:hot=16MiB,rate=2000,total=64MiB", "--memory", "256MiB", "--interval", "0.5s",
+                 "--seconds", "3s", "-o", str(out), "--no-progress"]) == 0
+    assert "(dirty-log)" in capsys.readouterr().out
+    tr = trace_fmt.load(out)
+    assert tr.meta["method"] == "dirty-log" and tr.meta["first_pass_kept"] is True and tr.n_pages == 65536
+    # the kept first window opens when the migration went active and spans QEMU's whole first pass
+    # (without the flag the trace starts at the end of that pass)
+    assert tr.n_intervals >= 4 and tr.t_start_s[0] == 0.0
+    assert tr.t_end_s[0] >= tr.meta["first_pass_s"] - 1e-9

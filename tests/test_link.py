@@ -40,6 +40,16 @@ def test_link_caps_the_rate_and_adds_the_delay() -> None:
 
 @pytest.mark.netns
 @needs_root
+def test_sub_millisecond_delays_are_added_in_full() -> None:
+    # A 1 ms RTT is 0.5 ms each way, below epoll's millisecond: the forwarder once aimed half a
+    # millisecond early and so added nothing (0.17 ms measured). No round trip may be shorter than the delay.
+    with ShapedLink(bandwidth_Bps=100e6 / 8, rtt_s=0.001) as link:
+        m = link.measure(seconds=0.5, pings=15)
+    assert m.rtt_min_s >= 0.001, m
+
+
+@pytest.mark.netns
+@needs_root
 def test_zero_rtt_link_routes_without_forwarder() -> None:
     with ShapedLink(bandwidth_Bps=400e6 / 8, rtt_s=0.0) as link:
         assert link.forward(4444) == (linkmod.DST_IP, 4444)

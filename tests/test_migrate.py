@@ -257,6 +257,9 @@ def test_precopy_completes_with_identical_memory(image, clean_host, tmp_path: Pa
     assert s.normal_pages >= rec.memory_check.nonzero_pages
     assert s.duplicate_pages > 0  # most of 512 MiB is zero pages
     assert 0 < s.downtime_s < s.total_time_s  # how short it is depends on the host's load: a benchmark's job
+    # the pause the guest saw, from QEMU's own event stamps (the destination was held for the comparison)
+    assert s.guest_pause_s is not None and 0 < s.guest_pause_s < s.total_time_s
+    assert "MIGRATION completed" in rec.options["guest_pause"]["end"]
     assert s.dirty_sync_count >= 2
     # No faster than the link (how much slower is the host's load).
     assert s.total_time_s >= 0.9 * s.bytes_sent / LINK_BPS
@@ -292,6 +295,8 @@ def test_postcopy_completes_with_page_requests(image, clean_host) -> None:
     assert any(p.status == "postcopy-active" for p in rec.timeline)
     s = rec.stats
     assert s.postcopy_requests > 0  # the running destination faulted pages in over the link
+    assert s.guest_pause_s is not None and 0 < s.guest_pause_s < s.total_time_s
+    assert rec.options["guest_pause"]["end"] == "destination RESUME event"
     assert s.postcopy_bytes > 32 * MiB
     assert 0 < s.downtime_s < s.total_time_s
     assert s.total_time_s >= 0.9 * s.bytes_sent / LINK_BPS
@@ -367,3 +372,51 @@ def test_source_killed_is_recorded_and_interrupt_cleans_up(image, clean_host) ->
     with pytest.raises(KeyboardInterrupt):
         run_migration(s, MigrateOptions(image=image, warmup_s=0.5, on_poll=interrupt))
     # clean_host checks that QEMU, RAM files, namespaces and forwarders are gone
+
+
+@pytest.mark.vm
+def test_round_cap_completes_a_migration_that_would_not_converge(image, clean_host) -> None:
+    # bhyve's rule, K = 2: live downtime-limit 1 ms, 20 MB/s of distinct pages over a 100 Mbit/s link -- QEMU's
+    # threshold alone would never end it. Passes take seconds here, so the poll sees every sync.
+    k = 2
+    s = _scenario(**{"workload.spec": "uniform:rate=20MB/s,span=48MiB,total=64MiB", "workload.memory_bytes": "256MiB",
+                     "link.bandwidth_Bps": "100Mbit/s", "link.rtt_s": 0.002, "strategy.stop_rule": "bhyve",
+                     "strategy.bhyve_rounds": k, "strategy.timeout_s": 60.0})
+    rec = run_migration(s, MigrateOptions(image=image, warmup_s=1.0))
+    assert rec.outcome == OUTCOME_COMPLETED, rec.outcome
+    assert rec.guest_side == "destination" and rec.guest_continues
+    cap = rec.options["round_cap"]
+    assert cap["max_rounds"] == k and cap["fired_sync_count"] == k + 1  # the setup sync + K pass-ending syncs
+    assert cap["live_downtime_limit_ms"] == 1 and cap["raised_downtime_limit_ms"] == 2_000_000
+    assert rec.options["parameters"]["downtime-limit"] == 1
+    # It completes within K + 1 passes: the setup sync, K pass-ending syncs, then at most the exact sync of the
+    # pass the cap cut short and the completion sync.
+    assert k + 2 <= rec.stats.dirty_sync_count <= k + 3, rec.stats.dirty_sync_count
+    assert max(p.dirty_sync_count for p in rec.timeline if p.status == "active") <= k + 2
+    assert any(text.startswith(f"round cap {k}:") for _, text in rec.events)
+
+
+def test_memory_is_verified_by_default_where_it_is_cheap_and_harmless() -> None:
+    from harness.migrate import VERIFY_MEMORY_MAX_BYTES, verify_memory_by_default
+
+    assert verify_memory_by_default(_scenario())  # pre-copy, 512 MiB
+    assert not verify_memory_by_default(_scenario(**{"strategy.kind": "postcopy"}))  # a paused dst cannot fault
+    assert not verify_memory_by_default(_scenario(**{"strategy.kind": "hybrid"}))
+    assert not verify_memory_by_default(_scenario(**{"workload.memory_bytes": 2 * VERIFY_MEMORY_MAX_BYTES}))
+
+
+def test_guest_pause_is_source_stop_to_destination_resume_on_one_clock() -> None:
+    from harness.migrate import guest_pause
+
+    def ev(name: str, t: float, **data: object) -> dict[str, object]:
+        return {"event": name, "timestamp": {"seconds": int(t), "microseconds": round((t % 1) * 1e6)},
+                "data": data}
+
+    src = [ev("STOP", 100.250000)]
+    dst = [ev("RESUME", 99.0), ev("MIGRATION", 100.30, status="completed"), ev("RESUME", 100.331500)]
+    pause = guest_pause(src, dst)
+    assert pause is not None and pause[0] == pytest.approx(0.0815) and "RESUME" in pause[1]
+    # held paused for memory verification: the end is where it finished loading
+    held = guest_pause(src, [ev("MIGRATION", 100.30, status="completed"), ev("RESUME", 102.0)], dst_held=True)
+    assert held is not None and held[0] == pytest.approx(0.05) and "MIGRATION completed" in held[1]
+    assert guest_pause([], dst) is None and guest_pause(src, [ev("RESUME", 99.0)]) is None

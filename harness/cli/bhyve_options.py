@@ -41,9 +41,11 @@ def add_collect_arguments(parser: argparse.ArgumentParser, *, shared: bool = Fal
     g = parser.add_argument_group("bhyve (FreeBSD host, --hypervisor bhyve)")
     g.add_argument("--vm", metavar="NAME", help="bhyve VM name (/dev/vmm/NAME)")
     g.add_argument("--vmm-dev", metavar="PATH", help="guest memory device (default /dev/vmm/NAME)")
-    g.add_argument("--method", choices=("content-diff", "dirty-page-list"), default="content-diff",
-                   help="content-diff works on stock FreeBSD; dirty-page-list needs the UPB kernel's "
-                        "VM_GET_DIRTY_PAGE_LIST (default content-diff)")
+    g.add_argument("--method", choices=("content-diff", "dirty-log", "dirty-page-list"), default="content-diff",
+                   help="how dirty pages are found (default content-diff). QEMU: content-diff (pages whose content "
+                        "changed between RAM snapshots) or dirty-log (every write QEMU's dirty log sees, from its "
+                        "own pre-copy stream to a local sink; scales to big guests). bhyve: content-diff (stock "
+                        "FreeBSD) or dirty-page-list (the UPB kernel's VM_GET_DIRTY_PAGE_LIST)")
     g.add_argument("--read", choices=("mmap", "pread"), default="mmap",
                    help="how content-diff reads guest memory (default mmap)")
     g.add_argument("--compare", choices=("copy", "hash"), default="copy",
@@ -68,6 +70,8 @@ def collect_main(args: argparse.Namespace) -> int:
     vm = _get(args, "vm")
     if not vm:
         raise ConfigError("--vm NAME is required with --hypervisor bhyve")
+    if _get(args, "method") == "dirty-log":
+        raise ConfigError("--method dirty-log: QEMU only; bhyve has content-diff and dirty-page-list")
     output = _get(args, "output")
     if not output:
         raise ConfigError("-o/--output TRACE.npz is required")
@@ -147,6 +151,8 @@ def migrate_config(args: argparse.Namespace):
     vm = _get(args, "vm")
     if not vm:
         raise ConfigError("--vm NAME is required with --hypervisor bhyve")
+    if _get(args, "method") == "dirty-log":
+        raise ConfigError("--method dirty-log: QEMU only; bhyve has content-diff and dirty-page-list")
     for flag in ("src_ip", "dst_ip"):
         if not _get(args, flag):
             raise ConfigError(f"--{flag.replace('_', '-')} is required with --hypervisor bhyve")

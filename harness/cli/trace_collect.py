@@ -17,6 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", default="60s", metavar=options.TIME,
                    help="collection length after the workload starts (default 60s)")
     p.add_argument("--smp", type=int, default=1, metavar=options.N, help="guest vCPUs (default 1)")
+    # --method is added with the bhyve flags (one flag, each hypervisor's own choices)
+    p.add_argument("--keep-first-pass", action="store_true",
+                   help="dirty-log: keep the window of QEMU's first pass (pages written while it sent the whole "
+                        "guest once; as long as that pass) as the trace's first interval")
     options.add_output(p, "trace file to write (.npz)", required=True)
     options.add_quiet(p, "--no-progress")
     bhyve_options.add_collect_arguments(p)
@@ -36,14 +40,26 @@ def run(args: argparse.Namespace) -> int:
     from harness.guest import parse_workload
 
     parse_workload(args.workload, memory)  # fail on a bad spec before anything boots
+    if args.method not in ("content-diff", "dirty-log"):
+        raise ConfigError(f"--method {args.method}: bhyve only; QEMU has content-diff and dirty-log")
+    if args.smp < 1:
+        raise ConfigError(f"--smp: need at least 1 vCPU, not {args.smp}")
+    if args.keep_first_pass and args.method != "dirty-log":
+        raise ConfigError("--keep-first-pass: only with --method dirty-log")
     options.require_harness_extra("trace collect")
-    from harness.collect import collect
+    if args.method == "dirty-log":
+        from harness.dirtylog import collect_dirtylog
 
-    t = collect(args.workload, memory_bytes=memory, interval_s=interval, seconds=seconds, out=args.output,
-                smp=args.smp, progress=not args.quiet)
+        t = collect_dirtylog(args.workload, memory_bytes=memory, interval_s=interval, seconds=seconds,
+                             out=args.output, smp=args.smp, keep_first_pass=args.keep_first_pass)
+    else:
+        from harness.collect import collect
+
+        t = collect(args.workload, memory_bytes=memory, interval_s=interval, seconds=seconds, out=args.output,
+                    smp=args.smp, progress=not args.quiet)
     counts = t.counts
     m = t.meta
-    print(f"{args.output}: {t.n_intervals} intervals of {interval:g} s, {t.n_pages} pages; dirty pages/interval "
+    print(f"{args.output} ({t.meta.get('method', args.method)}): {t.n_intervals} intervals of {interval:g} s, {t.n_pages} pages; dirty pages/interval "
           f"mean {counts.mean():.0f} (min {counts.min()}, max {counts.max()}); workload achieved "
           f"{m.get('workload_achieved_rate') or float('nan'):.1f} {m.get('workload_achieved_rate_unit')}; "
           f"zero pages {m.get('zero_page_fraction', 0) * 100:.1f}%; sha256 {t.sha256[:16]}")

@@ -28,6 +28,7 @@ from sim.units import parse_bandwidth, parse_duration, parse_size
 log = logging.getLogger(__name__)
 
 RUNS_DIR = "runs"
+INTERRUPTED_DIR = "interrupted"  # records of runs stopped by SIGINT/SIGTERM (repeated on the next invocation)
 _SAFE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
 _TOP_KEYS = frozenset({"name", "memory", "repetitions", "trace_seconds", "trace_interval", "warmup", "timeout",
                        "folds", "host", "trace_dirs", "workload", "link", "strategy"})
@@ -261,7 +262,7 @@ def run_campaign(campaign: Campaign, out_dir: str | Path, *, progress: bool = Tr
     """
     from tqdm import tqdm
 
-    from harness.migrate import MigrateOptions, run_migration
+    from harness.migrate import MigrateOptions, MigrationInterrupted, run_migration
 
     out = Path(out_dir)
     (out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
@@ -281,6 +282,10 @@ def run_campaign(campaign: Campaign, out_dir: str | Path, *, progress: bool = Tr
             trace = traces[sc.workload.name]
             try:
                 record = run_migration(sc.scenario, MigrateOptions(warmup_s=campaign.warmup_s))
+            except MigrationInterrupted as e:
+                # Kept apart from runs/ so the run is repeated next time, but never lost.
+                e.record.save(out / INTERRUPTED_DIR / f"{sc.name}__r{rep}.json")
+                raise
             except ConfigError:
                 raise
             except MiglabError as e:

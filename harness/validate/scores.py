@@ -128,3 +128,50 @@ def measurement_spread(runs: Sequence[ValidatedRun]) -> Any:
                                        "completed", "runs"])
 
 
+
+
+def round_cap_summary(runs: Sequence[ValidatedRun], table: Any) -> list[dict[str, Any]]:
+    """Per capped scenario: K, how often and at which sync the cap fired, the time from the cap to the
+    switchover, and the held-out predictions against the median measurements."""
+    import numpy as np
+
+    by: dict[str, list[ValidatedRun]] = {}
+    for r in runs:
+        if "round_cap" in r.record.options:
+            by.setdefault(r.scenario, []).append(r)
+    held = table[table["model"] == MODEL_HELDOUT] if len(table) else table
+    out = []
+    for sc, rs in sorted(by.items()):
+        caps = [r.record.options["round_cap"] for r in rs]
+        fired = [c for c in caps if c.get("fired_sync_count") is not None]
+        lags = []
+        for r, c in zip(rs, caps, strict=True):
+            t = c.get("fired_t_s")
+            after = [p.t_s for p in r.record.timeline if t is not None and p.t_s > t and p.status != "active"]
+            if after:
+                lags.append(after[0] - t)
+        pred: dict[str, float] = {}
+        meas: dict[str, float] = {}
+        for metric in ("dirty_sync_count", "downtime_s", "bytes_sent", "total_time_s"):
+            h = held[(held["scenario"] == sc) & (held["metric"] == metric)] if len(held) else held
+            if len(h):
+                pred[metric] = float(np.nanmedian(h["predicted"])) if np.isfinite(h["predicted"]).any() else math.nan
+                meas[metric] = float(h["measured"].median())
+        out.append({"scenario": sc, "max_rounds": int(caps[0]["max_rounds"]), "runs": len(rs),
+                    "fired_runs": len(fired),
+                    "fired_sync_count": int(np.median([c["fired_sync_count"] for c in fired])) if fired else None,
+                    "cap_to_switchover_s": float(np.median(lags)) if lags else math.nan,
+                    "predicted": pred, "measured": meas})
+    return out
+
+
+def memory_check_summary(runs: Sequence[ValidatedRun]) -> dict[str, Any]:
+    """How many completed runs had their memory compared page by page, and which had differing pages."""
+    completed = [r for r in runs if r.record.completed or r.record.memory_check is not None]
+    checked = [r for r in runs if r.record.memory_check is not None]
+    bad = [r for r in checked if r.record.memory_check is not None and r.record.memory_check.pages_differing]
+    return {"completed": sum(r.record.completed for r in runs), "verified": len(checked),
+            "differing_runs": len(bad),
+            "pages_differing": int(sum(r.record.memory_check.pages_differing for r in bad
+                                       if r.record.memory_check is not None)),
+            "failed_runs": [r.path.stem for r in bad], "considered": len(completed)}
