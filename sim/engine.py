@@ -385,7 +385,7 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator:
             m.reason = f"convergence stalled (pending {pending:.0f} >= {st.stall_ratio:g} x {prev_pending:.0f} pages)"
             return "postcopy"
         prev_pending = pending
-        if env.now >= st.timeout_s:
+        if st.timeout_s is not None and env.now >= st.timeout_s:
             m.reason = f"timeout: did not converge in {st.timeout_s:g} s"
             return "cancel"
         if st.max_rounds is not None and round_no >= st.max_rounds:

@@ -224,7 +224,7 @@ class Strategy:
     stop_rule: StopRule = "qemu"
     downtime_limit_s: float = 0.3
     max_rounds: int | None = None
-    timeout_s: float = 600.0
+    timeout_s: float | None = None  # no cancel unless asked (QEMU has no timeout of its own)
     bhyve_rounds: int = 4
     xen_max_iters: int = 29
     xen_max_factor: float = 3.0
@@ -536,7 +536,7 @@ def validate(obj: Any, where: str = "scenario") -> None:
             raise ConfigError(f"{where}: downtime limit must be positive")
         if obj.max_rounds is not None and obj.max_rounds < 1:
             raise ConfigError(f"{where}: max_rounds must be at least 1")
-        if obj.timeout_s <= 0:
+        if obj.timeout_s is not None and obj.timeout_s <= 0:
             raise ConfigError(f"{where}: timeout must be positive")
         if obj.postcopy_after_rounds < 0 or obj.bhyve_rounds < 1:
             raise ConfigError(f"{where}: round counts must be positive")

@@ -24,8 +24,12 @@ def _densify(t: Any, y: Any, per_segment: int = 24) -> tuple[Any, Any]:
     return np.append(tt, t[-1]), np.append(yy, y[-1])
 
 
-def plot_timelines(results: dict[str, Any], path: Path) -> None:
-    """Bytes still to move against time, one line per strategy, downtime shaded."""
+def plot_timelines(results: dict[str, Any], path: Path, host: Any = None) -> None:
+    """Bytes still to move against time, one line per strategy, downtime shaded.
+
+    ``host`` (a :class:`sim.hostinfo.HostSource`) is named in the title; by default it is
+    recognised from the scenario (:func:`sim.hostinfo.of_scenario`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,7 +50,11 @@ def plot_timelines(results: dict[str, Any], path: Path) -> None:
         switch_times += list(stops["t_start_s"])
         ends.append(r.total_time_s)
     w = next(iter(results.values())).scenario.workload
+    from .hostinfo import of_scenario
+
+    host = host if host is not None else of_scenario(next(iter(results.values())).scenario)
     axes[0].set_title(f"{Path(w.path).name if w.path else w.spec}: bytes remaining (shaded: guest paused)")
+    fig.suptitle(host.short_label(), fontsize=9)
     if switch_times:
         # Stop-and-copy and post-copy switch at the start (after setup): zoom on the switchovers that
         # follow a live phase.
