@@ -46,6 +46,9 @@ from .workload import parse_spec, spec_model
 from .xen import xen_precopy_round
 
 BHYVE_LOWMEM_LIMIT_BYTES = 3 * 2**30
+#: Without a timeout (QEMU has none), a pre-copy whose pending pages have not reached a new low in this many
+#: rounds is reported as not converging instead of being simulated for ever (QEMU would run until cancelled).
+STALLED_ROUNDS = 50
 
 
 @functools.lru_cache(maxsize=8)
@@ -340,6 +343,7 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator:
     round_no = 0
     total_sent = 0.0
     prev_pending = math.inf
+    low, low_round = math.inf, 0  # the fewest pending pages after a sync, and when
     switch_due = False
     xen = isinstance(m.rule, XenRule)
     if isinstance(m.rule, XenRule):
@@ -387,6 +391,11 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator:
         prev_pending = pending
         if st.timeout_s is not None and env.now >= st.timeout_s:
             m.reason = f"timeout: did not converge in {st.timeout_s:g} s"
+            return "cancel"
+        if pending < low:
+            low, low_round = pending, round_no
+        elif st.timeout_s is None and round_no - low_round >= STALLED_ROUNDS:
+            m.reason = f"not converging: no new low of pending pages ({low:.0f}) in {STALLED_ROUNDS} rounds"
             return "cancel"
         if st.max_rounds is not None and round_no >= st.max_rounds:
             m.reason = f"round limit ({st.max_rounds}) reached"

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from sim.scenario import STRATEGIES
     from sim.timelineplot import plot_timelines
 
-    from .tables import print_table, run_provenance, summary_row
+    from .tables import print_table, run_provenance, summary_row, verdict
 
     base, host = hostflag.scenario_and_host(args)
     kinds = [k.strip() for k in args.strategies.split(",") if k.strip()]
@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
                      "miglab_version": r.miglab_version, "scenario": json.dumps(r.scenario.to_dict(), sort_keys=True)})
     print(host.label())
     print_table([summary_row(k, r.summary()) for k, r in results.items()])
+    pick = verdict(results)
+    print(pick)
     if any(r.trace_looped for r in results.values()):
         print("note: at least one migration outlasted the trace, which was looped")
     if args.output:
@@ -59,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
             pd.DataFrame(rows).to_csv(tmp, index=False)
         write_sidecar(out / "summary.csv", run_provenance(list(results.values()), host))
         with atomic_path(out / "timeline.png") as tmp:
-            plot_timelines(results, tmp, host=host)
+            plot_timelines(results, tmp, host=host, note=pick)
         print(f"wrote {out / 'summary.csv'} (+ .meta.json) and {out / 'timeline.png'}")
     return 0

@@ -19,8 +19,7 @@ def summary_row(name: str, s: dict[str, Any]) -> list[str]:
 
     why = s["reason"]
     if not s["converged"]:
-        why += (f" (at the cancel: {format_bytes(s['bytes_sent'])} sent, {s['dirty_sync_count']} dirty syncs, "
-                f"{s['rounds']} rounds)")
+        why += f" (by then {format_bytes(s['bytes_sent'])} sent, {s['dirty_sync_count']} syncs)"
     return [name, "yes" if s["converged"] else "NO", str(s["rounds"]), format_duration(s["total_time_s"]),
             format_duration(s["downtime_s"]), format_bytes(s["bytes_sent"]),
             f"{s['postcopy_faults']:.0f}", format_duration(s["postcopy_stall_s"]), why]
@@ -32,6 +31,30 @@ def print_table(rows: list[list[str]], out: TextIO | None = None) -> None:
     widths = [max(len(r[i]) for r in [list(HEADER), *rows]) for i in range(len(HEADER))]
     for r in [list(HEADER), ["-" * w for w in widths], *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
+
+
+def verdict(results: dict[str, Result]) -> str:
+    """One line: the strategy whose guest waits least (downtime plus post-copy fault stall; then the shortest
+    migration), and what the others cost by that measure."""
+    from sim.units import format_duration
+
+    def waits(r: Result) -> float:
+        return r.downtime_s + r.postcopy_stall_s
+
+    done = {k: r for k, r in results.items() if r.converged}
+    if not done:
+        return "pick: none of these strategies completes"
+    best = min(done, key=lambda k: (waits(done[k]), done[k].total_time_s))
+    b = done[best]
+    head = f"pick {best}: the guest waits {format_duration(waits(b))}"
+    if b.postcopy_stall_s > 0:
+        head += f" ({format_duration(b.downtime_s)} paused + {format_duration(b.postcopy_stall_s)} of post-copy faults)"
+    others = []
+    for k, r in results.items():
+        if k == best:
+            continue
+        others.append(f"{k} waits {format_duration(waits(r))}" if r.converged else f"{k} does not converge")
+    return head + ("; " + ", ".join(others) if others else "")
 
 
 def run_provenance(results: list[Result], host: HostSource) -> dict[str, Any]:
@@ -57,4 +80,4 @@ def result_document(r: Result, host: HostSource) -> dict[str, Any]:
     return doc
 
 
-__all__ = ["HEADER", "summary_row", "print_table", "run_provenance", "result_document"]
+__all__ = ["HEADER", "summary_row", "print_table", "verdict", "run_provenance", "result_document"]
