@@ -365,7 +365,11 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator:
             pages, skipped = yield env.process(xen_precopy_round(env, m, round_no))
         else:
             pages = m.rule.round_pages(pending, m.threshold_pages, m.chunk_pages)
+            pages, cut = _until_deadline(env, m, pages)
             yield env.process(precopy_round(env, m, round_no, pages))
+            if cut:  # QEMU's migrate_cancel at the timeout: mid-round, no further sync
+                m.reason = f"timeout: did not converge in {st.timeout_s:g} s"
+                return "cancel"
         total_sent += pages
         new = m.sync_dirty()
         if sticky is not None:
@@ -405,6 +409,21 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator:
         if pages <= 0 and pending > 0 and skipped <= 0:
             m.reason = "no progress possible"
             return "cancel"
+
+
+def _until_deadline(env: simpy.Environment, m: Migration, pages: float) -> tuple[float, bool]:
+    """The pages of a round that fit before ``strategy.timeout_s``, and whether the round is cut there.
+
+    Costed as if none were zero pages (the dearest case), so a cut round ends at or before the deadline.
+    """
+    deadline = m.sc.strategy.timeout_s
+    if deadline is None or pages <= 0:
+        return pages, False
+    _, full_s = m.cost(pages, 0.0, 0.0, m.live_rate_Bps)
+    if env.now + full_s <= deadline:
+        return pages, False
+    fit = pages * max(deadline - env.now, 0.0) / full_s
+    return (float(math.floor(fit)) if m.pages.exact else fit), True
 
 
 class _StickyDirt:

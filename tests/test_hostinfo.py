@@ -82,6 +82,8 @@ def test_no_simulated_timeout_unless_asked_and_the_cancel_says_what_was_sent(cap
     doc = json.loads(capsys.readouterr().out)
     assert doc["scenario"]["strategy"]["timeout_s"] == 30 and not doc["summary"]["converged"]
     assert "timeout" in doc["summary"]["reason"]
+    assert doc["summary"]["total_time_s"] <= 30 + 1e-9  # cancelled at the timeout, mid-round
+    assert 0 < doc["summary"]["bytes_sent"] <= 30 * 100 * 2**20
     assert main([*argv, "--timeout", "30s"]) == 1
     assert "by then" in capsys.readouterr().out
 
