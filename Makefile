@@ -50,11 +50,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py --json results/bench/sweep.json
 	for b in benchmarks/bench_calibrate.py benchmarks/bench_harness.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-# Re-render the committed notebook figures (results/notebooks/) with the notebooks' full parameters.
+# Re-render the committed notebook figures (results/notebooks/) with the notebooks' full parameters; a notebook
+# run any other way writes to results/scratch/notebooks/figures/.
 notebooks: $(STAMP)
 	mkdir -p results/scratch/notebooks
 	for n in round-thresholds beyond-14GiB validation; do \
-		$(BIN)/papermill -k python3 notebooks/$$n.ipynb results/scratch/notebooks/$$n.out.ipynb || exit 1; done
+		$(BIN)/papermill -k python3 notebooks/$$n.ipynb results/scratch/notebooks/$$n.out.ipynb \
+			-p out_dir results/notebooks/$$n || exit 1; done
 
 clean:
 	rm -rf $(VENV) results/demo .pytest_cache
