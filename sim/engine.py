@@ -334,7 +334,7 @@ def postcopy_switch(env: simpy.Environment, m: Migration) -> Generator:
              new_dirty_pages=0.0, throttle_pct=m.throttle_pct, threshold_bytes=math.nan)
 
 
-def precopy(env: simpy.Environment, m: Migration) -> Generator:
+def precopy(env: simpy.Environment, m: Migration) -> Generator[Any, Any, str]:
     """Rounds until the stop rule says complete (-> stop_and_copy), cancel, or a hybrid switch."""
     st = m.sc.strategy
     m.pages.set_all()
