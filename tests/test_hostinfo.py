@@ -102,3 +102,17 @@ def test_compare_records_host_provenance_and_no_spec_for_a_trace(trace_file, tmp
     meta = read_sidecar(out / "summary.csv")
     assert meta["host_constants"]["source"] == "results/validation/full/host.json"
     assert str(trace_file) in meta["inputs"] and meta["command"]
+
+
+def test_compare_picks_the_strategy_whose_guest_waits_least():
+    from harness.cli.tables import verdict
+    from sim import simulate
+
+    base = hostinfo.bundled_host().apply(Scenario().replace(**{
+        "workload.spec": "hotcold:hot=48MiB,rate=4000", "workload.memory_bytes": "2GiB",
+        "link.bandwidth_Bps": "1Gbit/s", "strategy.max_rounds": 30}))
+    results = {k: simulate(base.replace(**{"strategy.kind": k})) for k in ("stopcopy", "precopy", "postcopy")}
+    line = verdict(results)
+    waits = {k: r.downtime_s + r.postcopy_stall_s for k, r in results.items()}
+    assert line.startswith(f"pick {min(waits, key=waits.get)}:")
+    assert all(k in line for k in results)
