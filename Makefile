@@ -4,8 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_TRACE ?= traces/redis-512M.npz
-# Host constants fit on the 126 real migrations of results/validation/full (the machine the trace came from).
-DEMO_ARGS ?= --bandwidth 100MiB/s --rtt 1ms --downtime-limit 300ms --host results/validation/full/host.json
+# The question: a 64 GiB guest whose redis load grows with its memory (the bundled 512 MiB trace, calibrated and
+# scaled proportionally) on a 10 Gbit/s link: which strategy, at what cost? The host constants are the bundled
+# calibration (results/validation/full/host.json, fit on 126 real migrations); add --uncalibrated to compare.
+DEMO_MODEL = results/demo/$(basename $(notdir $(DEMO_TRACE))).model.json
+DEMO_ARGS ?= --memory 64GiB --scaling proportional --bandwidth 10Gbit/s --rtt 1ms --downtime-limit 300ms
 
 .PHONY: venv demo test test-fast lint bench deps notebooks clean
 
@@ -17,9 +20,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The main job: stop-and-copy, pre-copy, post-copy and hybrid on the bundled real trace.
+# The main job: stop-and-copy, pre-copy, post-copy and hybrid on a model of the bundled real trace.
 demo: $(STAMP)
-	$(BIN)/miglab compare --trace $(DEMO_TRACE) $(DEMO_ARGS) -o results/demo
+	@mkdir -p results/demo
+	$(BIN)/miglab calibrate $(DEMO_TRACE) -o $(DEMO_MODEL) > results/demo/calibrate.txt
+	$(BIN)/miglab compare --model $(DEMO_MODEL) $(DEMO_ARGS) -o results/demo
 
 # Host packages for the real-VM tests (QEMU >= 9, busybox, cpio, iproute2), then the whole suite.
 deps:
@@ -47,11 +52,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py --json results/bench/sweep.json
 	for b in benchmarks/bench_calibrate.py benchmarks/bench_harness.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-# Re-render the committed notebook figures (results/notebooks/) with the notebooks' full parameters.
+# Re-render the committed notebook figures (results/notebooks/) with the notebooks' full parameters; a notebook
+# run any other way writes to results/scratch/notebooks/figures/.
 notebooks: $(STAMP)
 	mkdir -p results/scratch/notebooks
 	for n in round-thresholds beyond-14GiB validation; do \
-		$(BIN)/papermill -k python3 notebooks/$$n.ipynb results/scratch/notebooks/$$n.out.ipynb || exit 1; done
+		$(BIN)/papermill -k python3 notebooks/$$n.ipynb results/scratch/notebooks/$$n.out.ipynb \
+			-p out_dir results/notebooks/$$n || exit 1; done
 
 clean:
 	rm -rf $(VENV) results/demo .pytest_cache

@@ -368,6 +368,8 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
         opts = dataclasses.replace(opts, verify_memory=verify_memory_by_default(scenario))
     check_migration(scenario.workload.memory_bytes, workload, verify_memory=bool(opts.verify_memory))  # before booting
     timeout_s = opts.timeout_s if opts.timeout_s is not None else scenario.strategy.timeout_s
+    if timeout_s is None:  # a scenario without a cancel: a real run still needs a guard (the former default)
+        timeout_s = 600.0
     qemu = find_qemu()
     host = HostInfo.collect(qemu.path)
     cleanup_stale()

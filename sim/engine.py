@@ -47,6 +47,9 @@ from .workload import parse_spec, spec_model
 from .xen import xen_precopy_round
 
 BHYVE_LOWMEM_LIMIT_BYTES = 3 * 2**30
+#: Without a timeout (QEMU has none), a pre-copy whose pending pages have not reached a new low in this many
+#: rounds is reported as not converging instead of being simulated for ever (QEMU would run until cancelled).
+STALLED_ROUNDS = 50
 
 
 @functools.lru_cache(maxsize=8)
@@ -355,7 +358,7 @@ def postcopy_switch(env: simpy.Environment, m: Migration) -> Generator[Any, Any,
              new_dirty_pages=0.0, throttle_pct=m.throttle_pct, threshold_bytes=math.nan)
 
 
-def precopy(env: simpy.Environment, m: Migration) -> Generator[Any, Any, Any]:
+def precopy(env: simpy.Environment, m: Migration) -> Generator[Any, Any, str]:
     """Rounds until the stop rule says complete (-> stop_and_copy), cancel, or a hybrid switch."""
     st = m.sc.strategy
     m.pages.set_all()
@@ -364,6 +367,7 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator[Any, Any, Any]:
     round_no = 0
     total_sent = 0.0
     prev_pending = math.inf
+    low, low_round = math.inf, 0  # the fewest pending pages after a sync, and when
     switch_due = False
     xen = isinstance(m.rule, XenRule)
     if isinstance(m.rule, XenRule):
@@ -386,7 +390,11 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator[Any, Any, Any]:
             pages, skipped = yield env.process(xen_precopy_round(env, m, round_no))
         else:
             pages = m.rule.round_pages(pending, m.threshold_pages, m.chunk_pages)
+            pages, cut = _until_deadline(env, m, pages)
             yield env.process(precopy_round(env, m, round_no, pages))
+            if cut:  # QEMU's migrate_cancel at the timeout: mid-round, no further sync
+                m.reason = f"timeout: did not converge in {st.timeout_s:g} s"
+                return "cancel"
         total_sent += pages
         new = m.sync_dirty()
         if sticky is not None:
@@ -410,8 +418,13 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator[Any, Any, Any]:
             m.reason = f"convergence stalled (pending {pending:.0f} >= {st.stall_ratio:g} x {prev_pending:.0f} pages)"
             return "postcopy"
         prev_pending = pending
-        if env.now >= st.timeout_s:
+        if st.timeout_s is not None and env.now >= st.timeout_s:
             m.reason = f"timeout: did not converge in {st.timeout_s:g} s"
+            return "cancel"
+        if pending < low:
+            low, low_round = pending, round_no
+        elif st.timeout_s is None and round_no - low_round >= STALLED_ROUNDS:
+            m.reason = f"not converging: no new low of pending pages ({low:.0f}) in {STALLED_ROUNDS} rounds"
             return "cancel"
         if st.max_rounds is not None and round_no >= st.max_rounds:
             m.reason = f"round limit ({st.max_rounds}) reached"
@@ -421,6 +434,21 @@ def precopy(env: simpy.Environment, m: Migration) -> Generator[Any, Any, Any]:
         if pages <= 0 and pending > 0 and skipped <= 0:
             m.reason = "no progress possible"
             return "cancel"
+
+
+def _until_deadline(env: simpy.Environment, m: Migration, pages: float) -> tuple[float, bool]:
+    """The pages of a round that fit before ``strategy.timeout_s``, and whether the round is cut there.
+
+    Costed as if none were zero pages (the dearest case), so a cut round ends at or before the deadline.
+    """
+    deadline = m.sc.strategy.timeout_s
+    if deadline is None or pages <= 0:
+        return pages, False
+    _, full_s = m.cost(pages, 0.0, 0.0, m.live_rate_Bps)
+    if env.now + full_s <= deadline:
+        return pages, False
+    fit = pages * max(deadline - env.now, 0.0) / full_s
+    return (float(math.floor(fit)) if m.pages.exact else fit), True
 
 
 class _StickyDirt:

@@ -246,7 +246,7 @@ class Strategy:
     stop_rule: StopRule = "qemu"
     downtime_limit_s: float = 0.3
     max_rounds: int | None = None
-    timeout_s: float = 600.0
+    timeout_s: float | None = None  # no cancel unless asked (QEMU has no timeout of its own)
     bhyve_rounds: int = 4
     xen_max_iters: int = 29
     xen_max_factor: float = 3.0

@@ -178,7 +178,7 @@ def test_only_the_module_of_the_verb_run_is_imported():
     rc, doc, err = _miglab_subprocess(["simulate", "--workload", "uniform:rate=30MiB/s", "--memory", "256MiB"])
     assert rc == 0, err
     cli = {m for m in doc["modules"] if m.startswith("harness.cli.")}
-    assert cli == {"harness.cli.options", "harness.cli.simulate", "harness.cli.tables"}
+    assert cli == {"harness.cli.options", "harness.cli.simulate", "harness.cli.tables", "harness.cli.hostflag"}
     assert not [m for m in doc["modules"] if m.startswith("harness.") and not m.startswith("harness.cli")]
 
 

@@ -69,7 +69,7 @@ def test_injected_regression_is_caught_end_to_end(tmp_path, capsys, monkeypatch)
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     md, js = tmp_path / "report.md", tmp_path / "bench.json"
     code = main(["regress", str(tmp_path / "cur"), "--baseline", str(baseline), "--markdown", str(md),
-                 "--json", str(js)])
+                 "--benchmark-json", str(js)])
     assert code == 1
     text = md.read_text()
     assert "| precopy-hot | downtime_s |" in text and "**REGRESSION**" in text and "**FAIL**" in text
@@ -359,7 +359,7 @@ def test_example_workflow_uses_real_miglab_commands():
         args = parser.parse_args(argv)  # SystemExit (a failed test) on an unknown flag
         assert callable(args.func)
     regress = [parser.parse_args(c) for c in commands if c[0] == "regress"]
-    assert regress[0].markdown and regress[0].json and not regress[0].update_baseline
+    assert regress[0].markdown and regress[0].benchmark_json and not regress[0].update_baseline
     assert regress[1].update_baseline
 
 
@@ -451,3 +451,11 @@ def test_baseline_records_provenance_and_an_unchanged_rewrite_leaves_the_file(tm
     write_baseline(doc, path)
     assert load_baseline(path)["scenarios"]["a"]["metrics"]["downtime_s"] == doc["scenarios"]["a"]["metrics"][
         "downtime_s"]
+
+
+def test_regress_json_is_a_deprecated_alias_of_benchmark_json(tmp_path, capsys):
+    suite, baseline = "results/baselines/sim-suite.toml", "results/baselines/sim.json"
+    js = tmp_path / "bench.json"
+    assert main(["regress", "--suite", suite, "--baseline", baseline, "-q", "--json", str(js)]) == 0
+    assert "--json is deprecated, use --benchmark-json" in capsys.readouterr().err
+    assert json.loads(js.read_text())

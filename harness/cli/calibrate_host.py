@@ -28,7 +28,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.heldout_every < 2:
         raise ConfigError("--heldout-every must be at least 2")
+    from sim.hostinfo import fit_range_of_runs
+
     doc = calibrate_host(args.runs, heldout_every=args.heldout_every)
+    # What the constants were fitted on, so that a run outside it is warned about (sim.hostinfo.range_warnings).
+    doc.setdefault("fit", {}).setdefault("range", fit_range_of_runs(args.runs))
     with atomic_open(args.output) as f:
         json.dump(doc, f, indent=1)
     c, fit_ = doc["constants"], doc["fit"]

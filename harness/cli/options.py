@@ -208,12 +208,12 @@ def scenario_from_args(args: argparse.Namespace, *, base: Scenario | None = None
 
         t = load(opt.trace)  # validates now: a bad trace is a one-line error before anything runs
         ch.update({"workload.kind": "trace", "workload.path": opt.trace, "workload.memory_bytes": t.memory_bytes,
-                   "workload.page_size_bytes": t.page_size})
+                   "workload.page_size_bytes": t.page_size, "workload.spec": ""})  # no spec: the trace is it
         if opt.memory is not None and parse_flag(opt.memory, parse_size, "--memory") != t.memory_bytes:
             raise ConfigError(f"--memory: {opt.trace} is a {format_bytes(t.memory_bytes)} guest; a trace replays "
                               "at its own size (calibrate a model to rescale)")
     elif opt.model:
-        ch.update({"workload.kind": "model", "workload.path": opt.model})
+        ch.update({"workload.kind": "model", "workload.path": opt.model, "workload.spec": ""})
         if opt.memory is None:
             from sim.model import DirtyModel
 

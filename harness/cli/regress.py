@@ -24,8 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                             "$GITHUB_STEP_SUMMARY when set)")
     p.add_argument("--only-changed", action="store_true",
                    help="list only the comparisons that changed (failures and changes; the summary counts all)")
-    p.add_argument("--json", metavar=options.FILE,
+    p.add_argument("--benchmark-json", metavar=options.FILE,
                    help="write github-action-benchmark customSmallerIsBetter JSON here")
+    # --json meant the file above; elsewhere it means a result on stdout, so it is deprecated here.
+    p.add_argument("--json", dest="json_deprecated", metavar=options.FILE,
+                   help="deprecated spelling of --benchmark-json (it will be removed)")
     p.add_argument("--metric", action="append", metavar="NAME",
                    help=f"real runs: metric to compare (repeatable; default {', '.join(DEFAULT_REAL_METRICS)})")
     p.add_argument("--ratio", type=float, default=DEFAULT_RATIO,
@@ -121,6 +124,14 @@ def run(args: argparse.Namespace) -> int:
         write_baseline,
     )
 
+    bench = args.benchmark_json
+    if args.json_deprecated:
+        if bench:
+            raise ConfigError("--json: give only --benchmark-json (--json is its deprecated spelling)")
+        import sys
+
+        print("miglab regress: warning: --json is deprecated, use --benchmark-json (the same file)", file=sys.stderr)
+        bench = args.json_deprecated
     if args.min_runs < MIN_RUNS:
         raise ConfigError(f"--min-runs must be at least {MIN_RUNS} (fewer runs cannot show a significant change)")
     floors = dict(parse_floor(f) for f in args.floor)
@@ -162,6 +173,6 @@ def run(args: argparse.Namespace) -> int:
     if summary:
         with open(summary, "a") as f:
             f.write(markdown + "\n")
-    if args.json:
-        _write_text_atomic(Path(args.json), json.dumps(report.to_benchmark_json(), indent=1) + "\n")
+    if bench:
+        _write_text_atomic(Path(bench), json.dumps(report.to_benchmark_json(), indent=1) + "\n")
     return 1 if report.failed else 0
