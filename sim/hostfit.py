@@ -38,7 +38,9 @@ How:
 * Splits are by scenario (:func:`assign_folds`): repetitions of one scenario
   are never split between training and judging, so a constant is never tuned
   on the scenario that judges it. :func:`cross_validate` gives every run a
-  held-out prediction (k folds); :func:`train_heldout` is the simple split.
+  held-out prediction (k folds by scenario, or -- ``blocks`` -- leaving one
+  block such as a workload out: its constants saw no run of that workload);
+  :func:`train_heldout` is the simple split.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -395,17 +397,47 @@ def fit(observations: Sequence[Observation], *, maxfev: int | None = None,
 
 @dataclass(frozen=True)
 class FoldFit:
-    """One cross-validation fold: constants fit on the other folds' scenarios, judged on ``heldout_groups``."""
+    """One cross-validation fold: constants fit on the other folds' scenarios, judged on ``heldout_groups``.
+
+    ``label`` names the fold's held-out block when the folds are blocks (leave one workload out:
+    the workload's name); empty for k-fold by scenario.
+    """
 
     fold: int
     fit: HostFit
     heldout_groups: tuple[str, ...]
+    label: str = ""
+
+
+def block_folds(block_of: Mapping[str, str]) -> tuple[dict[str, int], list[str]]:
+    """Leave-one-block-out folds: every group of block ``b`` (e.g. every scenario of one workload) in fold
+    ``index(b)``, blocks in sorted order. Returns ``(group -> fold, fold -> block name)``."""
+    blocks = sorted(set(block_of.values()))
+    if len(blocks) < 2:
+        raise ConfigError(f"leaving one block out needs at least 2 blocks, not {len(blocks)} ({', '.join(blocks)})")
+    index = {b: i for i, b in enumerate(blocks)}
+    return {g: index[b] for g, b in block_of.items()}, blocks
 
 
 def cross_validate(observations: Sequence[Observation], folds: int = 3, *, maxfev: int | None = None,
-                   progress: Callable[[str], None] | None = None) -> list[FoldFit]:
-    """k-fold by scenario: fold k's constants never saw fold k's scenarios."""
-    assignment = assign_folds((o.group for o in observations), folds)
+                   progress: Callable[[str], None] | None = None,
+                   blocks: Mapping[str, str] | None = None) -> list[FoldFit]:
+    """Cross-validation whose every fold's constants never saw the fold's groups.
+
+    Default: k-fold by scenario (:func:`assign_folds`; ``folds`` folds). With ``blocks`` (group ->
+    block, e.g. scenario -> workload) it is leave-one-block-out instead: one fold per block, fit on
+    the runs of every other block only (``folds`` is ignored), so a workload's constants never saw
+    a run of that workload.
+    """
+    labels: list[str] = []
+    if blocks is not None:
+        missing = sorted({o.group for o in observations} - set(blocks))
+        if missing:
+            raise ConfigError(f"no block for group {missing[0]!r}")
+        assignment, labels = block_folds({g: blocks[g] for g in {o.group for o in observations}})
+        folds = len(labels)
+    else:
+        assignment = assign_folds((o.group for o in observations), folds)
     out = []
     for k in range(folds):
         held = tuple(sorted(g for g, f in assignment.items() if f == k))
@@ -413,8 +445,8 @@ def cross_validate(observations: Sequence[Observation], folds: int = 3, *, maxfe
         if not held or not any(o.completed for o in train):
             continue
         if progress is not None:
-            progress(f"fold {k + 1}/{folds}")
-        out.append(FoldFit(k, fit(train, maxfev=maxfev), held))
+            progress(f"fold {k + 1}/{folds}" + (f" ({labels[k]} held out)" if labels else ""))
+        out.append(FoldFit(k, fit(train, maxfev=maxfev), held, labels[k] if labels else ""))
     return out
 
 

@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_output(p, "output directory (resumable)", metavar=DIR, required=True)
     p.add_argument("--host", metavar=FILE, default=None,
                    help="fixed host constants (from calibrate-host on other runs) instead of cross-validation")
+    p.add_argument("--cv", choices=("auto", "workload", "scenario"), default="auto",
+                   help="headline cross-validation of the host constants: leave one workload out (auto: when there "
+                        "are two or more workloads) or k-fold by scenario (the earlier reports); both are reported")
     p.add_argument("--only", action="append", metavar="SCENARIO", help="run only this scenario (repeatable)")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the records; run nothing")
     p.add_argument("--no-report", action="store_true", help="run, but do not build the report")
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
               f"{len(errors)} failed to run" + (f" (first: {errors[0]})" if errors else ""))
     if args.no_report:
         return 1 if errors else 0
-    summary = build_report(out, campaign, host_json=host or None, progress=progress)
+    summary = build_report(out, campaign, host_json=host or None, progress=progress, cv=args.cv)
     print(f"{out / 'report.md'}: {summary['n_runs']} runs; " + "; ".join(
         f"{t['metric']} {'met' if t['met'] else 'MISSED'}" for t in summary["targets"]))
     return 1 if errors else 0

@@ -11,8 +11,9 @@ campaign's workloads, links and strategies, and for every scenario
    one :class:`harness.record.RunRecord` JSON per run under ``OUT/runs/``;
 3. simulates the same scenario with the trace as the workload
    (:func:`sim.simulate`), with host constants that were never fitted on the
-   run being judged (``--host host.json``, or k-fold cross-validation by
-   scenario, see :mod:`sim.hostfit`), and the baselines (geometric closed
+   run being judged (``--host host.json``, or cross-validation: leaving one
+   workload out by default, k-fold by scenario beside it, see
+   :mod:`~harness.validate.crossval`), and the baselines (geometric closed
    form, SimGrid's equations, QEMU's own ``expected-downtime``);
 4. writes the comparison (layout below; the notebook reads it).
 
@@ -30,7 +31,8 @@ Output layout of ``OUT/`` (stable; ``notebooks/validation.ipynb`` reads it):
 * ``table.csv`` -- tidy: one row per (scenario, repetition, model, metric) with
   ``predicted``, ``measured``, ``error`` (predicted - measured),
   ``abs_error``, ``rel_error`` (error / measured) and ``abs_rel_error``;
-  ``model`` is ``miglab`` (held-out constants), ``miglab-train`` (constants fit
+  ``model`` is ``miglab`` (held-out constants, headline scheme),
+  ``miglab-cv-<scheme>`` (held-out under the other scheme), ``miglab-train`` (constants fit
   on every run, in-sample), ``miglab-uncalibrated`` (default constants),
   ``geometric``, ``simgrid`` or ``qemu-expected-downtime``;
 * ``spread.csv`` -- per scenario and metric: the measurements' median, min,
@@ -46,6 +48,7 @@ One module per job:
 * :mod:`~harness.validate.traces` -- the traces it replays (reused or collected);
 * :mod:`~harness.validate.compare` -- validated runs, predictions, the tidy table;
 * :mod:`~harness.validate.calibration` -- host constants per fold (glue to :mod:`sim.hostfit`);
+* :mod:`~harness.validate.crossval` -- the two cross-validation schemes side by side;
 * :mod:`~harness.validate.scores` -- target verdicts, error statistics, measurement spread;
 * :mod:`~harness.validate.plots` -- the PNGs;
 * :mod:`~harness.validate.report` -- writing every output and the Markdown.

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.validate.calibration import Calibration, calibrate
+from harness.validate import crossval
+from harness.validate.calibration import Calibration
 from harness.validate.campaign import RUNS_DIR, Campaign
 from harness.validate.compare import (
     BASELINES,
@@ -55,21 +56,26 @@ def _fmt_metric(metric: str, v: float) -> str:
 
 
 def build_report(out_dir: str | Path, campaign: Campaign | None = None, *, host_json: str | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, cv: str = crossval.DEFAULT_CHOICE) -> dict[str, Any]:
     """Rebuild ``table.csv``, ``spread.csv``, ``hostfit.json``, ``host.json``, ``summary.json``, plots and
-    ``report.md`` from the records under ``out_dir/runs``; return the summary."""
+    ``report.md`` from the records under ``out_dir/runs``; return the summary.
+
+    ``cv`` is the headline cross-validation scheme (:data:`harness.validate.crossval.CHOICES`); the
+    other scheme's held-out rows are in the table too, as ``miglab-cv-<scheme>``."""
     out = Path(out_dir)
     if campaign is None and (out / "campaign.toml").exists():
         campaign = Campaign.load(out / "campaign.toml")
     folds = campaign.folds if campaign else 3
     runs = validated_runs([out / RUNS_DIR])
-    cal = calibrate(runs, folds, host_json, progress)
-    table = compare(runs, cal, progress=progress)
+    cvs = crossval.calibrations(runs, folds, host_json, choice=cv, progress=progress)
+    cal = cvs.headline
+    table = crossval.with_other_schemes(compare(runs, cal, progress=progress), runs, cvs)
     spread = measurement_spread(runs)
     errs = error_summary(table)
-    _write_tables(out, table, spread, errs, cal, campaign)
+    _write_tables(out, table, spread, errs, cal, campaign, crossval.hostfit_schemes(cvs))
     plots = write_plots(table, out)
     summary = _summary(out, campaign, runs, cal, table, spread, plots)
+    summary["cross_validation"] = crossval.cv_summary(table, runs, cvs)
     with atomic_open(out / "summary.json") as f:
         json.dump(summary, f, indent=1, default=float)
     with atomic_open(out / "report.md") as f:
@@ -77,7 +83,8 @@ def build_report(out_dir: str | Path, campaign: Campaign | None = None, *, host_
     return summary
 
 
-def _write_tables(out: Path, table: Any, spread: Any, errs: Any, cal: Calibration, campaign: Campaign | None) -> None:
+def _write_tables(out: Path, table: Any, spread: Any, errs: Any, cal: Calibration, campaign: Campaign | None,
+                  schemes: dict[str, Any] | None = None) -> None:
     """The CSV tables, the constants per fold and (when fitted here) ``host.json``."""
     with atomic_open(out / "table.csv") as f:
         table.to_csv(f, index=False)
@@ -87,7 +94,7 @@ def _write_tables(out: Path, table: Any, spread: Any, errs: Any, cal: Calibratio
         errs.to_csv(f, index=False)
     with atomic_open(out / "hostfit.json") as f:
         json.dump({"method": cal.method, "host_json": cal.host_json, "folds": cal.folds,
-                   "scenario_fold": cal.fold_of}, f, indent=1, default=float)
+                   "scenario_fold": cal.fold_of, "schemes": schemes or {}}, f, indent=1, default=float)
     if cal.train is not None:
         from sim.hostfit import host_json_constants
 
@@ -117,6 +124,7 @@ def render_report(campaign: Campaign | None, runs: Sequence[ValidatedRun], cal: 
                   spread: Any, errs: Any, summary: dict[str, Any]) -> str:
     """The Markdown report."""
     lines = [*_intro(campaign, runs, summary), *_what_is_compared(cal), *_targets(summary),
+             *crossval.render_section(summary.get("cross_validation")),
              *_noise(summary["noise"]), *_errors(errs, table), *_round_caps(summary), *_memory(summary),
              *_per_scenario(runs, table, spread),
              *_host_constants(cal), *_files(summary)]
@@ -166,8 +174,12 @@ def _what_is_compared(cal: Calibration) -> list[str]:
         "`postcopy-requests` against the simulator's page faults. Errors are predicted - measured; relative errors "
         "divide by the measurement.\n",
         f"Host constants: **{cal.method}**. "
-        + ("Each run is predicted with constants fit only on *other* scenarios (all repetitions of a scenario are "
-           "in the same fold), so no constant was tuned on the runs that judge it. `miglab-train` rows use constants "
+        + (("Each run is predicted with constants fit only on the runs of *other* workloads, so no constant was "
+            "tuned on the workload that judges it (section *Cross-validation* below compares this with k-fold by "
+            "scenario). " if "workload" in cal.method else
+            "Each run is predicted with constants fit only on *other* scenarios (all repetitions of a scenario are "
+            "in the same fold), so no constant was tuned on the runs that judge it. ")
+           + "`miglab-train` rows use constants "
            "fit on every run (in-sample, for contrast); `miglab-uncalibrated` uses the simulator's defaults."
            if cal.train is not None else f"Every run is predicted with `{cal.host_json}`, fit on other runs.") + "\n",
     ]
