@@ -127,9 +127,12 @@ def main() -> int:
         plan_cpu = time.process_time() - c0
         del plan
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         table = run_sweep(sweep, out, jobs=args.jobs, progress=not args.quiet)
         t_run = time.perf_counter() - t0
+        # The parent's own CPU in the run (it plans again, collects rows, writes the checkpoint parts and
+        # the final table): on 2 cores it competes with the workers, so the projection counts it.
+        parent_run_cpu = time.process_time() - c0
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
         t0 = time.perf_counter()
@@ -149,8 +152,13 @@ def main() -> int:
         "end_to_end_s": round(end_to_end, 2), "planning_share": round(planning / end_to_end, 4),
         "runs_per_s": round(n / end_to_end, 1), "cpu_ms_per_run": round(1e3 * cpu_per_run, 3),
         "planning_cpu_s": round(plan_cpu, 2),
-        # the same work on idle cores: planning in the parent, then the runs spread over the workers
-        "idle_projection_s": round(plan_cpu + n * cpu_per_run / min(args.jobs, os.cpu_count() or 1), 1),
+        "parent_run_cpu_s": round(parent_run_cpu, 2),
+        # The same work on idle cores: planning in the parent, then the runs and the parent's other work
+        # (collecting rows, Parquet parts, the final table) spread over the cores.
+        "idle_projection_s": round(plan_cpu + (n * cpu_per_run + max(parent_run_cpu - plan_cpu, 0.0))
+                                   / min(args.jobs, os.cpu_count() or 1), 1),
+        "idle_planning_share": round(plan_cpu / (plan_cpu + (n * cpu_per_run + max(parent_run_cpu - plan_cpu, 0.0))
+                                                 / min(args.jobs, os.cpu_count() or 1)), 4),
         "parent_peak_rss_mib": round(rss_mib), "resume_noop_s": round(t_resume, 2), "parquet_bytes": size,
         "converged_fraction": round(converged, 3), "converged_by_variant": by, "target_s": TARGET_S,
         "planning_share_target": PLANNING_SHARE_TARGET,

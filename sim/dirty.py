@@ -85,14 +85,87 @@ def n_words(n_pages: int) -> int:
 
 def group_words(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (non-decreasing, repeats allowed) pages -> the distinct words they touch and each word's bits."""
+    if len(pages) > 1 and not (pages[1:] != pages[:-1]).all():
+        pages = pages[np.concatenate(([True], pages[1:] != pages[:-1]))]  # repeats are adjacent
     w = pages >> 6
     bits = np.left_shift(_ONE, (pages & 63).astype(np.uint64))
     if len(w) < 2:
         return w, bits
-    starts = np.flatnonzero(w[1:] != w[:-1])
-    starts += 1
-    starts = np.concatenate([np.zeros(1, np.int64), starts])
-    return w[starts], np.bitwise_or.reduceat(bits, starts)
+    # The pages are distinct now, so a word's bits are distinct too and their OR is their sum: a
+    # difference of one running sum (exact: uint64 wraps modulo 2**64 and no word's sum exceeds it)
+    # where a reduceat costs twice as much.
+    last = np.flatnonzero(w[1:] != w[:-1])
+    ends = np.append(last, len(w) - 1)
+    cs = np.cumsum(bits)
+    out = cs[ends]
+    out[1:] -= cs[last]
+    return w[ends], out
+
+
+#: Word sets are split into blocks of this many words; a block this full or fuller is kept dense.
+DENSE_BLOCK_WORDS = 256
+DENSE_MIN_WORDS = DENSE_BLOCK_WORDS // 8
+#: More dense runs than this and the set stays sparse (each run costs a few numpy calls per OR).
+DENSE_MAX_RUNS = 64
+
+
+class WordSet:
+    """A set of pages as packed words, ready to OR into a bitmap: word ranges the set fills densely as
+    ``runs`` of ``(first word, words)``, the rest as distinct ``words`` with their ``bits``.
+
+    A dense run is ORed in as a contiguous slice (a streaming pass); only the sparse rest needs a
+    gather and scatter, one cache miss per word in a large guest. ``n_pages`` is the set's size.
+    """
+
+    __slots__ = ("words", "bits", "runs", "run_pages", "n_pages", "nbytes")
+
+    def __init__(self, words: np.ndarray, bits: np.ndarray,
+                 runs: tuple[tuple[int, np.ndarray], ...] = (), n_pages: int | None = None) -> None:
+        self.words, self.bits, self.runs = words, bits, runs
+        self.run_pages = tuple(_popcount(r) for _, r in runs)
+        self.n_pages = _popcount(bits) + sum(self.run_pages) if n_pages is None else n_pages
+        self.nbytes = words.nbytes + bits.nbytes + sum(r.nbytes for _, r in runs)
+
+    def as_bitmap(self, n_words_: int) -> np.ndarray:
+        """The set as a packed bitmap of ``n_words_`` words (for checks; replay never builds one)."""
+        out = np.zeros(n_words_, np.uint64)
+        for lo, run in self.runs:
+            out[lo:lo + len(run)] |= run
+        out[self.words] |= self.bits
+        return out
+
+    @classmethod
+    def of_pages(cls, pages: np.ndarray) -> WordSet:
+        """The set of sorted (repeats allowed) ``pages``, its dense blocks as runs."""
+        w, bits = group_words(pages)
+        n = len(pages) if len(pages) < 2 or (pages[1:] != pages[:-1]).all() else None
+        if len(w) < DENSE_MIN_WORDS:
+            return cls(w, bits, (), n)
+        blk = w // DENSE_BLOCK_WORDS
+        first = np.flatnonzero(np.concatenate(([True], blk[1:] != blk[:-1])))
+        per_block = np.diff(np.append(first, len(w)))
+        dense = per_block >= DENSE_MIN_WORDS
+        if not dense.any():
+            return cls(w, bits, (), n)
+        dense_blocks = blk[first[dense]]
+        # Runs of dense blocks; a gap of up to two blocks is cheaper to stream than to split at.
+        breaks = np.flatnonzero(np.diff(dense_blocks) > 3)
+        if len(breaks) + 1 > DENSE_MAX_RUNS:
+            return cls(w, bits, (), n)
+        lo_b = dense_blocks[np.concatenate(([0], breaks + 1))]
+        hi_b = dense_blocks[np.append(breaks, len(dense_blocks) - 1)] + 1
+        last_word = int(w[-1]) + 1
+        runs = []
+        in_run = np.zeros(len(w), bool)
+        for a, b in zip(lo_b.tolist(), hi_b.tolist(), strict=True):
+            lo, hi = a * DENSE_BLOCK_WORDS, min(b * DENSE_BLOCK_WORDS, last_word)
+            i, j = np.searchsorted(w, [lo, hi])
+            run = np.zeros(hi - lo, np.uint64)
+            run[w[i:j] - lo] = bits[i:j]
+            in_run[i:j] = True
+            runs.append((lo, run))
+        keep = ~in_run
+        return cls(w[keep], bits[keep], tuple(runs), n)
 
 
 def _popcount(words: np.ndarray) -> int:
@@ -282,6 +355,29 @@ class _TouchedPages:
 _TOUCHED_CACHE: dict[str, _TouchedPages] = {}
 
 
+class _ByteBoundedCache:
+    """Insertion-ordered cache that drops its oldest entries to stay within ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.items: dict[tuple[str, int], WordSet] = {}
+        self.bytes = 0
+
+    def get(self, key: tuple[str, int]) -> WordSet | None:
+        return self.items.get(key)
+
+    def put(self, key: tuple[str, int], value: WordSet) -> None:
+        if value.nbytes > self.limit:
+            return
+        while self.items and self.bytes + value.nbytes > self.limit:
+            self.bytes -= self.items.pop(next(iter(self.items))).nbytes
+        self.items[key] = value
+        self.bytes += value.nbytes
+
+
+_GROUPED_CACHE = _ByteBoundedCache(GROUPED_CACHE_BYTES)
+
+
 def _write_tables(n_intervals: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean writes m per interval as a function of how many intervals a page changed in (0..n):
     whole part (uint8) and fraction in 1/65536 (uint16). One entry per count, not per page."""
@@ -318,20 +414,23 @@ class TraceDirt:
         self.looped = False
         self._all: np.ndarray | None = None
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        # Whole intervals as (words, bits), kept while they fit GROUPED_CACHE_BYTES: a replay that
-        # outlasts the trace ORs each interval in again every cycle, without decoding it again.
-        self._grouped: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # Whole intervals as word sets, kept while they fit GROUPED_CACHE_BYTES: a replay that outlasts
+        # the trace ORs each interval in again every cycle, without decoding it again. Shared between
+        # replays of one trace (keyed by its sha256), as a sweep replays it thousands of times.
+        self._grouped: dict[int, WordSet] = {}
         self._grouped_bytes = 0
 
-    def _whole(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Interval ``i``'s pages as the distinct words they touch and each word's bits."""
-        hit = self._grouped.get(i)
+    def _whole(self, i: int) -> WordSet:
+        """Interval ``i``'s pages as a :class:`WordSet` (decoded once per trace while the cache has room)."""
+        key = (self.trace.sha256, i) if self.trace.sha256 else None
+        hit = self._grouped.get(i) or (_GROUPED_CACHE.get(key) if key else None)
         if hit is None:
-            hit = group_words(self.trace.pages(i))
-            size = hit[0].nbytes + hit[1].nbytes
-            if self._grouped_bytes + size <= GROUPED_CACHE_BYTES:
+            hit = WordSet.of_pages(self.trace.pages(i))
+            if key:
+                _GROUPED_CACHE.put(key, hit)
+            elif self._grouped_bytes + hit.nbytes <= GROUPED_CACHE_BYTES:
                 self._grouped[i] = hit
-                self._grouped_bytes += size
+                self._grouped_bytes += hit.nbytes
         return hit
 
     def _touched_pages(self) -> _TouchedPages:
@@ -440,11 +539,11 @@ class TraceDirt:
             return np.zeros(0, np.int64), np.zeros(0)
         return np.concatenate(out_p), np.concatenate(out_t)
 
-    def dirty_sets(self, g0: float, g1: float) -> Iterator[np.ndarray | tuple[np.ndarray, np.ndarray]]:
+    def dirty_sets(self, g0: float, g1: float) -> Iterator[np.ndarray | WordSet]:
         """The pages of :meth:`window` as pieces that are each sorted (repeats allowed), without instants.
 
-        An interval the window covers whole comes as its stored pages already grouped by word, a
-        ``(words, bits)`` pair (no hashing, and decoded once while the cache has room); a partial one is
+        An interval the window covers whole comes as its stored pages already packed, a
+        :class:`WordSet` (no hashing, and decoded once while the cache has room); a partial one is
         its pages with an instant in the window, first writes then repeats. A window longer than the
         trace yields the union bitmap itself (uint64 words) in place of a page list.
         """
@@ -621,6 +720,7 @@ class ExactPages:
         self._pending = self._bits[:, 0]
         self._fresh = self._bits[:, 1]
         self._pairs = self._bits.view(_PAIR).reshape(-1)  # one 16-byte item per word pair: fast gathers
+        self._tmp = np.empty(0, np.uint64)
         self._count = 0
         self._fresh_count = 0
         self.scan_pos = 0
@@ -662,7 +762,9 @@ class ExactPages:
                 self._or_pages(np.unique(pages))
         else:
             for piece in sets(g0, g1):
-                if isinstance(piece, tuple):
+                if isinstance(piece, WordSet):
+                    self._or_set(piece)
+                elif isinstance(piece, tuple):
                     self._or_grouped(*piece)
                 elif piece.dtype == np.uint64:
                     self._or_words(piece)
@@ -678,16 +780,45 @@ class ExactPages:
         """Set the ``bits`` of the distinct words ``w`` pending and not fresh."""
         if not len(w):
             return
+        if not self._fresh_count:
+            # No fresh pages left (after the first pass): the pending words alone, half the bytes moved.
+            pend = self._pending[w]
+            self._count += _popcount(bits & ~pend)
+            pend |= bits
+            self._pending[w] = pend
+            return
         got = self._pairs[w]
         pair = got.view(np.uint64).reshape(-1, 2)
         pend, fresh = pair[:, 0], pair[:, 1]
         self._count += _popcount(bits & ~pend)
-        if self._fresh_count:
-            lost = fresh & bits
-            self._fresh_count -= _popcount(lost)
-            fresh ^= lost
+        lost = fresh & bits
+        self._fresh_count -= _popcount(lost)
+        fresh ^= lost
         pend |= bits
         self._pairs[w] = got
+
+    def _or_set(self, s: WordSet) -> None:
+        """OR a :class:`WordSet` in: its dense runs as slices, its sparse rest word by word."""
+        for (lo, run), run_pages in zip(s.runs, s.run_pages, strict=True):
+            hi = lo + len(run)
+            pend = self._pending[lo:hi]
+            tmp = self._scratch(len(run))
+            # New pages: the run's pages less those already pending.
+            np.bitwise_and(run, pend, out=tmp)
+            self._count += run_pages - _popcount(tmp)
+            if self._fresh_count:
+                fresh = self._fresh[lo:hi]
+                np.bitwise_and(fresh, run, out=tmp)
+                self._fresh_count -= _popcount(tmp)
+                fresh ^= tmp
+            pend |= run
+        self._or_grouped(s.words, s.bits)
+
+    def _scratch(self, n: int) -> np.ndarray:
+        """A reused uint64 buffer of ``n`` words (a fresh large one would be mapped and faulted in each time)."""
+        if len(self._tmp) < n:
+            self._tmp = np.empty(max(n, 2 * len(self._tmp)), np.uint64)
+        return self._tmp[:n]
 
     def or_words(self, words: np.ndarray) -> None:
         """OR a whole packed bitmap (``pending_words``' layout) into pending, as pages written."""

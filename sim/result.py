@@ -36,10 +36,12 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas costs ~0.2 s to import; only the tables need it, so they import it on first access
+    import pandas as pd
 
 from .scenario import Scenario
 
@@ -94,11 +96,15 @@ class Result:
     @functools.cached_property
     def rounds_table(self) -> pd.DataFrame:
         """One row per phase (pre-copy rounds, then stop-and-copy or switchover), columns :data:`ROUND_COLUMNS`."""
+        import pandas as pd
+
         return pd.DataFrame(list(self.rounds_rows), columns=ROUND_COLUMNS)
 
     @functools.cached_property
     def timeline(self) -> pd.DataFrame:
         """Remaining bytes over time: columns ``t_s`` and ``remaining_bytes``."""
+        import pandas as pd
+
         points = np.array(self.timeline_points, dtype=float).reshape(-1, 2)
         return pd.DataFrame(points, columns=TIMELINE_COLUMNS)
 

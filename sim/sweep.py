@@ -42,8 +42,10 @@ atomically, and the checkpoint is removed.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import itertools
+import json
 import logging
 import multiprocessing
 import os
@@ -60,7 +62,8 @@ from . import __version__
 from .atomic import atomic_path
 from .errors import ConfigError, MiglabError
 from .provenance import provenance, write_parquet
-from .scenario import Scenario, flatten, load_toml, with_fields
+from .scenario import SCHEMA_VERSION, Scenario, flatten, load_toml, with_fields
+from .scenario import _as_dict as scenario_table_dict
 from .trace import file_sha256
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,8 @@ PROVENANCE_COLUMNS: tuple[str, ...] = ("miglab_version", "trace_sha256")
 _SWEEP_KEYS = {"name", "description", "base", "vary", "variants"}
 _CHECKPOINT_ROWS = 500
 _CHECKPOINT_INTERVAL_S = 10.0
+#: Chunks in flight per worker process: enough that no worker waits for work, few enough to bound memory.
+_POOL_WINDOW_PER_JOB = 4
 
 
 # --------------------------------------------------------------------------- ids
@@ -83,15 +88,74 @@ def _file_sha256(path: str) -> str:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
 
 
-def scenario_id(scenario: Scenario, input_sha256: str = "") -> str:
+def scenario_id(scenario: Scenario, input_sha256: str = "", *, json_text: str | None = None) -> str:
     """A stable 16-hex-digit id of a scenario (and the content of its trace/model file, if given).
 
     Two scenarios get the same id exactly when their canonical JSON (and input
     file hash) are equal, so the id survives re-ordering a sweep, renaming it,
-    or moving the output.
+    or moving the output. ``json_text``, if given, is ``scenario.to_json()`` already computed.
     """
-    payload = scenario.to_json() + "\n" + input_sha256
+    payload = (scenario.to_json() if json_text is None else json_text) + "\n" + input_sha256
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class _ScenarioJson:
+    """``Scenario.to_json()`` for many scenarios that share tables: each table object's JSON is made
+    once (sweep runs share every table they do not vary), and the top level is joined around them.
+
+    ``json.dumps(d, sort_keys=True)`` writes a nested dict exactly as it writes that dict alone, so
+    the text is the same; the tables are kept referenced while cached, so an ``id`` is never reused.
+    """
+
+    def __init__(self) -> None:
+        self._tables: dict[int, tuple[Any, str]] = {}
+        self._layout: dict[type, list[tuple[str, str, bool]]] = {}
+        self._scalars: dict[tuple[type, Any], str] = {}  # a sweep's names and seeds repeat
+        self._n_fields: dict[type, int] = {}
+
+    def __call__(self, scenario: Scenario) -> str:
+        layout = self._layout.get(type(scenario))
+        if layout is None:  # (field, its JSON key, is a table) in sorted key order, schema_version included
+            names = [f.name for f in dataclasses.fields(scenario)] + ["schema_version"]
+            layout = [(n, json.dumps(n) + ": ", dataclasses.is_dataclass(getattr(scenario, n, None)))
+                      for n in sorted(names)]
+            self._layout[type(scenario)] = layout
+        parts = []
+        for name, key, is_table in layout:
+            if name == "schema_version":
+                parts.append(key + json.dumps(SCHEMA_VERSION))
+                continue
+            value = getattr(scenario, name)
+            if is_table and dataclasses.is_dataclass(value):
+                hit = self._tables.get(id(value))
+                if hit is None or hit[0] is not value:
+                    hit = (value, json.dumps(self._table_dict(value), sort_keys=True))
+                    self._tables[id(value)] = hit
+                parts.append(key + hit[1])
+            else:
+                memo = (type(value), value) if type(value) in (str, int, bool) else None
+                text = self._scalars.get(memo) if memo else None
+                if text is None:
+                    text = json.dumps(value, sort_keys=True)
+                    if memo and len(self._scalars) < 4096:
+                        self._scalars[memo] = text
+                parts.append(key + text)
+        return "{" + ", ".join(parts) + "}"
+
+    def _table_dict(self, table: Any) -> dict[str, Any]:
+        """The dict ``Scenario.to_dict`` holds for ``table``: its ``__dict__`` itself when every field is a
+        plain scalar (what ``_as_dict`` would copy out field by field), else ``_as_dict``."""
+        cls = type(table)
+        n = self._n_fields.get(cls)
+        if n is None:
+            n = self._n_fields[cls] = len(dataclasses.fields(table))
+        d = getattr(table, "__dict__", None)
+        if d is not None and len(d) == n and all(type(v) in _SCALARS for v in d.values()):
+            return d
+        return scenario_table_dict(table)
+
+
+_SCALARS = frozenset({int, float, str, bool, type(None)})
 
 
 class _InputHashes:
@@ -212,19 +276,51 @@ class Sweep:
         variants = self.variants or (("", {}),)
         keys = list(self.vary)
         runs: list[tuple[dict[str, Any], Scenario]] = []
+        where = f"{self.source}: [vary]"
         for vname, overrides in variants:
-            where = f"{self.source}: variant {vname!r}" if vname else self.source
-            vbase = with_fields(base, overrides, where) if overrides else base
+            vwhere = f"{self.source}: variant {vname!r}" if vname else self.source
+            vbase = with_fields(base, overrides, vwhere) if overrides else base
+            # The product varies its last key fastest, so the scenario of every prefix of a combination
+            # is shared by all the runs below it: each run costs one field change, not len(keys), and
+            # runs share their unchanged tables (less memory, and :func:`_scenario_json` reuses their JSON).
+            prefix: list[tuple[Any, Scenario]] = []  # (value, scenario with keys[:i + 1] set) per level
             for combo in itertools.product(*(self.vary[k] for k in keys)):
                 changes = dict(zip(keys, combo, strict=True))
-                scenario = with_fields(vbase, changes, f"{self.source}: [vary]") if changes else vbase
+                scenario = self._build_run(vbase, keys, combo, prefix, changes, where) if changes else vbase
                 config: dict[str, Any] = {"variant": vname} if self.variants else {}
                 config.update(changes)
                 runs.append((config, scenario))
         return runs
 
+    @staticmethod
+    def _build_run(vbase: Scenario, keys: list[str], combo: tuple[Any, ...], prefix: list[tuple[Any, Scenario]],
+                   changes: dict[str, Any], where: str) -> Scenario:
+        """``with_fields(vbase, changes)``, built from the longest prefix of ``combo`` already built.
+
+        The same scenario either way (each field is coerced on its own, and every table is validated
+        after its last change); should a partial combination not validate, the whole one is built at
+        once, so errors (and their text) are those of building it at once.
+        """
+        i = 0
+        while i < len(prefix) and _same_value(prefix[i][0], combo[i]):
+            i += 1
+        del prefix[i:]
+        try:
+            scenario = prefix[-1][1] if prefix else vbase
+            for j in range(i, len(keys)):
+                scenario = with_fields(scenario, {keys[j]: combo[j]}, where)
+                prefix.append((combo[j], scenario))
+            return scenario
+        except ConfigError:
+            prefix.clear()
+            return with_fields(vbase, changes, where)
+
     def __len__(self) -> int:
         return len(self.variants or ((),)) * _product_len(self.vary.values())
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return a is b or (type(a) is type(b) and a == b)
 
 
 def _product_len(lists: Iterable[list[Any]]) -> int:
@@ -344,9 +440,20 @@ def _execute_pool(chunks: list[list[tuple[str, Scenario]]], jobs: int) -> Iterat
                                       else "spawn")
     pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_ignore_sigint)
     try:
-        futures = [pool.submit(_simulate_chunk, c) for c in chunks]
-        for fut in cf.as_completed(futures):
-            yield fut.result()
+        # A bounded window of chunks in flight, refilled as chunks finish, and each finished future
+        # dropped once its rows are yielded: a future keeps its rows, and as_completed over all of
+        # them kept every row of the sweep alive in the parent to the end (1.3 GiB at 100,000 runs).
+        todo = iter(chunks)
+        running = {pool.submit(_simulate_chunk, c) for c in itertools.islice(todo, _POOL_WINDOW_PER_JOB * jobs)}
+        while running:
+            done, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for _ in done:
+                nxt = next(todo, None)
+                if nxt is not None:
+                    running.add(pool.submit(_simulate_chunk, nxt))
+            for fut in done:
+                yield fut.result()
+            del done
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -441,10 +548,11 @@ def run_sweep(sweep: Sweep, out: str | Path, jobs: int | None = None, scheduler:
 def _plan(sweep: Sweep) -> tuple[list[tuple[str, Scenario]], dict[str, str]]:
     """Every distinct run of ``sweep`` as ``(scenario_id, scenario)`` in sweep order, and each run's variant."""
     input_sha = _InputHashes()
+    as_json = _ScenarioJson()
     plan: list[tuple[str, Scenario]] = []
     variant_of: dict[str, str] = {}
-    for config, scenario in sweep.scenarios():
-        sid = scenario_id(scenario, input_sha(scenario))
+    for config, scenario in sweep._runs:  # read-only here: no copies of 100,000 label dicts
+        sid = scenario_id(scenario, input_sha(scenario), json_text=as_json(scenario))
         if sid in variant_of:
             log.warning("%s: duplicate scenario %s (%s) runs once", sweep.source, sid, config)
             continue

@@ -148,10 +148,8 @@ def test_trace_dirty_sets_hold_the_pages_of_the_window(mode):
         pieces = list(b.dirty_sets(g0, g1))
         got = set()
         for p in pieces:
-            if isinstance(p, tuple):  # a whole interval: (words, bits)
-                words = np.zeros(dirty.n_words(n), np.uint64)
-                words[p[0]] = p[1]
-                p = words
+            if isinstance(p, dirty.WordSet):  # a whole interval, packed
+                p = p.as_bitmap(dirty.n_words(n))
             got |= set(pages_in_range(p, 0, n).tolist()) if p.dtype == np.uint64 else set(p.tolist())
         assert got == set(pages.tolist())
         assert a.looped == b.looped
@@ -178,3 +176,41 @@ def test_write_table_over_touched_pages_is_the_per_page_formula():
     got_whole, got_frac = TraceDirt(tr)._writes_of(touched)
     assert np.array_equal(got_whole, whole.astype(np.uint8)[touched])
     assert np.array_equal(got_frac, frac[touched])
+
+
+def test_group_words_and_word_sets_hold_the_pages_dense_or_sparse():
+    """group_words (repeats allowed) and WordSet.of_pages (dense runs plus a sparse rest) give the
+    bitmap of the pages, and a WordSet ORs into ExactPages exactly as its pages do (fresh or not)."""
+    rng = np.random.default_rng(5)
+    n = 200_000
+    hot = rng.integers(10_000, 40_000, 20_000)  # dense enough for runs
+    cold = rng.integers(0, n, 3_000)
+    pages = np.sort(np.concatenate([hot, cold, hot[:500]]))  # repeats too
+    ref = np.zeros(dirty.n_words(n), np.uint64)
+    np.bitwise_or.at(ref, pages >> 6, np.left_shift(np.uint64(1), (pages & 63).astype(np.uint64)))
+    w, bits = dirty.group_words(pages)
+    assert np.all(np.diff(w) > 0)
+    got = np.zeros_like(ref)
+    got[w] = bits
+    assert np.array_equal(got, ref)
+    ws = dirty.WordSet.of_pages(pages)
+    assert ws.runs, "the hot range should be kept dense"
+    assert np.array_equal(ws.as_bitmap(len(ref)), ref)
+    assert ws.n_pages == len(np.unique(pages))
+
+    class _Src:
+        n_pages, looped = n, False
+
+    for fresh in (True, False):
+        a, b = ExactPages(_Src()), ExactPages(_Src())
+        start = np.sort(rng.integers(0, n, 5_000))
+        for x in (a, b):
+            if fresh:
+                x.set_all()
+                x.send(n // 3)  # pending and fresh from page n // 3 on
+            else:
+                x._or_pages(start)
+        a._or_set(ws)
+        b._or_pages(pages)
+        assert a.count() == b.count() and a.fresh_count() == b.fresh_count()
+        assert np.array_equal(a._bits, b._bits)

@@ -305,3 +305,42 @@ def test_example_sweep_runs(tmp_path):
     assert (q["downtime_s"] <= q["strategy.downtime_limit_s"] + q["host.switchover_s"] + 0.01).mean() > 0.5
     b = table[table["variant"] == "bhyve"]
     assert (b["rounds"] == 4).all()
+
+
+def test_planning_shortcuts_give_the_scenarios_and_ids_built_at_once():
+    """Runs built from shared prefixes equal with_fields of all their changes at once, and the JSON
+    the plan hashes (tables' JSON reused) is Scenario.to_json() to the character."""
+    from sim.scenario import with_fields
+
+    data = {"name": "s", "base": {"workload": {"kind": "synthetic", "spec": "hotcold:hot=48MiB,rate=4000"}},
+            "vary": {"workload.memory_bytes": ["1GiB", "2GiB"], "link.bandwidth_Bps": ["1Gbit/s", "10Gbit/s"],
+                     "strategy.downtime_limit_s": ["100ms", "1s"], "seed": [0, 1, 0.0]},
+            "variants": [{"name": "q", "strategy.stop_rule": "qemu"},
+                         {"name": "b", "strategy.stop_rule": "bhyve", "host.hypervisor": "bhyve"}]}
+    sw = Sweep.from_dict(data)
+    base = sw.base_scenario()
+    as_json = sweep_mod._ScenarioJson()
+    variants = dict(sw.variants)
+    for config, sc in sw.scenarios():
+        at_once = with_fields(with_fields(base, variants[config["variant"]]),
+                              {k: v for k, v in config.items() if k != "variant"})
+        assert sc == at_once
+        assert as_json(sc) == sc.to_json() == at_once.to_json()
+    plan, _ = sweep_mod._plan(sw)
+    assert [sid for sid, _ in plan] == list(dict.fromkeys(scenario_id(sc) for _, sc in sw.scenarios()))
+
+
+def test_a_refused_run_gives_the_error_of_building_it_at_once():
+    """When the chained build refuses a run, the error (and its text) is that of with_fields at once."""
+    from sim.scenario import with_fields
+
+    keys = ["link.bandwidth_Bps", "link.rtt_s"]
+    combo = ("1Gbit/s", "-1ms")
+    changes = dict(zip(keys, combo, strict=True))
+    with pytest.raises(ConfigError) as at_once:
+        with_fields(Scenario(), changes, "w")
+    prefix: list = []
+    with pytest.raises(ConfigError) as chained:
+        Sweep._build_run(Scenario(), keys, combo, prefix, changes, "w")
+    assert str(chained.value) == str(at_once.value)
+    assert prefix == []  # a refused chain leaves no half-built prefix behind
