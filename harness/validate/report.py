@@ -97,12 +97,16 @@ def _write_tables(out: Path, table: Any, spread: Any, errs: Any, cal: Calibratio
                    "scenario_fold": cal.fold_of, "schemes": schemes or {}}, f, indent=1, default=float)
     if cal.train is not None:
         from sim.hostfit import host_json_constants
+        from sim.hostinfo import fit_range_of_runs
 
-        with atomic_open(out / "host.json") as f:
-            json.dump({"constants": host_json_constants(cal.train),
-                       "fit": {"method": "fit on every completed run of this campaign (in-sample); the report's "
+        fit: dict[str, Any] = {"method": "fit on every completed run of this campaign (in-sample); the report's "
                                          "held-out errors use per-fold constants (hostfit.json)",
-                               "campaign": campaign.name if campaign else ""}}, f, indent=1)
+                               "campaign": campaign.name if campaign else ""}
+        if (out / "runs").is_dir():  # where these constants hold: the sizes and links they were fitted on
+            fit["range"] = {**fit_range_of_runs([out / "runs"]),
+                            "derived_from": "runs/ beside this file (sim.hostinfo.fit_range_of_runs)"}
+        with atomic_open(out / "host.json") as f:
+            json.dump({"constants": host_json_constants(cal.train), "fit": fit}, f, indent=1)
 
 
 def _summary(out: Path, campaign: Campaign | None, runs: Sequence[ValidatedRun], cal: Calibration, table: Any,
