@@ -438,3 +438,69 @@ def evaluate(observations: Sequence[Observation], constants: dict[str, float]) -
             elif meas > 0:
                 errs[m].append(abs(p[m] - meas) / meas)
     return {m: float(np.median(v)) if v else math.nan for m, v in errs.items()}
+
+
+# --------------------------------------------------------------------------- splits by guest size (issue 9)
+def memory_of(o: Observation) -> int:
+    """The guest size of an observation's run (bytes)."""
+    return int(o.scenario.workload.memory_bytes)
+
+
+def size_split(observations: Sequence[Observation], train_max_bytes: int
+               ) -> tuple[list[Observation], list[Observation]]:
+    """The honest split: runs of guests up to ``train_max_bytes`` train, the bigger ones are judged."""
+    if train_max_bytes <= 0:
+        raise ConfigError(f"train_max_memory must be positive, not {train_max_bytes}")
+    train = [o for o in observations if memory_of(o) <= train_max_bytes]
+    judged = [o for o in observations if memory_of(o) > train_max_bytes]
+    return train, judged
+
+
+def leave_one_size_out(observations: Sequence[Observation], *, maxfev: int | None = None,
+                       progress: Callable[[str], None] | None = None) -> list[FoldFit]:
+    """One fold per guest size: constants fit on every other size, judged on that one.
+
+    ``fold`` is the size's index (smallest 0); ``heldout_groups`` the scenarios
+    at that size. Needs at least two sizes.
+    """
+    sizes = sorted({memory_of(o) for o in observations})
+    if len(sizes) < 2:
+        raise ConfigError(f"leave-one-size-out needs runs at two or more guest sizes, not {len(sizes)}")
+    out = []
+    for k, size in enumerate(sizes):
+        train = [o for o in observations if memory_of(o) != size]
+        held = tuple(sorted({o.group for o in observations if memory_of(o) == size}))
+        if not any(o.completed for o in train):
+            continue
+        if progress is not None:
+            progress(f"size {size >> 20} MiB ({k + 1}/{len(sizes)})")
+        out.append(FoldFit(k, fit(train, maxfev=maxfev), held))
+    return out
+
+
+def evaluate_by_size(observations: Sequence[Observation], constants_of: Callable[[Observation], dict[str, float]]
+                     ) -> dict[int, dict[str, Any]]:
+    """Per guest size: median absolute relative error per metric (:func:`evaluate`'s form) and the run count."""
+    out: dict[int, dict[str, Any]] = {}
+    for size in sorted({memory_of(o) for o in observations}):
+        mine = [o for o in observations if memory_of(o) == size]
+        by_consts: dict[str, list[Observation]] = {}
+        consts: dict[str, dict[str, float]] = {}
+        for o in mine:
+            c = constants_of(o)
+            key = repr(sorted(c.items()))
+            by_consts.setdefault(key, []).append(o)
+            consts[key] = c
+        errs: dict[str, list[float]] = {m: [] for m in METRICS}
+        for key, obs in by_consts.items():
+            for o in obs:
+                p = predict(o.scenario, consts[key]) if o.completed else {}
+                for m in METRICS:
+                    meas = o.measured.get(m)
+                    if not o.completed or meas is None or not math.isfinite(meas) or not math.isfinite(p.get(m, math.nan)):
+                        continue
+                    errs[m].append(float(p[m] != meas) if m == "dirty_sync_count" else
+                                   abs(p[m] - meas) / meas if meas > 0 else math.nan)
+        out[size] = {"runs": len(mine), "completed": sum(o.completed for o in mine),
+                     "median_abs_rel_error": {m: float(np.nanmedian(v)) if v else math.nan for m, v in errs.items()}}
+    return out

@@ -56,7 +56,9 @@ def build_report(out_dir: str | Path, campaign: Campaign | None = None, *, host_
         campaign = Campaign.load(out / "campaign.toml")
     folds = campaign.folds if campaign else 3
     runs = validated_runs([out / RUNS_DIR])
-    cal = calibrate(runs, folds, host_json, progress)
+    cal = calibrate(runs, folds, host_json, progress,
+                    train_max_memory_bytes=getattr(campaign, "train_max_memory_bytes", 0) if campaign else 0,
+                    cv=getattr(campaign, "cv", "") if campaign else "")
     table = compare(runs, cal, progress=progress)
     spread = measurement_spread(runs)
     errs = error_summary(table)
