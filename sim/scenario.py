@@ -188,6 +188,14 @@ class Host:
     final_copy_burst_bytes: int = 0
     bhyve_sticky_dirty: bool = False
     bhyve_dirty_search_s_per_page: float = 0.0
+    #: Costs that grow with guest size (issue 9; 0 = not modelled, as before). ``zero_page_cost_s``: QEMU
+    #: reads every page it elides (buffer_is_zero in save_zero_page), on the sender's time.
+    #: ``sync_s_per_GiB``: each dirty-bitmap sync walks the bitmap of all of RAM (migration_bitmap_sync),
+    #: live after every round, with the vCPUs paused at completion. ``setup_s_per_GiB``: ram_save_setup
+    #: allocates and fills the per-GiB bitmaps and starts dirty logging before the first page moves.
+    zero_page_cost_s: float = 0.0
+    sync_s_per_GiB: float = 0.0
+    setup_s_per_GiB: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -547,7 +555,8 @@ def validate(obj: Any, where: str = "scenario") -> None:
             raise ConfigError(f"{where}: dirty_rate_factor must not be negative")
         if obj.final_copy_rate_Bps is not None and obj.final_copy_rate_Bps <= 0:
             raise ConfigError(f"{where}: final_copy_rate_Bps must be positive")
-        if obj.resume_s < 0 or obj.bhyve_dirty_search_s_per_page < 0:
+        if (obj.resume_s < 0 or obj.bhyve_dirty_search_s_per_page < 0 or obj.zero_page_cost_s < 0
+                or obj.sync_s_per_GiB < 0 or obj.setup_s_per_GiB < 0):
             raise ConfigError(f"{where}: host times must not be negative")
         if obj.final_copy_burst_bytes < 0:
             raise ConfigError(f"{where}: final_copy_burst_bytes must not be negative")

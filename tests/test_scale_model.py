@@ -99,3 +99,30 @@ def test_size_split_and_leave_one_size_out():
     with pytest.raises(ConfigError):
         hostfit.size_split(obs, 0)
     assert not math.isnan(by[GiB]["median_abs_rel_error"]["total_time_s"])
+
+
+def test_size_costs_are_fit_only_from_several_sizes():
+    truth = {"host.throughput_efficiency": 0.9, "host.switchover_s": 0.01, "host.zero_page_cost_s": 2.5e-6}
+
+    def obs(memory: int, i: int) -> hostfit.Observation:
+        sc = Scenario().replace(**{"workload.spec": "hotcold:hot=32MiB,rate=2000", "workload.memory_bytes": memory,
+                                   "workload.zero_page_fraction": zeropages.zero_page_fraction(memory, 50 * MiB),
+                                   "link.bandwidth_Bps": "1Gbit/s",
+                                   "strategy.kind": "precopy", "strategy.downtime_limit_s": 0.3,
+                                   "name": f"z{memory >> 30}-{i}"})
+        p = hostfit.predict(sc, truth)
+        m = {k: p[k] for k in ("total_time_s", "downtime_s", "bytes_sent", "dirty_sync_count")}
+        m["setup_time_s"] = 0.002 + 0.001 * memory / GiB
+        m["duplicate_pages"] = sc.workload.zero_page_fraction * memory / 4096
+        return hostfit.Observation(f"r{memory >> 30}-{i}", sc.name, sc, m)
+
+    one = hostfit.fit([obs(GiB, i) for i in range(2)], maxfev=30)
+    assert not set(hostfit.SIZE_PARAMS) & set(one.constants)  # one size: not modelled, as before
+    several = hostfit.fit([obs(m, i) for m in (GiB, 4 * GiB) for i in range(2)], maxfev=60)
+    c = several.constants
+    assert set(hostfit.SIZE_PARAMS) <= set(c)
+    assert c["host.setup_s_per_GiB"] == pytest.approx(0.001, rel=1e-6)
+    assert c["host.zero_page_cost_s"] == pytest.approx(2.5e-6, rel=0.3)
+    big = obs(16 * GiB, 0)
+    assert hostfit.predict(big.scenario, c)["total_time_s"] == pytest.approx(big.measured["total_time_s"], rel=0.1)
+    assert hostfit.host_json_constants(c)["zero_page_cost_s"] == c["host.zero_page_cost_s"]
