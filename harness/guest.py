@@ -43,10 +43,11 @@ from ``miglab.workload=SPEC`` (for the console log only). Specs:
   fills the region, then only reports (a used guest that does not write).
   The program prints ``miglab-load t=12.000 pages=5000 rate=5000.0
   total=60000 skipped=0`` once per second.
-* ``redis[:keys=N][,value=SIZE][,clients=C][,pipeline=P][,tests=set+get]`` --
+* ``redis[:keys=N|P%][,value=SIZE][,clients=C][,pipeline=P][,tests=set+get]`` --
   Debian's ``redis-server`` (no persistence) loaded by ``redis-benchmark``,
   both inside the guest over the guest's loopback: random keys out of ``keys``
-  (default 100000), ``value`` bytes per value (default 1KiB), ``clients``
+  (default 100000; ``keys=5%``: as many keys as make their values 5 % of guest memory, so
+  the data grows with the guest), ``value`` bytes per value (default 1KiB), ``clients``
   parallel connections (default 4), ``pipeline`` requests per round trip
   (default 1), ``tests`` the ``redis-benchmark -t`` list joined with ``+``
   (default ``set+get``). The key space is first filled with a pipelined SET
@@ -188,8 +189,12 @@ def _region_mib(spec: str, kv: dict[str, str], memory_bytes: int) -> int:
 
 
 def _parse_redis(spec: str, kv: dict[str, str], memory_bytes: int) -> GuestWorkload:
-    keys = _int(spec, "keys", kv.get("keys", "100000"), 1, 100_000_000)
     value = parse_size(kv.get("value", "1KiB"))
+    keys_text = kv.get("keys", "100000")
+    if keys_text.strip().endswith("%") and 1 <= value:
+        # keys=5%: a key space whose values fill that share of the guest, so redis's data grows with memory
+        keys_text = str(max(1, parse_size_or_share(keys_text, memory_bytes) // value))
+    keys = _int(spec, "keys", keys_text, 1, 100_000_000)
     if not 1 <= value <= 64 * 1024 * 1024:
         raise ConfigError(f"{WHERE} {spec!r}: value={kv['value']} must be 1 B .. 64 MiB")
     if keys * (value + 64) > memory_bytes * 0.7:

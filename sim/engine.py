@@ -161,6 +161,11 @@ class Migration:
         self.pc_bytes = 0.0
         self.pc_start = math.nan
 
+    @property
+    def sync_s(self) -> float:
+        """One dirty-bitmap sync of the whole guest (``host.sync_s_per_GiB``)."""
+        return self.sc.host.sync_s_per_GiB * self.n_pages * self.page_size / 2**30
+
     # -- guest clock --------------------------------------------------------
     def advance_guest(self, dt: float, paused_fraction: float = 0.0) -> None:
         # A throttled vCPU keeps (1 - p) of its time; the workload needs cpu_utilization of it to keep pace.
@@ -198,6 +203,8 @@ class Migration:
             # (usr.sbin/bhyve/migration.c, live_migrate_send).
             wire += self.n_pages
         seconds = wire / rate_Bps + (pages - zero) * self.per_page_s
+        if self.sc.host.zero_page_cost_s and not self.bhyve:
+            seconds += zero * self.sc.host.zero_page_cost_s  # QEMU reads a page to find it zero
         if self.bhyve:
             seconds += math.ceil(pages / max(self.sc.host.bhyve_chunk_pages, 1)) * self.sc.host.bhyve_chunk_pause_s
         return wire, seconds
@@ -262,6 +269,8 @@ def precopy_round(env: simpy.Environment, m: Migration, round_no: int, pages: fl
         paused_s = search + math.ceil(pages / max(m.sc.host.bhyve_chunk_pages, 1)) * m.sc.host.bhyve_chunk_pause_s
         seconds += search
         paused = min(1.0, paused_s / seconds)
+    elif not m.bhyve and round_no >= 1 and m.sc.host.sync_s_per_GiB > 0:
+        seconds += m.sync_s  # the bitmap sync that started this round, while the guest runs
     elif m.bhyve and seconds > 0:
         chunks = math.ceil(pages / max(m.sc.host.bhyve_chunk_pages, 1))
         paused = min(1.0, chunks * m.sc.host.bhyve_chunk_pause_s / seconds)
@@ -292,6 +301,8 @@ def stop_and_copy(env: simpy.Environment, m: Migration, phase: str = "stopcopy")
     wire += sc.host.device_state_bytes
     seconds += sc.host.device_state_bytes / rate
     fixed = sc.host.cold_restart_s if phase == "cold" else sc.host.switchover_s + sc.host.resume_s
+    if not m.bhyve and phase != "cold" and sc.host.sync_s_per_GiB > 0:
+        fixed += m.sync_s  # the completion sync runs with the vCPUs paused
     if m.bhyve and phase != "cold":
         fixed += m.n_pages * sc.host.bhyve_dirty_search_s_per_page  # the last search runs with the vCPUs paused
     downtime = fixed + seconds + sc.link.rtt_s / 2
@@ -485,8 +496,9 @@ def migrate(env: simpy.Environment, m: Migration) -> Generator[Any, Any, Any]:
     if m.bhyve and sc.host.bhyve_lowmem_only and m.n_pages * m.page_size > BHYVE_LOWMEM_LIMIT_BYTES:
         m.converged, m.reason = False, "these bhyve patches migrate lowmem only: guests must be under 3 GiB"
         return
-    if sc.host.setup_s:
-        yield env.timeout(sc.host.setup_s)
+    setup_s = sc.host.setup_s + sc.host.setup_s_per_GiB * m.n_pages * m.page_size / 2**30
+    if setup_s:
+        yield env.timeout(setup_s)
     if st.kind == "stopcopy":
         m.pages.set_all()
         m.syncs = 1

@@ -348,6 +348,75 @@ def _fit_queue_bytes(post: Sequence[Observation], scs: list[Scenario], idx: list
     return float(round(math.exp(q.x) * QUEUE_REF_BYTES))
 
 
+#: Host constants that grow with guest size, and the mechanism each one names (issue 9). Fit only when the
+#: training runs span two or more guest sizes; otherwise left at 0 (not modelled), so one-size fits are as before.
+SIZE_PARAMS: dict[str, str] = {
+    "host.zero_page_cost_s": "QEMU reads every page it elides as zero (buffer_is_zero): seconds per zero page",
+    "host.sync_s_per_GiB": "each dirty-bitmap sync walks the whole guest's bitmap (migration_bitmap_sync)",
+    "host.setup_s_per_GiB": "ram_save_setup allocates and fills the per-GiB bitmaps before the first page",
+}
+
+
+def setup_by_size(observations: Sequence[Observation]) -> dict[str, float]:
+    """``setup_time_s = setup_s + setup_s_per_GiB x GiB``: least squares over runs at >= 2 sizes (slope >= 0)."""
+    pts = [(memory_of(o) / 2**30, o.measured["setup_time_s"]) for o in observations
+           if math.isfinite(o.measured.get("setup_time_s", math.nan))]
+    if len({x for x, _ in pts}) < 2:
+        return {}
+    x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    slope = max(0.0, float(np.polyfit(x, y, 1)[0]))
+    return {"host.setup_s": float(max(0.0, np.median(y - slope * x))), "host.setup_s_per_GiB": slope}
+
+
+def zero_cost_estimate(observations: Sequence[Observation]) -> float | None:
+    """Seconds per zero page from completed pre-copy runs: ``time = a x bytes / link rate + c x zero pages``.
+
+    Non-negative least squares over the runs (no intercept); ``c`` is the cost, ``1 / a`` the link
+    efficiency it was separated from. None when the runs' zero-page counts do not vary enough to tell
+    the two apart (a one-size campaign)."""
+    from scipy.optimize import nnls
+
+    rows, y = [], []
+    for o in observations:
+        m = o.measured
+        if o.completed and not o.xbzrle and m.get("total_time_s", 0) > 0 and "duplicate_pages" in m:
+            rows.append([m.get("bytes_sent", 0.0) / o.scenario.link.bandwidth_Bps, m["duplicate_pages"]])
+            y.append(m["total_time_s"] - m.get("setup_time_s", 0.0))
+    if len(rows) < 2:
+        return None
+    a = np.array(rows)
+    if np.ptp(a[:, 1]) < 0.1 * max(float(a[:, 1].max()), 1.0):
+        return None
+    scale = np.array([1.0, 1e-6])
+    x, _ = nnls(a * scale, np.array(y))  # zero pages in millions: both coefficients of order one
+    return float(x[1] * 1e-6)
+
+
+def _fit_size_costs(train: Sequence[Observation], pre: Sequence[Observation], direct: dict[str, float],
+                    constants: dict[str, float], evals: _Evaluations) -> dict[str, float]:
+    """Stage 3b (runs at several sizes): setup per GiB read off; zero-page cost, then sync per GiB, each alone."""
+    from scipy.optimize import minimize_scalar
+
+    out = setup_by_size(train)
+    zc = zero_cost_estimate(pre)
+    if zc is not None:
+        out["host.zero_page_cost_s"] = zc
+    scs, idx = _prepared(pre, {**direct, **out})
+    base = {**constants, **out}
+    searches: list[tuple[str, float, tuple[str, ...]]] = [("host.sync_s_per_GiB", 0.5, ("total_time_s", "downtime_s"))]
+    if zc is None:
+        searches.insert(0, ("host.zero_page_cost_s", 20e-6, ("total_time_s",)))
+    for key, upper, metrics in searches:
+        def sloss(v: float, key: str = key, metrics: tuple[str, ...] = metrics) -> float:
+            evals.count()
+            return _loss(pre, scs, idx, {**base, key: v}, metrics)
+
+        r = minimize_scalar(sloss, bounds=(0.0, upper), method="bounded", options={"xatol": upper * 1e-3,
+                                                                                    "maxiter": 30})
+        base[key] = float(r.x) if r.fun <= sloss(0.0) else 0.0
+    return {k: base[k] for k in (*out, "host.zero_page_cost_s", "host.sync_s_per_GiB")}
+
+
 def fit(observations: Sequence[Observation], *, maxfev: int | None = None,
         on_eval: Callable[[int, float], None] | None = None) -> HostFit:
     """Fit the host constants on ``observations`` (completed runs only) and return them.
@@ -380,6 +449,16 @@ def fit(observations: Sequence[Observation], *, maxfev: int | None = None,
     constants = {**_fit_rate_constants(pre, scs, idx, start, maxfev, evals), **direct}
     constants["host.switchover_s"] = _fit_fixed_cost("host.switchover_s", pre, scs, idx, constants,
                                                      0.5, 5e-4, 40, evals)
+    if len({memory_of(o) for o in train}) >= 2:  # only runs at several guest sizes can tell size costs apart
+        # The size costs first (the rate constants alone would absorb them), then the rate constants and the
+        # switchover again with the size costs in every scenario.
+        size = _fit_size_costs(train, pre, direct, constants, evals)
+        direct = {**direct, **size}
+        scs, idx = _prepared(pre, direct)
+        constants.update(_fit_rate_constants(pre, scs, idx, start, maxfev, evals))
+        constants.update(size)
+        constants["host.switchover_s"] = _fit_fixed_cost("host.switchover_s", pre, scs, idx, constants,
+                                                         0.5, 5e-4, 40, evals)
     total_loss = _loss(pre, scs, idx, constants) * len(pre)
     post = [o for o in train if o.scenario.strategy.kind in ("postcopy", "hybrid")]
     if post:
@@ -470,3 +549,69 @@ def evaluate(observations: Sequence[Observation], constants: dict[str, float]) -
             elif meas > 0:
                 errs[m].append(abs(p[m] - meas) / meas)
     return {m: float(np.median(v)) if v else math.nan for m, v in errs.items()}
+
+
+# --------------------------------------------------------------------------- splits by guest size (issue 9)
+def memory_of(o: Observation) -> int:
+    """The guest size of an observation's run (bytes)."""
+    return int(o.scenario.workload.memory_bytes)
+
+
+def size_split(observations: Sequence[Observation], train_max_bytes: int
+               ) -> tuple[list[Observation], list[Observation]]:
+    """The honest split: runs of guests up to ``train_max_bytes`` train, the bigger ones are judged."""
+    if train_max_bytes <= 0:
+        raise ConfigError(f"train_max_memory must be positive, not {train_max_bytes}")
+    train = [o for o in observations if memory_of(o) <= train_max_bytes]
+    judged = [o for o in observations if memory_of(o) > train_max_bytes]
+    return train, judged
+
+
+def leave_one_size_out(observations: Sequence[Observation], *, maxfev: int | None = None,
+                       progress: Callable[[str], None] | None = None) -> list[FoldFit]:
+    """One fold per guest size: constants fit on every other size, judged on that one.
+
+    ``fold`` is the size's index (smallest 0); ``heldout_groups`` the scenarios
+    at that size. Needs at least two sizes.
+    """
+    sizes = sorted({memory_of(o) for o in observations})
+    if len(sizes) < 2:
+        raise ConfigError(f"leave-one-size-out needs runs at two or more guest sizes, not {len(sizes)}")
+    out = []
+    for k, size in enumerate(sizes):
+        train = [o for o in observations if memory_of(o) != size]
+        held = tuple(sorted({o.group for o in observations if memory_of(o) == size}))
+        if not any(o.completed for o in train):
+            continue
+        if progress is not None:
+            progress(f"size {size >> 20} MiB ({k + 1}/{len(sizes)})")
+        out.append(FoldFit(k, fit(train, maxfev=maxfev), held))
+    return out
+
+
+def evaluate_by_size(observations: Sequence[Observation], constants_of: Callable[[Observation], dict[str, float]]
+                     ) -> dict[int, dict[str, Any]]:
+    """Per guest size: median absolute relative error per metric (:func:`evaluate`'s form) and the run count."""
+    out: dict[int, dict[str, Any]] = {}
+    for size in sorted({memory_of(o) for o in observations}):
+        mine = [o for o in observations if memory_of(o) == size]
+        by_consts: dict[str, list[Observation]] = {}
+        consts: dict[str, dict[str, float]] = {}
+        for o in mine:
+            c = constants_of(o)
+            key = repr(sorted(c.items()))
+            by_consts.setdefault(key, []).append(o)
+            consts[key] = c
+        errs: dict[str, list[float]] = {m: [] for m in METRICS}
+        for key, obs in by_consts.items():
+            for o in obs:
+                p = predict(o.scenario, consts[key]) if o.completed else {}
+                for m in METRICS:
+                    meas = o.measured.get(m)
+                    if not o.completed or meas is None or not math.isfinite(meas) or not math.isfinite(p.get(m, math.nan)):
+                        continue
+                    errs[m].append(float(p[m] != meas) if m == "dirty_sync_count" else
+                                   abs(p[m] - meas) / meas if meas > 0 else math.nan)
+        out[size] = {"runs": len(mine), "completed": sum(o.completed for o in mine),
+                     "median_abs_rel_error": {m: float(np.nanmedian(v)) if v else math.nan for m, v in errs.items()}}
+    return out

@@ -192,6 +192,14 @@ class Host:
     device_load_s: float = 0.0
     bhyve_sticky_dirty: bool = False
     bhyve_dirty_search_s_per_page: float = 0.0
+    #: Costs that grow with guest size (issue 9; 0 = not modelled, as before). ``zero_page_cost_s``: QEMU
+    #: reads every page it elides (buffer_is_zero in save_zero_page), on the sender's time.
+    #: ``sync_s_per_GiB``: each dirty-bitmap sync walks the bitmap of all of RAM (migration_bitmap_sync),
+    #: live after every round, with the vCPUs paused at completion. ``setup_s_per_GiB``: ram_save_setup
+    #: allocates and fills the per-GiB bitmaps and starts dirty logging before the first page moves.
+    zero_page_cost_s: float = 0.0
+    sync_s_per_GiB: float = 0.0
+    setup_s_per_GiB: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -554,7 +562,8 @@ def _rules() -> dict[type, tuple[tuple[str, Any, str], ...]]:
         Host: tuple((f, *not_negative) for f in (
             "switchover_s", "postcopy_switch_s", "device_state_bytes", "page_send_cost_s", "setup_s",
             "cold_restart_s", "postcopy_queue_bytes", "bhyve_chunk_pause_s", "bhyve_page_send_s", "resume_s",
-            "bhyve_dirty_search_s_per_page", "dirty_rate_factor", "final_copy_burst_bytes", "device_load_s"))
+            "bhyve_dirty_search_s_per_page", "dirty_rate_factor", "final_copy_burst_bytes", "device_load_s",
+            "zero_page_cost_s", "sync_s_per_GiB", "setup_s_per_GiB"))
         + (("throughput_efficiency", lambda v: 0 < v <= 1.5, "must lie in (0, 1.5]"),
            ("final_copy_rate_Bps", *positive), ("bhyve_chunk_pages", *at_least_1)),
         Strategy: (("downtime_limit_s", *positive), ("max_rounds", *at_least_1), ("timeout_s", *positive),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -51,12 +51,22 @@ class Calibration:
     train: dict[str, float] | None
     folds: list[dict[str, Any]]
     host_json: str = ""
+    #: With ``cv = "size"``: scenario -> constants fit on every other guest size (leave-one-size-out).
+    size_cv: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def calibrate(runs: Sequence[ValidatedRun], folds: int, host_json: str | None = None,
-              progress: bool = True) -> Calibration:
-    """Held-out constants for every run: from ``host_json``, or k-fold cross-validation by scenario."""
+              progress: bool = True, *, train_max_memory_bytes: int = 0, cv: str = "") -> Calibration:
+    """Held-out constants for every run: from ``host_json``, or k-fold cross-validation by scenario.
+
+    ``train_max_memory_bytes`` (a scale campaign's ``train_max_memory``) makes the split honest by size:
+    runs of bigger guests are judged by constants fit on the small ones only (and the small ones by
+    k-fold among themselves); ``cv = "size"`` adds leave-one-size-out constants (``size_cv``).
+    """
     from sim import hostfit
+
+    if train_max_memory_bytes and not host_json:
+        return _calibrate_by_size(runs, folds, train_max_memory_bytes, cv, progress)
 
     groups = sorted({r.scenario for r in runs})
     if host_json:
@@ -91,6 +101,42 @@ def calibrate(runs: Sequence[ValidatedRun], folds: int, host_json: str | None = 
                  "heldout_scenarios": [], "train_runs": full.n_train_runs, "loss": full.loss,
                  "evaluations": full.evaluations})
     return Calibration(f"{folds}-fold cross-validation by scenario", heldout, fold_of, full.constants, info)
+
+
+def _calibrate_by_size(runs: Sequence[ValidatedRun], folds: int, train_max_bytes: int, cv: str,
+                       progress: bool) -> Calibration:
+    """The honest split of a scale campaign: fit on guests <= ``train_max_bytes``, judge the bigger ones."""
+    from sim import hostfit
+
+    obs = [observation(r) for r in runs]
+    train, judged = hostfit.size_split(obs, train_max_bytes)
+    if not any(o.completed for o in train):
+        raise ConfigError(f"no completed run of a guest up to {train_max_bytes >> 20} MiB to fit on")
+    small = calibrate([r for r in runs if r.record.scenario.workload.memory_bytes <= train_max_bytes],
+                      folds, None, progress) if len({o.group for o in train}) >= folds else None
+    full = hostfit.fit(train)
+    heldout = dict(small.heldout) if small else {}
+    fold_of = dict(small.fold_of) if small else {}
+    for g in {o.group for o in judged}:
+        heldout[g], fold_of[g] = full.constants, -2
+    info = list(small.folds[:-1]) if small else []
+    info.append({"fold": "small", "constants": full.constants, "train_scenarios": list(full.train_groups),
+                 "heldout_scenarios": sorted({o.group for o in judged}), "train_runs": full.n_train_runs,
+                 "loss": full.loss, "evaluations": full.evaluations,
+                 "note": f"fit on guests up to {train_max_bytes >> 20} MiB only; judges every bigger guest"})
+    size_cv: dict[str, dict[str, float]] = {}
+    if cv == "size":
+        for ff in hostfit.leave_one_size_out(obs):
+            for g in ff.heldout_groups:
+                size_cv[g] = ff.fit.constants
+            info.append({"fold": f"size-{ff.fold}", "constants": ff.fit.constants,
+                         "train_scenarios": list(ff.fit.train_groups), "heldout_scenarios": list(ff.heldout_groups),
+                         "train_runs": ff.fit.n_train_runs, "loss": ff.fit.loss, "evaluations": ff.fit.evaluations,
+                         "note": "leave-one-size-out"})
+    method = (f"fit on guests <= {train_max_bytes >> 20} MiB, judged on bigger ones"
+              + (f" ({folds}-fold by scenario among the small ones)" if small else "")
+              + ("; leave-one-size-out beside" if size_cv else ""))
+    return Calibration(method, heldout, fold_of, full.constants, info, size_cv=size_cv)
 
 
 def calibrate_host(paths: Sequence[str | Path], *, heldout_every: int = 3, maxfev: int | None = None

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MODEL_HELDOUT = "miglab"
 MODEL_TRAIN = "miglab-train"
 MODEL_DEFAULT = "miglab-uncalibrated"
+MODEL_SIZE_CV = "miglab-size-cv"  # constants fit on every other guest size (a scale campaign's cv = "size")
 BASELINES: tuple[str, ...] = ("geometric", "simgrid", "qemu-expected-downtime")
 MODELS: tuple[str, ...] = (MODEL_HELDOUT, MODEL_TRAIN, MODEL_DEFAULT, *BASELINES)
 COMPARED: tuple[str, ...] = ("total_time_s", "downtime_s", "guest_pause_s", "bytes_sent", "dirty_sync_count",
@@ -225,6 +226,9 @@ def compare(runs: Sequence[ValidatedRun], cal: Calibration, *, progress: bool = 
         if cal.train is not None:
             rows += comparison_rows(run, MODEL_TRAIN, None, pred(sc, cal.train))
         rows += comparison_rows(run, MODEL_DEFAULT, None, pred(sc, {}))
+        size_consts = getattr(cal, "size_cv", {}).get(run.scenario)
+        if size_consts is not None:
+            rows += comparison_rows(run, MODEL_SIZE_CV, None, pred(sc, size_consts))
         if run.trace not in tstats:
             tstats[run.trace] = trace_summary(run.trace)
         for model, p in baseline_predictions(run, consts or {}, tstats[run.trace]).items():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.validate import crossval
-from harness.validate.calibration import Calibration
+from harness.validate.calibration import Calibration, calibrate
 from harness.validate.campaign import RUNS_DIR, Campaign
 from harness.validate.compare import (
     BASELINES,
@@ -67,7 +67,14 @@ def build_report(out_dir: str | Path, campaign: Campaign | None = None, *, host_
         campaign = Campaign.load(out / "campaign.toml")
     folds = campaign.folds if campaign else 3
     runs = validated_runs([out / RUNS_DIR])
-    cvs = crossval.calibrations(runs, folds, host_json, choice=cv, progress=progress)
+    train_max = getattr(campaign, "train_max_memory_bytes", 0) if campaign else 0
+    if train_max and not host_json:
+        # A scale campaign: the honest split is by guest size (small guests train, bigger ones are judged).
+        cvs = crossval.CrossValidation("size", calibrate(runs, folds, host_json, progress,
+                                                         train_max_memory_bytes=train_max,
+                                                         cv=getattr(campaign, "cv", "")), {})
+    else:
+        cvs = crossval.calibrations(runs, folds, host_json, choice=cv, progress=progress)
     cal = cvs.headline
     table = crossval.with_other_schemes(compare(runs, cal, progress=progress), runs, cvs)
     spread = measurement_spread(runs)

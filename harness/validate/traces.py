@@ -51,12 +51,17 @@ def find_trace(spec: str, memory_bytes: int, interval_s: float, min_seconds: flo
     return None
 
 
-def ensure_trace(campaign: Campaign, w: CampaignWorkload, out_dir: Path, *, progress: bool = True) -> Path:
-    """The trace for ``w``: reused when one matches, else collected into ``OUT/traces/``."""
-    key = trace_key(w.spec, campaign.memory_bytes, campaign.trace_interval_s)
+def ensure_trace(campaign: Campaign, w: CampaignWorkload, out_dir: Path, *, progress: bool = True,
+                 memory_bytes: int | None = None) -> Path:
+    """The trace for ``w`` on a guest of ``memory_bytes`` (default the campaign's): reused when one matches,
+    else collected into ``OUT/traces/`` by the campaign's trace method for that size (content-diff scan, or
+    QEMU's dirty log for big guests: :func:`harness.dirtylog.collect_dirtylog`)."""
+    mem = campaign.memory_bytes if memory_bytes is None else memory_bytes
+    seconds = campaign.trace_seconds_of(mem)
+    key = trace_key(w.spec, mem, campaign.trace_interval_s)
     own = out_dir / TRACES_DIR
     dirs = [own, *(Path(d) for d in campaign.trace_dirs)]
-    found = find_trace(w.spec, campaign.memory_bytes, campaign.trace_interval_s, campaign.trace_seconds, dirs)
+    found = find_trace(w.spec, mem, campaign.trace_interval_s, seconds, dirs)
     if found is not None:
         if found.parent.resolve() != own.resolve():
             own.mkdir(parents=True, exist_ok=True)
@@ -65,10 +70,16 @@ def ensure_trace(campaign: Campaign, w: CampaignWorkload, out_dir: Path, *, prog
             log.info("reusing trace %s for %s (copied to %s)", found, w.spec, dest)
             return dest
         return found
+    dest = own / f"{w.name}-{key}.npz"
+    method = campaign.trace_method_of(mem)
+    log.info("collecting a %.0f s %s trace of %s (%d MiB guest) into %s", seconds, method, w.spec, mem >> 20, dest)
+    if method == "dirty-log":
+        from harness.dirtylog import collect_dirtylog
+
+        collect_dirtylog(w.spec, memory_bytes=mem, interval_s=campaign.trace_interval_s, seconds=seconds, out=dest)
+        return dest
     from harness.collect import collect
 
-    dest = own / f"{w.name}-{key}.npz"
-    log.info("collecting a %.0f s trace of %s into %s", campaign.trace_seconds, w.spec, dest)
-    collect(w.spec, memory_bytes=campaign.memory_bytes, interval_s=campaign.trace_interval_s,
-            seconds=campaign.trace_seconds, out=dest, progress=progress)
+    collect(w.spec, memory_bytes=mem, interval_s=campaign.trace_interval_s,
+            seconds=seconds, out=dest, progress=progress)
     return dest
