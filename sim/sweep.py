@@ -186,6 +186,9 @@ class Sweep:
     source: str = "sweep"
     #: Refuse a cross product of more runs than this before building any (``miglab sweep --max-runs``).
     max_runs: int = field(default=1_000_000, repr=False, compare=False)
+    #: Host constants under the sweep (dotted overrides, e.g. :attr:`sim.hostinfo.HostSource.overrides`):
+    #: every run gets them unless the sweep sets that field itself (in [base], [vary] or a variant).
+    host_overrides: dict[str, Any] = field(default_factory=dict)
     _runs: tuple[tuple[dict[str, Any], Scenario], ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -204,8 +207,13 @@ class Sweep:
         return cls.from_dict(load_toml(path), source=str(path), **kw)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "sweep", max_runs: int = 1_000_000) -> Sweep:
-        """Build from the parsed TOML/JSON form (keys name, description, base, vary, variants)."""
+    def from_dict(cls, data: dict[str, Any], *, source: str = "sweep", max_runs: int = 1_000_000,
+                  host_overrides: dict[str, Any] | None = None) -> Sweep:
+        """Build from the parsed TOML/JSON form (keys name, description, base, vary, variants).
+
+        ``host_overrides`` are host constants put under the sweep (``miglab sweep`` passes the bundled
+        calibration unless told otherwise); fields the sweep sets itself win.
+        """
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: a sweep must be a table")
         unknown = sorted(set(data) - _SWEEP_KEYS)
@@ -251,10 +259,19 @@ class Sweep:
         if not isinstance(description, str):
             raise ConfigError(f"{source}: description must be a string")
         return cls(name=name, base=base, vary=vary, variants=tuple(variants), description=description,
-                   source=source, max_runs=max_runs)
+                   source=source, max_runs=max_runs, host_overrides=dict(host_overrides or {}))
+
+    def own_fields(self) -> set[str]:
+        """Every dotted field the sweep itself sets: in [base], [vary] or a variant."""
+        keys = set(flatten(self.base)) | set(self.vary)
+        for _, overrides in self.variants:
+            keys |= set(overrides)
+        return keys
 
     def base_scenario(self) -> Scenario:
-        return Scenario.from_dict(self.base, source=f"{self.source}: [base]")
+        sc = Scenario.from_dict(self.base, source=f"{self.source}: [base]")
+        under = {k: v for k, v in self.host_overrides.items() if k not in self.own_fields()}
+        return sc.replace(**under) if under else sc
 
     def scenarios(self) -> list[tuple[dict[str, Any], Scenario]]:
         """Every run: ``(config, scenario)``, variants outermost, then [vary] keys in file order.
@@ -483,7 +500,7 @@ def _execute_dask(chunks: list[list[tuple[str, Scenario]]], scheduler: str,
 def run_sweep(sweep: Sweep, out: str | Path, jobs: int | None = None, scheduler: str | None = None,
               progress: bool = True, *, checkpoint_rows: int = _CHECKPOINT_ROWS,
               checkpoint_interval_s: float = _CHECKPOINT_INTERVAL_S,
-              connect_timeout_s: float = 10.0) -> pd.DataFrame:
+              connect_timeout_s: float = 10.0, host: dict[str, Any] | None = None) -> pd.DataFrame:
     """Run every scenario of ``sweep`` not already finished; write and return the full table.
 
     ``jobs`` is the local process count (default: all cores; 1 runs in this
@@ -492,7 +509,8 @@ def run_sweep(sweep: Sweep, out: str | Path, jobs: int | None = None, scheduler:
     trace/model files at the same paths. Completed runs are checkpointed to
     ``OUT.parts/`` every ``checkpoint_rows`` runs or ``checkpoint_interval_s``
     seconds and on interrupt; a re-run resumes from there. Connecting to the
-    scheduler gives up after ``connect_timeout_s``.
+    scheduler gives up after ``connect_timeout_s``. ``host`` (a :meth:`sim.hostinfo.HostSource.to_dict`)
+    is stored as ``host_constants`` in the table's provenance.
 
     The table has one row per scenario of the sweep, in sweep order: columns
     ``sweep``, ``variant``, ``scenario_id``, the flattened scenario fields
@@ -540,7 +558,8 @@ def run_sweep(sweep: Sweep, out: str | Path, jobs: int | None = None, scheduler:
     table = _assemble(out, order, sweep.name, variant_of, columns)
     with atomic_path(out) as tmp:  # the final table carries its provenance in the Parquet schema metadata
         write_parquet(table, tmp, provenance(inputs={path: file_sha256(path) for path in input_paths},
-                                             extra={"sweep": sweep.name}))
+                                             extra={"sweep": sweep.name,
+                                                    **({"host_constants": host} if host else {})}))
     _remove_parts(parts_dir_for(out))
     return table
 

@@ -258,6 +258,48 @@ def test_quiet_is_accepted_everywhere_progress_shows(verb, flag):
     assert build_parser().parse_args([*verb, flag]).quiet is True
 
 
+def _every_verb_parser():
+    from harness.cli import GROUPS, build_parser
+
+    top = _subparsers(build_parser())
+    verbs = {name: p for name, p in top.items() if name not in GROUPS}
+    for group in GROUPS:
+        verbs.update({f"{group} {n}": p for n, p in _subparsers(top[group]).items()})
+    return verbs
+
+
+def test_quiet_and_verbose_are_the_shared_definitions_in_every_verb():
+    from harness.cli import VERBOSE_HELP
+
+    for name, p in _every_verb_parser().items():
+        by_flag = {flag: a for a in p._actions for flag in a.option_strings}
+        verbose = by_flag.get("-v")
+        assert verbose is not None and verbose is by_flag.get("--verbose"), f"miglab {name}: -v/--verbose"
+        assert verbose.help == VERBOSE_HELP, f"miglab {name} -v"
+        quiet = by_flag.get("-q") or by_flag.get("--quiet")
+        if quiet is not None:  # a verb that shows progress: both spellings, one dest, a flag
+            assert quiet is by_flag.get("-q") is by_flag.get("--quiet"), f"miglab {name}: -q/--quiet"
+            assert quiet.dest == "quiet" and quiet.nargs == 0, f"miglab {name} -q"
+        seed = by_flag.get("--seed")
+        assert seed is None or not seed.required, f"miglab {name}: --seed must be optional"
+        json_flag = by_flag.get("--json")
+        if json_flag is not None and json_flag.dest == "json":  # regress's deprecated --json FILE has its own dest
+            assert json_flag.nargs == 0, f"miglab {name} --json: a result on stdout, takes no value"
+
+
+@pytest.mark.parametrize("argv", [["-v", "simulate"], ["simulate", "-v"], ["-vv", "simulate"],
+                                  ["-v", "simulate", "-v"], ["simulate"]])
+def test_verbose_before_or_after_the_verb_sets_the_log_level(argv):
+    import logging
+
+    from harness.cli import build_parser, log_level
+
+    args = build_parser().parse_args([*argv, "--workload", "idle"])
+    want = {0: logging.WARNING, 1: logging.INFO}.get(sum(a.count("v") for a in argv if a.startswith("-v")),
+                                                       logging.DEBUG)
+    assert log_level(args) == want
+
+
 def test_trace_synth_seed_is_optional_with_a_documented_default(tmp_path, capsys):
     from harness.cli.options import DEFAULT_SYNTH_SEED
 

@@ -116,3 +116,35 @@ def test_compare_picks_the_strategy_whose_guest_waits_least():
     waits = {k: r.downtime_s + r.postcopy_stall_s for k, r in results.items()}
     assert line.startswith(f"pick {min(waits, key=waits.get)}:")
     assert all(k in line for k in results)
+
+
+def test_sweep_defaults_to_the_bundled_host_says_so_and_lets_the_sweep_win(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    from sim.provenance import read_parquet_provenance
+
+    bundled = hostinfo.bundled_host()
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('name = "h"\n[base.workload]\nkind = "synthetic"\nspec = "uniform:rate=2000"\n'
+                     'memory_bytes = "512MiB"\n[base.link]\nbandwidth_Bps = "400Mbit/s"\nrtt_s = "10ms"\n'
+                     '[vary]\n"strategy.kind" = ["precopy", "postcopy"]\n')
+    out = tmp_path / "s.parquet"
+    assert main(["sweep", str(sweep), "-o", str(out), "-j", "1", "-q"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == bundled.label()
+    import pandas as pd
+
+    table = pd.read_parquet(out)
+    assert (table["host.switchover_s"] == bundled.overrides["host.switchover_s"]).all()
+    assert read_parquet_provenance(out)["host_constants"]["source"] == "results/validation/full/host.json"
+    for flags in (["--uncalibrated"], ["--host", "none"]):
+        assert main(["sweep", str(sweep), "-o", str(out), "-j", "1", "-q", "--fresh", *flags]) == 0
+        assert capsys.readouterr().out.startswith("host constants: uncalibrated defaults")
+        assert (pd.read_parquet(out)["host.switchover_s"] == 0).all()
+        assert read_parquet_provenance(out)["host_constants"]["source"] == hostinfo.UNCALIBRATED
+    # a host field the sweep sets itself keeps its value, and the statement says so
+    sweep.write_text(sweep.read_text().replace("[vary]", '[base.host]\nswitchover_s = "20ms"\n[vary]'))
+    assert main(["sweep", str(sweep), "-o", str(out), "-j", "1", "-q", "--fresh"]) == 0
+    assert "the sweep sets host.switchover_s itself" in capsys.readouterr().out.splitlines()[0]
+    table = pd.read_parquet(out)
+    assert (table["host.switchover_s"] == 0.02).all()
+    assert (table["host.throughput_efficiency"] == bundled.overrides["host.throughput_efficiency"]).all()
+    assert read_parquet_provenance(out)["host_constants"]["set_by_sweep"] == ["host.switchover_s"]

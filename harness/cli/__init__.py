@@ -90,6 +90,25 @@ class _Version(argparse.Action):
         parser.exit(0)
 
 
+#: ``-v/--verbose``'s help, the same before the verb (``miglab -v simulate``) and after it.
+VERBOSE_HELP = "log at INFO; -vv DEBUG (the modules' loggers, on stderr)"
+
+
+def add_verbose(p: argparse.ArgumentParser, *, dest: str = "verbose") -> None:
+    """``-v/--verbose``, counted: WARNING by default, INFO once, DEBUG twice (see :func:`log_level`).
+
+    The top-level parser and every verb take it (``dest`` ``verbose`` and ``verb_verbose``), so
+    ``miglab -v sweep ...`` and ``miglab sweep ... -v`` mean the same and the counts add up.
+    """
+    p.add_argument("-v", "--verbose", action="count", default=0, dest=dest, help=VERBOSE_HELP)
+
+
+def log_level(args: argparse.Namespace) -> int:
+    """The :mod:`logging` level the ``-v`` flags of ``args`` ask for."""
+    n = int(getattr(args, "verbose", 0) or 0) + int(getattr(args, "verb_verbose", 0) or 0)
+    return [logging.WARNING, logging.INFO, logging.DEBUG][min(n, 2)]
+
+
 def verb_module(verb: Verb) -> ModuleType | None:
     """The verb's module, or None when this installation lacks it (a partial checkout)."""
     name = f"{__name__}.{verb.module}"
@@ -115,7 +134,7 @@ def build_parser(verbs: Iterable[Verb] | None = None) -> argparse.ArgumentParser
     wanted = {v.key for v in (VERBS if verbs is None else verbs)}
     parser = Parser(prog="miglab", description="Simulate and measure live migration of virtual machines.")
     parser.add_argument("--version", action=_Version)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (repeat for debug)")
+    add_verbose(parser)
     top = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=Parser)
     groups = {"": top}
     for group, help_ in GROUPS.items():
@@ -124,6 +143,7 @@ def build_parser(verbs: Iterable[Verb] | None = None) -> argparse.ArgumentParser
     for verb in VERBS:
         p = groups[verb.group].add_parser(verb.name, help=verb.help)
         p.set_defaults(verb_spec=verb)
+        add_verbose(p, dest="verb_verbose")
         if verb.key not in wanted:
             continue
         module = verb_module(verb)
@@ -140,7 +160,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed its one line (or --help / --version)
         return int(e.code or 0) if not isinstance(e.code, str) else 2
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+    logging.basicConfig(level=log_level(args),
                         format="%(levelname)s %(name)s: %(message)s")
     from sim.errors import MiglabError
 
@@ -181,4 +201,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(parser, argv)
 
 
-__all__ = ["VERBS", "GROUPS", "Verb", "Parser", "build_parser", "run", "main", "selected", "verb_module"]
+__all__ = ["VERBS", "GROUPS", "Verb", "Parser", "build_parser", "run", "main", "selected", "verb_module", "VERBOSE_HELP",
+           "add_verbose", "log_level"]

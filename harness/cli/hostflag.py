@@ -24,11 +24,19 @@ HOST_HELP = ("host constants (JSON from `miglab calibrate-host`); default: the b
              "results/validation/full/host.json; 'none' for the uncalibrated defaults")
 
 
+UNCALIBRATED_HELP = ("use the simulator's uncalibrated host defaults (no switchover cost) instead of the "
+                     "bundled calibration (same as --host none)")
+
+
+def add_host_arguments(p: argparse.ArgumentParser) -> None:
+    """``--host FILE|none`` and ``--uncalibrated``, for a verb without the shared scenario flags (``sweep``)."""
+    p.add_argument("--host", metavar=options.FILE, help=HOST_HELP)
+    p.add_argument("--uncalibrated", action="store_true", help=UNCALIBRATED_HELP)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``--uncalibrated`` (``--host`` itself is one of the shared scenario flags) and ``--timeout``."""
-    p.add_argument("--uncalibrated", action="store_true",
-                   help="use the simulator's uncalibrated host defaults (no switchover cost) instead of the "
-                        "bundled calibration (same as --host none)")
+    p.add_argument("--uncalibrated", action="store_true", help=UNCALIBRATED_HELP)
     p.add_argument("--timeout", metavar=options.TIME,
                    help="cancel a pre-copy still running after this long, as QEMU's migrate_cancel would "
                         "(default: no timeout, like QEMU)")

@@ -3,7 +3,9 @@
 A flag that means the same in two verbs is defined here once, so ``--bandwidth``
 is ``RATE`` in ``simulate`` and ``migrate`` alike, progress is silenced with
 ``-q/--quiet`` everywhere (older spellings such as ``--no-progress`` stay as
-aliases), and ``--seed`` is optional wherever it exists.
+aliases), ``-v/--verbose`` logs more before or after the verb (defined in :mod:`harness.cli`, which
+``--help`` must load without this module), and ``--seed`` is
+optional wherever it exists.
 
 :func:`scenario_from_args` is the one translation of flags into a
 :class:`sim.scenario.Scenario`; the simulator verbs and ``migrate`` differ
