@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     doc = calibrate_host(args.runs, heldout_every=args.heldout_every)
     # What the constants were fitted on, so that a run outside it is warned about (sim.hostinfo.range_warnings).
     doc.setdefault("fit", {}).setdefault("range", fit_range_of_runs(args.runs))
+    from sim.provenance import provenance
+
+    doc["fit"]["provenance"] = provenance()
     with atomic_open(args.output) as f:
         json.dump(doc, f, indent=1)
     c, fit_ = doc["constants"], doc["fit"]

@@ -112,8 +112,33 @@ def _write_tables(out: Path, table: Any, spread: Any, errs: Any, cal: Calibratio
         if (out / "runs").is_dir():  # where these constants hold: the sizes and links they were fitted on
             fit["range"] = {**fit_range_of_runs([out / "runs"]),
                             "derived_from": "runs/ beside this file (sim.hostinfo.fit_range_of_runs)"}
+        fit["provenance"] = _provenance(out, campaign)
         with atomic_open(out / "host.json") as f:
             json.dump({"constants": host_json_constants(cal.train), "fit": fit}, f, indent=1)
+
+
+def _provenance(out: Path, campaign: Campaign | None) -> dict[str, Any]:
+    """pyperf-style provenance of a report: this process, the campaign file and the traces it replays."""
+    from sim.provenance import provenance
+    from sim.trace import file_sha256
+
+    files = [out / "campaign.toml", *sorted((out / "traces").glob("*.npz"))]
+    inputs = {str(p.relative_to(out)): file_sha256(p) for p in files if p.is_file()}
+    versions = sorted({str(v).split("(")[0].strip() for v in _run_versions(out)})
+    return provenance(inputs=inputs, qemu_version=", ".join(versions) if versions else None)
+
+
+def _run_versions(out: Path) -> list[str]:
+    """The hypervisor versions the campaign's run records name."""
+    found: list[str] = []
+    for p in sorted((out / RUNS_DIR).glob("*.json")):
+        try:
+            host = json.loads(p.read_text()).get("host") or {}
+        except (OSError, ValueError):
+            continue
+        if isinstance(host, dict) and host.get("hypervisor_version"):
+            found.append(str(host["hypervisor_version"]))
+    return found
 
 
 def _summary(out: Path, campaign: Campaign | None, runs: Sequence[ValidatedRun], cal: Calibration, table: Any,
@@ -128,7 +153,8 @@ def _summary(out: Path, campaign: Campaign | None, runs: Sequence[ValidatedRun],
             "targets": target_verdicts(table),
             "targets_in_sample": target_verdicts(table, MODEL_TRAIN) if cal.train is not None else [],
             "noise": noise_summary(spread), "round_caps": round_cap_summary(runs, table),
-            "memory_check": memory_check_summary(runs), "plots": [str(p.relative_to(out)) for p in plots]}
+            "memory_check": memory_check_summary(runs), "plots": [str(p.relative_to(out)) for p in plots],
+            "provenance": _provenance(out, campaign)}
 
 
 def render_report(campaign: Campaign | None, runs: Sequence[ValidatedRun], cal: Calibration, table: Any,
