@@ -204,6 +204,19 @@ def clear_range(words: np.ndarray, lo: int, hi: int) -> None:
     words[b] &= np.uint64(_word_mask(((hi - 1) & 63) + 1, 64))
 
 
+def _set_range(words: np.ndarray, lo: int, hi: int) -> None:
+    """Set the bits of pages [lo, hi)."""
+    if hi <= lo:
+        return
+    a, b = lo >> 6, (hi - 1) >> 6
+    if a == b:
+        words[a] |= np.uint64(_word_mask(lo & 63, ((hi - 1) & 63) + 1))
+        return
+    words[a] |= np.uint64(_word_mask(lo & 63, 64))
+    words[a + 1:b] = _ALL
+    words[b] |= np.uint64(_word_mask(0, ((hi - 1) & 63) + 1))
+
+
 def pages_in_range(words: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Sorted page numbers (int64) of the set bits of pages [lo, hi)."""
     if hi <= lo:
@@ -338,6 +351,8 @@ class _TouchedPages:
         self._pages: np.ndarray | None = None
         self._all: np.ndarray | None = None
         self._ranks: dict[int, np.ndarray] = {}
+        self._writes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._tables: tuple[np.ndarray, np.ndarray] | None = None
         self._ranks_bytes = 0
 
     def interval_ranks(self, i: int) -> np.ndarray:
@@ -351,6 +366,22 @@ class _TouchedPages:
             self._ranks[i] = ranks.astype(np.uint32)
             self._ranks_bytes += 4 * len(ranks)
         return ranks
+
+    def interval_writes(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Interval ``i``'s pages as compact indices and their mean writes m per interval (whole part
+        uint8, fraction in 1/65536 uint16; see :func:`_write_tables`), kept like :meth:`interval_ranks`:
+        they depend on the trace alone, not on a replay's seed."""
+        ranks = self.interval_ranks(i)
+        hit = self._writes.get(i)
+        if hit is None:
+            if self._tables is None:
+                self._tables = _write_tables(self._trace.n_intervals)
+            c = self.counts()[ranks]
+            hit = (self._tables[0][c], self._tables[1][c])
+            if self._ranks_bytes + 3 * len(ranks) <= RANK_CACHE_BYTES:
+                self._writes[i] = hit
+                self._ranks_bytes += 3 * len(ranks)
+        return ranks, hit[0], hit[1]
 
     @property
     def n_touched(self) -> int:
@@ -544,8 +575,7 @@ class TraceDirt:
                 # Write j of a page is at hash(page x WRITE_SLOTS + j): independent uniform instants, as the
                 # Poisson reading implies. The low 16 bits of write 0's hash round m stochastically, so the
                 # common case (one write) costs one hash per page.
-                ranks = self._touched_pages().interval_ranks(i)
-                whole, frac = self._writes_at(ranks)
+                ranks, whole, frac = self._touched_pages().interval_writes(i)
                 bits = _hash_bits(pages * WRITE_SLOTS, i, self.seed)
                 k = whole + ((bits & np.uint64(0xFFFF)) < frac)
                 t = s + (bits >> np.uint64(11)).astype(np.float64) * ((e - s) / 2**53)
@@ -935,7 +965,8 @@ class _SplitView:
 
     def __getitem__(self, pages: np.ndarray) -> np.ndarray:
         p = np.asarray(pages, dtype=np.int64)
-        ix, c, u = self._p._ix, self._p._c, self._p._u
+        ix, c = self._p._ix, self._p._c
+        u = self._p._untouched() if self._p._u_count() else None
         if ix is None:
             return PageView(c.pending)[p]
         t = ix.is_touched(p)
@@ -975,8 +1006,12 @@ class ExactPages:
         index = getattr(source, "touched_index", None) if compact else None
         self._ix: _TouchedPages | None = index() if index is not None else None
         self._c = _PackedPair(self._ix.n_touched if self._ix is not None else self.n_pages)
-        #: Untouched pages (only with a compact index; made when one first becomes pending).
+        #: Untouched pages (only with a compact index). Until something other than a scan reaches them,
+        #: the pending (and fresh) ones are those in ``_u_ranges``, ``_u_n`` of them, and no bitmap exists:
+        #: the first pass of a large guest then costs arithmetic, not passes over a whole-guest bitmap.
         self._u: _PackedPair | None = None
+        self._u_ranges: list[tuple[int, int]] = []
+        self._u_n = 0
         self.scan_pos = 0
 
     @property
@@ -994,34 +1029,83 @@ class ExactPages:
         compact index it is the bitmap itself and the counts would go stale)."""
         if self._ix is None:
             return self._c.pending
-        out = self._u.pending.copy() if self._u is not None else np.zeros(n_words(self.n_pages), np.uint64)
+        out = self._untouched().pending.copy() if self._u_count() else np.zeros(n_words(self.n_pages), np.uint64)
         block = 1 << 16
         for a in range(0, len(out), block):  # bounded temporaries
             out[a:a + block] |= self._touched_words(a, min(a + block, len(out)))
         return out
 
     def _untouched(self) -> _PackedPair:
+        """The untouched pages' bitmaps, made from the ranges on first need."""
         if self._u is None:
-            self._u = _PackedPair(self.n_pages)
+            assert self._ix is not None
+            u = self._u = _PackedPair(self.n_pages)
+            if self._u_n:
+                mask = np.zeros(n_words(self.n_pages), np.uint64)
+                for a, b in self._u_ranges:
+                    _set_range(mask, a, b)
+                mask &= ~self._ix.words
+                u.fill(mask, self._u_n)
+            self._u_ranges, self._u_n = [], 0
         return self._u
 
+    def _untouched_in(self, a: int, b: int) -> int:
+        """Untouched pages in pages [a, b)."""
+        return (b - a) - (self._rank(b) - self._rank(a)) if b > a else 0
+
+    def _u_ranges_in(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        return [(max(a, lo), min(b, hi)) for a, b in self._u_ranges if a < hi and b > lo]
+
+    def _cut(self, lo: int, hi: int) -> int:
+        """Take pages [lo, hi) out of the pending ranges; return how many pending untouched pages went."""
+        out, gone = [], 0
+        for a, b in self._u_ranges:
+            if b <= lo or a >= hi:
+                out.append((a, b))
+                continue
+            x, y = max(a, lo), min(b, hi)
+            gone += self._untouched_in(x, y)
+            if a < x:
+                out.append((a, x))
+            if y < b:
+                out.append((y, b))
+        self._u_ranges = out
+        self._u_n -= gone
+        return gone
+
+    def _last_untouched(self, lo: int, hi: int) -> int | None:
+        """The last untouched page in pages [lo, hi), or None (a backward scan in doubling chunks)."""
+        assert self._ix is not None
+        end, size = hi, 64
+        while end > lo:
+            start = max(lo, end - 64 * size)
+            w0, w1 = start >> 6, (end + 63) >> 6
+            inv = ~self._ix.words[w0:w1]
+            inv[0] &= np.uint64(_word_mask(start & 63, 64))
+            if end & 63:
+                inv[-1] &= np.uint64(_word_mask(0, end & 63))
+            nz = np.flatnonzero(inv)
+            if len(nz):
+                w = int(nz[-1])
+                return (w0 + w) * 64 + int(inv[w]).bit_length() - 1
+            end, size = start, size * 2
+        return None
+
     def _u_count(self) -> int:
-        return self._u.count if self._u is not None else 0
+        return self._u.count if self._u is not None else self._u_n
 
     def set_all(self) -> None:
         self._c.fill()
         if self._ix is not None:
-            mask = ~self._ix.words
-            if self.n_pages & 63:
-                mask[-1] &= np.uint64((1 << (self.n_pages & 63)) - 1)
-            self._untouched().fill(mask, self.n_pages - self._ix.n_touched)
+            self._u = None
+            self._u_ranges, self._u_n = [(0, self.n_pages)], self.n_pages - self._ix.n_touched
 
     def count(self) -> float:
         return float(self._c.count + self._u_count())
 
     def fresh_count(self) -> float:
         """Pending pages not written since :meth:`set_all` (the first pass's pages still unsent and untouched)."""
-        return float(self._c.fresh_count + (self._u.fresh_count if self._u is not None else 0))
+        return float(self._c.fresh_count + (self._u.fresh_count if self._u is not None else self._u_n))
 
     def add_dirty(self, g0: float, g1: float) -> float:
         """Union the pages dirtied in [g0, g1) into pending; return how many were new."""
@@ -1092,8 +1176,8 @@ class ExactPages:
             return
         t = self._ix.is_touched(pages)
         self._c.discard_grouped(*group_words(self._ix.rank(pages[t])))
-        if self._u_count():
-            self._u.discard_grouped(*group_words(pages[~t]))  # type: ignore[union-attr]
+        if self._u_count() and not t.all():
+            self._untouched().discard_grouped(*group_words(pages[~t]))
 
     def _rank(self, page: int) -> int:
         """Compact index of the first touched page at or after ``page`` (0 <= page <= n_pages)."""
@@ -1157,22 +1241,49 @@ class ExactPages:
         self.scan_pos = q % self.n_pages
         return ranges, found
 
+    def _u_words(self, w0: int, w1: int) -> np.ndarray:
+        """Pending untouched pages of words [w0, w1) as whole-guest packed words (a copy)."""
+        if self._u is not None:
+            return self._u.pending[w0:w1].copy()
+        assert self._ix is not None
+        out = np.zeros(w1 - w0, np.uint64)
+        for a, b in self._u_ranges_in(64 * w0, 64 * w1):
+            _set_range(out, a - 64 * w0, b - 64 * w0)
+        out &= ~self._ix.words[w0:w1]
+        return out
+
+    def _merged_in(self, lo: int, hi: int) -> int:
+        """Pending pages in pages [lo, hi), untouched and touched."""
+        if self._u is None:
+            fu = sum(self._untouched_in(a, b) for a, b in self._u_ranges_in(lo, hi))
+        else:
+            fu = popcount_range(self._u.pending, lo, hi)
+        return fu + popcount_range(self._c.pending, self._rank(lo), self._rank(hi))
+
     def _page_words(self, w0: int, w1: int) -> np.ndarray:
         """Pending pages of words [w0, w1) as whole-guest packed words (untouched and touched merged)."""
-        assert self._u is not None
-        return self._u.pending[w0:w1] | self._touched_words(w0, w1)
+        return self._u_words(w0, w1) | self._touched_words(w0, w1)
 
     def _kth_split(self, lo: int, hi: int, k: int) -> tuple[int, int]:
-        """:func:`kth_set` over the merged pending pages [lo, hi): counts from both bitmaps (a range
-        maps to a compact range by rank), in chunks that double as there, and only the chunk that
-        holds the k-th page merged into whole-guest words."""
+        """:func:`kth_set` over the merged pending pages [lo, hi): counts from both parts (a range
+        maps to a compact range by rank; pending untouched ranges count by arithmetic), in chunks
+        that double as there, and only the chunk that holds the k-th page merged into whole-guest words."""
         if hi <= lo or k <= 0:
             return lo, 0
-        u, c = self._u, self._c
-        assert u is not None
+        c = self._c
         c_lo, c_hi = self._rank(lo), self._rank(hi)
         every = 2**62
-        qu, fu = kth_set(u.pending, lo, hi, every)
+        if self._u is None:  # pending untouched pages as ranges: counted, not scanned
+            pieces = self._u_ranges_in(lo, hi)
+            fu = sum(self._untouched_in(a, b) for a, b in pieces)
+            qu = lo
+            for a, b in reversed(pieces):
+                last = self._last_untouched(a, b)
+                if last is not None:
+                    qu = last + 1
+                    break
+        else:
+            qu, fu = kth_set(self._u.pending, lo, hi, every)
         qc, fc = kth_set(c.pending, c_lo, c_hi, every)
         if fu + fc <= k:  # all of them (the first pass): just past the last one
             q = max(qu if fu else lo, self._page_after(qc) if fc else lo)
@@ -1182,12 +1293,11 @@ class ExactPages:
         found, pos = 0, lo
         while True:
             end = min(pos + 64 * size, hi)
-            got = popcount_range(u.pending, pos, end) + popcount_range(c.pending, self._rank(pos), self._rank(end))
+            got = self._merged_in(pos, end)
             if found + got >= k:
                 while end - pos > 64 * _MERGE_WORDS:  # halve down to a chunk that is cheap to merge
                     mid = (pos + (end - pos) // 2) & ~63
-                    got = popcount_range(u.pending, pos, mid) + popcount_range(c.pending, self._rank(pos),
-                                                                                self._rank(mid))
+                    got = self._merged_in(pos, mid)
                     if found + got >= k:
                         end = mid
                     else:
@@ -1202,9 +1312,14 @@ class ExactPages:
     def _clear(self, ranges: list[_Range], sent: int) -> tuple[int, int]:
         """Clear scan ranges holding ``sent`` pending pages in both bitmaps; return (sent, fresh pages among them)."""
         fresh = u_sent = 0
-        if self._u_count():
+        if self._u is None and self._u_n:
             for lo, hi, _, _ in ranges:
-                s, f = self._u.clear_range(lo, hi, True)  # type: ignore[union-attr]
+                s = self._cut(lo, hi)  # untouched pages in ranges are fresh too
+                u_sent += s
+                fresh += s
+        elif self._u_count():
+            for lo, hi, _, _ in ranges:
+                s, f = self._untouched().clear_range(lo, hi, True)
                 u_sent += s
                 fresh += f
         for _, _, c_lo, c_hi in ranges:
@@ -1220,7 +1335,7 @@ class ExactPages:
             pages = self._compact_pages(lo, hi, c_lo, c_hi)
             if self._ix is not None:
                 if self._u_count():
-                    pages = np.sort(np.concatenate([pages, pages_in_range(self._u.pending, lo, hi)]))  # type: ignore[union-attr]
+                    pages = np.sort(np.concatenate([pages, pages_in_range(self._untouched().pending, lo, hi)]))
             out.append(pages)
         self._clear(ranges, n)
         return np.concatenate(out) if out else _EMPTY
@@ -1235,5 +1350,4 @@ class ExactPages:
 
     def clear(self) -> None:
         self._c.zero()
-        if self._u is not None:
-            self._u.zero()
+        self._u, self._u_ranges, self._u_n = None, [], 0
