@@ -442,7 +442,7 @@ class _TouchedPages:
             n = trace.n_intervals
             counts = np.zeros(self._n_touched, np.uint16 if n < 65535 else np.uint32)
             for i in range(n):
-                counts[self.rank(trace.pages(i))] += 1  # distinct pages within one interval
+                counts[self.interval_ranks(i)] += 1  # distinct pages within one interval; kept for replays
             self._counts = counts
         return self._counts
 
