@@ -10,9 +10,10 @@ Two representations, one interface, so every strategy runs on either:
   recorded trace (:class:`TraceDirt`) or sampled from a model
   (:class:`SampledDirt`). A set of dirty pages is OR-ed in word by word over
   the words it touches only; a round's sends clear whole word ranges in scan
-  order. No step passes over the whole guest except a window longer than the
-  trace (one OR of the trace's union bitmap): a 1 TiB guest's two bitmaps are
-  64 MiB.
+  order. Over a trace, the pages it touches are kept in their own compact index
+  space (1.7 MB for the 14 M pages of the 1 TiB benchmark trace, in cache) and
+  the rest as page ranges that only the first pass cuts, so no step after it
+  passes over a whole-guest bitmap.
 
 Time inside a dirty source is *guest time*: it advances only while the guest
 runs, and slower when it is throttled or stalled. The engine converts.
