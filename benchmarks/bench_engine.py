@@ -152,25 +152,32 @@ def _child_replay(args: argparse.Namespace) -> None:
     import sim.dirty as dirty
 
     events = [0]
-    for cls in (dirty.TraceDirt, dirty.SampledDirt):
-        if not hasattr(cls, "dirty_sets"):  # an older miglab: no event count
-            events[0] = -1
-            continue
 
-        def counting(self, g0, g1, _orig=cls.dirty_sets):
+    def counting(orig):
+        def count(self, g0, g1):
             # A page event: one page a dirty piece delivers to the pending set in one window (a page
             # in several pieces of a window, e.g. a repeat write in a partial interval, counts in each).
-            for piece in _orig(self, g0, g1):
+            for piece in orig(self, g0, g1):
                 if hasattr(piece, "n_pages"):  # a whole interval packed as a WordSet
                     events[0] += int(piece.n_pages)
                 elif isinstance(piece, tuple):  # (words, bits) of a whole interval (older miglab)
                     events[0] += int(np.bitwise_count(piece[1]).sum())
-                elif piece.dtype == np.uint64:  # the trace's union bitmap
+                elif piece.dtype == np.uint64:  # the trace's union bitmap (or every compact index)
                     events[0] += int(np.bitwise_count(piece).sum())
                 else:
                     events[0] += len(piece)
                 yield piece
-        cls.dirty_sets = counting
+        return count
+
+    for cls in (dirty.TraceDirt, dirty.SampledDirt):
+        if not hasattr(cls, "dirty_sets"):  # an older miglab: no event count
+            events[0] = -1
+            continue
+        # The pieces the pending set consumes: in compact indices where the source has them (the same
+        # pages, so the same count), else in page numbers.
+        for name in ("compact_sets", "dirty_sets"):
+            if hasattr(cls, name):
+                setattr(cls, name, counting(getattr(cls, name)))
     if args.child == "replay":
         sc = Scenario().replace(**{"workload.kind": "trace", "workload.path": args.trace,
                                    "link.bandwidth_Bps": "25Gbit/s", "strategy.max_rounds": 12,

@@ -10,9 +10,10 @@ Two representations, one interface, so every strategy runs on either:
   recorded trace (:class:`TraceDirt`) or sampled from a model
   (:class:`SampledDirt`). A set of dirty pages is OR-ed in word by word over
   the words it touches only; a round's sends clear whole word ranges in scan
-  order. No step passes over the whole guest except a window longer than the
-  trace (one OR of the trace's union bitmap): a 1 TiB guest's two bitmaps are
-  64 MiB.
+  order. Over a trace, the pages it touches are kept in their own compact index
+  space (1.7 MB for the 14 M pages of the 1 TiB benchmark trace, in cache) and
+  the rest as page ranges that only the first pass cuts, so no step after it
+  passes over a whole-guest bitmap.
 
 Time inside a dirty source is *guest time*: it advances only while the guest
 runs, and slower when it is throttled or stalled. The engine converts.
@@ -46,6 +47,8 @@ from .trace import Trace
 
 #: Memory a trace replay may spend keeping decoded intervals (16 bytes per touched word).
 GROUPED_CACHE_BYTES = 512 * 2**20
+#: Memory a trace's index may spend keeping its intervals' pages as compact indices (4 bytes a page).
+RANK_CACHE_BYTES = 256 * 2**20
 #: Most writes one page gets in one interval (m stays below ln(2 x intervals) + 1, so this never binds
 #: for traces under ~10^20 intervals); also the stride that keys a page's write instants.
 WRITE_SLOTS = 64
@@ -202,6 +205,19 @@ def clear_range(words: np.ndarray, lo: int, hi: int) -> None:
     words[b] &= np.uint64(_word_mask(((hi - 1) & 63) + 1, 64))
 
 
+def _set_range(words: np.ndarray, lo: int, hi: int) -> None:
+    """Set the bits of pages [lo, hi)."""
+    if hi <= lo:
+        return
+    a, b = lo >> 6, (hi - 1) >> 6
+    if a == b:
+        words[a] |= np.uint64(_word_mask(lo & 63, ((hi - 1) & 63) + 1))
+        return
+    words[a] |= np.uint64(_word_mask(lo & 63, 64))
+    words[a + 1:b] = _ALL
+    words[b] |= np.uint64(_word_mask(0, ((hi - 1) & 63) + 1))
+
+
 def pages_in_range(words: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Sorted page numbers (int64) of the set bits of pages [lo, hi)."""
     if hi <= lo:
@@ -333,6 +349,86 @@ class _TouchedPages:
         self._counts: np.ndarray | None = None
         self._n_touched = n_touched
         self._trace = trace
+        self._pages: np.ndarray | None = None
+        self._all: np.ndarray | None = None
+        self._ranks: dict[int, np.ndarray] = {}
+        self._writes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._tables: tuple[np.ndarray, np.ndarray] | None = None
+        self._ranks_bytes = 0
+
+    def interval_ranks(self, i: int) -> np.ndarray:
+        """Compact indices (int64) of interval ``i``'s pages; kept (as uint32) within
+        :data:`RANK_CACHE_BYTES`, since every replay of the trace ranks the same intervals again."""
+        hit = self._ranks.get(i)
+        if hit is not None:
+            return hit.astype(np.int64)
+        ranks = self.rank(self._trace.pages(i))
+        if self._n_touched <= 2**32 and self._ranks_bytes + 4 * len(ranks) <= RANK_CACHE_BYTES:
+            self._ranks[i] = ranks.astype(np.uint32)
+            self._ranks_bytes += 4 * len(ranks)
+        return ranks
+
+    def interval_writes(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Interval ``i``'s pages as compact indices and their mean writes m per interval (whole part
+        uint8, fraction in 1/65536 uint16; see :func:`_write_tables`), kept like :meth:`interval_ranks`:
+        they depend on the trace alone, not on a replay's seed."""
+        ranks = self.interval_ranks(i)
+        hit = self._writes.get(i)
+        if hit is None:
+            if self._tables is None:
+                self._tables = _write_tables(self._trace.n_intervals)
+            c = self.counts()[ranks]
+            hit = (self._tables[0][c], self._tables[1][c])
+            if self._ranks_bytes + 3 * len(ranks) <= RANK_CACHE_BYTES:
+                self._writes[i] = hit
+                self._ranks_bytes += 3 * len(ranks)
+        return ranks, hit[0], hit[1]
+
+    @property
+    def n_touched(self) -> int:
+        """How many pages the trace touches: the size of the compact index space."""
+        return self._n_touched
+
+    def rank_at(self, page: int) -> int:
+        """How many touched pages lie below ``page`` (0 <= page <= n_pages)."""
+        if page >= self._trace.n_pages:
+            return self._n_touched
+        w = page >> 6
+        below = int(self._pairs[w, 0]) & ((1 << (page & 63)) - 1)
+        return int(self._pairs[w, 1]) + below.bit_count()
+
+    def is_touched(self, pages: np.ndarray) -> np.ndarray:
+        """Whether the trace touches each page (booleans)."""
+        return PageView(self.words)[pages]
+
+    def select(self, c: int) -> int:
+        """The page of compact index ``c`` (0 <= c < n_touched): the inverse of :meth:`rank`, by a
+        binary search over the per-word counts (no list of the touched pages is kept)."""
+        lo, hi = 0, len(self._pairs) - 1  # the word holding c: the last whose count before it is <= c
+        while lo < hi:
+            mid = (lo + hi + 1) >> 1
+            if int(self._pairs[mid, 1]) <= c:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo * 64 + _nth_bit(int(self._pairs[lo, 0]), c - int(self._pairs[lo, 1]) + 1)
+
+    def pages_in(self, lo: int, hi: int, compact: np.ndarray) -> np.ndarray:
+        """The pages of the sorted compact indices ``compact``, all of pages [lo, hi)."""
+        if not len(compact):
+            return _EMPTY
+        return pages_in_range(self.words, lo, hi)[compact - self.rank_at(lo)]
+
+    def all_words(self) -> np.ndarray:
+        """Every compact index set, as packed words (read-only)."""
+        if self._all is None:
+            n = self._n_touched
+            words = np.full(n_words(n), _ALL, np.uint64)
+            if n & 63:
+                words[-1] = np.uint64((1 << (n & 63)) - 1)
+            words.flags.writeable = False
+            self._all = words
+        return self._all
 
     def rank(self, pages: np.ndarray) -> np.ndarray:
         """Index of each (touched) page among the touched pages, in page order."""
@@ -347,7 +443,7 @@ class _TouchedPages:
             n = trace.n_intervals
             counts = np.zeros(self._n_touched, np.uint16 if n < 65535 else np.uint32)
             for i in range(n):
-                counts[self.rank(trace.pages(i))] += 1  # distinct pages within one interval
+                counts[self.interval_ranks(i)] += 1  # distinct pages within one interval; kept for replays
             self._counts = counts
         return self._counts
 
@@ -360,13 +456,13 @@ class _ByteBoundedCache:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.items: dict[tuple[str, int], WordSet] = {}
+        self.items: dict[tuple[str, int, bool], WordSet] = {}
         self.bytes = 0
 
-    def get(self, key: tuple[str, int]) -> WordSet | None:
+    def get(self, key: tuple[str, int, bool]) -> WordSet | None:
         return self.items.get(key)
 
-    def put(self, key: tuple[str, int], value: WordSet) -> None:
+    def put(self, key: tuple[str, int, bool], value: WordSet) -> None:
         if value.nbytes > self.limit:
             return
         while self.items and self.bytes + value.nbytes > self.limit:
@@ -414,24 +510,32 @@ class TraceDirt:
         self.looped = False
         self._all: np.ndarray | None = None
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._ranks: dict[int, np.ndarray] = {}  # compact indices of the cached intervals' pages
         # Whole intervals as word sets, kept while they fit GROUPED_CACHE_BYTES: a replay that outlasts
         # the trace ORs each interval in again every cycle, without decoding it again. Shared between
         # replays of one trace (keyed by its sha256), as a sweep replays it thousands of times.
         self._grouped: dict[int, WordSet] = {}
         self._grouped_bytes = 0
 
-    def _whole(self, i: int) -> WordSet:
-        """Interval ``i``'s pages as a :class:`WordSet` (decoded once per trace while the cache has room)."""
-        key = (self.trace.sha256, i) if self.trace.sha256 else None
-        hit = self._grouped.get(i) or (_GROUPED_CACHE.get(key) if key else None)
+    def _whole(self, i: int, compact: bool = False) -> WordSet:
+        """Interval ``i``'s pages as a :class:`WordSet`, in page numbers or (``compact``) in compact
+        indices of :meth:`touched_index` (decoded once per trace while the cache has room)."""
+        key = (self.trace.sha256, i, compact) if self.trace.sha256 else None
+        local = -1 - i if compact else i
+        hit = self._grouped.get(local) or (_GROUPED_CACHE.get(key) if key else None)
         if hit is None:
-            hit = WordSet.of_pages(self.trace.pages(i))
+            hit = WordSet.of_pages(self._touched_pages().interval_ranks(i) if compact else self.trace.pages(i))
             if key:
                 _GROUPED_CACHE.put(key, hit)
             elif self._grouped_bytes + hit.nbytes <= GROUPED_CACHE_BYTES:
-                self._grouped[i] = hit
+                self._grouped[local] = hit
                 self._grouped_bytes += hit.nbytes
         return hit
+
+    def touched_index(self) -> _TouchedPages:
+        """The pages this trace can ever dirty and their compact indices (shared between replays):
+        :meth:`compact_sets` speaks in these indices, and :class:`ExactPages` keeps them apart."""
+        return self._touched_pages()
 
     def _touched_pages(self) -> _TouchedPages:
         if self._touched is None:
@@ -451,7 +555,13 @@ class TraceDirt:
         touched = self._touched_pages()
         if self._writes is None:
             self._writes = _write_tables(self.trace.n_intervals)
-        c = touched.counts()[touched.rank(pages)]
+        return self._writes_at(touched.rank(pages))
+
+    def _writes_at(self, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_writes_of` of the pages with compact indices ``ranks``."""
+        if self._writes is None:
+            self._writes = _write_tables(self.trace.n_intervals)
+        c = self._touched_pages().counts()[ranks]
         return self._writes[0][c], self._writes[1][c]
 
     def _interval(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -466,7 +576,7 @@ class TraceDirt:
                 # Write j of a page is at hash(page x WRITE_SLOTS + j): independent uniform instants, as the
                 # Poisson reading implies. The low 16 bits of write 0's hash round m stochastically, so the
                 # common case (one write) costs one hash per page.
-                whole, frac = self._writes_of(pages)
+                ranks, whole, frac = self._touched_pages().interval_writes(i)
                 bits = _hash_bits(pages * WRITE_SLOTS, i, self.seed)
                 k = whole + ((bits & np.uint64(0xFFFF)) < frac)
                 t = s + (bits >> np.uint64(11)).astype(np.float64) * ((e - s) / 2**53)
@@ -477,11 +587,23 @@ class TraceDirt:
                     j = 1 + np.arange(len(rep)) - np.repeat(np.cumsum(km) - km, km)
                     u = _unit_hash(rep * WRITE_SLOTS + j, i, self.seed)
                     pages, t = np.concatenate([pages, rep]), np.concatenate([t, s + u * (e - s)])
+                    ranks = np.concatenate([ranks, np.repeat(ranks[more], km)])
+                self._ranks[i] = ranks
                 hit = (pages, t)
             if len(self._cache) >= 8:
-                self._cache.pop(next(iter(self._cache)))
+                gone = next(iter(self._cache))
+                self._cache.pop(gone)
+                self._ranks.pop(gone, None)
             self._cache[i] = hit
         return hit
+
+    def _interval_ranks(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_interval`'s pages as compact indices of :meth:`touched_index`, and their instants."""
+        pages, t = self._interval(i)
+        ranks = self._ranks.get(i)
+        if ranks is None:  # "once": no rates were looked up; the repeats of "poisson" are ranked above
+            ranks = self._ranks[i] = self._touched_pages().interval_ranks(i)
+        return ranks, t
 
     def union_words(self) -> np.ndarray:
         """Packed bitmap of every page the trace touches (read-only; shared between replays)."""
@@ -563,6 +685,27 @@ class TraceDirt:
             yield pages[:nb][keep[:nb]]
             if len(pages) > nb:
                 yield pages[nb:][keep[nb:]]
+
+
+    def compact_sets(self, g0: float, g1: float) -> Iterator[np.ndarray | WordSet]:
+        """:meth:`dirty_sets` in the compact indices of :meth:`touched_index`: the same pieces (sorted,
+        repeats allowed) and pages, a window longer than the trace as every index set (uint64 words)."""
+        g0, g1, empty = self._scaled(g0, g1)
+        if empty:
+            return
+        if g1 - g0 >= self.period:
+            yield self._touched_pages().all_words()
+            return
+        for i, lo, hi, _, whole in self._spans(g0, g1):
+            if whole:
+                yield self._whole(i, compact=True)
+                continue
+            ranks, t = self._interval_ranks(i)
+            keep = (t >= lo) & (t < hi)
+            nb = int(self.trace.indptr[i + 1] - self.trace.indptr[i])
+            yield ranks[:nb][keep[:nb]]
+            if len(ranks) > nb:
+                yield ranks[nb:][keep[nb:]]
 
 
 def _skip_doubles(rng: np.random.Generator, n: int) -> None:
@@ -700,29 +843,176 @@ def _class_arrays(classes: tuple[PageClass, ...], time_scale: float) -> tuple[np
     return n, lam, sweep
 
 
+class _PackedPair:
+    """Pending and fresh bits over one index space (``n_bits`` bits), interleaved word by word (one
+    ``(words, 2)`` array) with running counts: an index's pending and fresh bits share a cache line.
+
+    Fresh is a subset of pending: whatever clears a pending bit clears it here too.
+    """
+
+    __slots__ = ("n_bits", "bits", "pending", "fresh", "pairs", "tmp", "count", "fresh_count")
+
+    def __init__(self, n_bits: int) -> None:
+        self.n_bits = n_bits
+        self.bits = np.zeros((n_words(n_bits), 2), np.uint64)
+        self.pending = self.bits[:, 0]
+        self.fresh = self.bits[:, 1]
+        self.pairs = self.bits.view(_PAIR).reshape(-1)  # one 16-byte item per word pair: fast gathers
+        self.tmp = np.empty(0, np.uint64)
+        self.count = 0
+        self.fresh_count = 0
+
+    def fill(self, mask: np.ndarray | None = None, count: int | None = None) -> None:
+        """Every bit pending and fresh (or the bits of ``mask``, which holds ``count`` of them)."""
+        if mask is None:
+            self.bits[:] = _ALL
+            if self.n_bits & 63:
+                self.bits[-1] = np.uint64((1 << (self.n_bits & 63)) - 1)
+            self.count = self.fresh_count = self.n_bits
+            return
+        self.pending[:] = mask
+        self.fresh[:] = mask
+        self.count = self.fresh_count = _popcount(mask) if count is None else count
+
+    def zero(self) -> None:
+        self.bits[:] = 0
+        self.count = self.fresh_count = 0
+
+    def or_grouped(self, w: np.ndarray, bits: np.ndarray) -> None:
+        """Set the ``bits`` of the distinct words ``w`` pending and not fresh."""
+        if not len(w):
+            return
+        if not self.fresh_count:
+            # No fresh bits left (after the first pass): the pending words alone, half the bytes moved.
+            pend = self.pending[w]
+            self.count += _popcount(bits & ~pend)
+            pend |= bits
+            self.pending[w] = pend
+            return
+        got = self.pairs[w]
+        pair = got.view(np.uint64).reshape(-1, 2)
+        pend, fresh = pair[:, 0], pair[:, 1]
+        self.count += _popcount(bits & ~pend)
+        lost = fresh & bits
+        self.fresh_count -= _popcount(lost)
+        fresh ^= lost
+        pend |= bits
+        self.pairs[w] = got
+
+    def or_set(self, s: WordSet) -> None:
+        """OR a :class:`WordSet` in: its dense runs as slices, its sparse rest word by word."""
+        for (lo, run), run_pages in zip(s.runs, s.run_pages, strict=True):
+            hi = lo + len(run)
+            pend = self.pending[lo:hi]
+            tmp = self._scratch(len(run))
+            # New bits: the run's bits less those already pending.
+            np.bitwise_and(run, pend, out=tmp)
+            self.count += run_pages - _popcount(tmp)
+            if self.fresh_count:
+                fresh = self.fresh[lo:hi]
+                np.bitwise_and(fresh, run, out=tmp)
+                self.fresh_count -= _popcount(tmp)
+                fresh ^= tmp
+            pend |= run
+        self.or_grouped(s.words, s.bits)
+
+    def _scratch(self, n: int) -> np.ndarray:
+        """A reused uint64 buffer of ``n`` words (a fresh large one would be mapped and faulted in each time)."""
+        if len(self.tmp) < n:
+            self.tmp = np.empty(max(n, 2 * len(self.tmp)), np.uint64)
+        return self.tmp[:n]
+
+    def or_words(self, words: np.ndarray, block: int = 1 << 16) -> None:
+        """OR a whole bitmap of this index space in as written, in blocks (bounded temporaries)."""
+        for a in range(0, len(words), block):
+            src, pend, fresh = words[a:a + block], self.pending[a:a + block], self.fresh[a:a + block]
+            self.count += _popcount(src & ~pend)
+            pend |= src
+            lost = fresh & src
+            self.fresh_count -= _popcount(lost)
+            fresh ^= lost
+
+    def discard_grouped(self, w: np.ndarray, bits: np.ndarray) -> None:
+        """Clear the ``bits`` of the distinct words ``w`` in both bitmaps."""
+        if not len(w):
+            return
+        got = self.pairs[w]
+        pair = got.view(np.uint64).reshape(-1, 2)
+        self.count -= _popcount(pair[:, 0] & bits)
+        self.fresh_count -= _popcount(pair[:, 1] & bits)
+        pair &= ~bits[:, None]
+        self.pairs[w] = got
+
+    def clear_range(self, lo: int, hi: int, count_pending: bool) -> tuple[int, int]:
+        """Clear bits [lo, hi) in both bitmaps; return (pending bits cleared if ``count_pending`` else 0,
+        fresh bits cleared). The fresh count is kept; the pending one only when counted."""
+        sent = fresh = 0
+        if count_pending:
+            sent = popcount_range(self.pending, lo, hi)
+            self.count -= sent
+        clear_range(self.pending, lo, hi)
+        if self.fresh_count:  # after the first pass there are none: skip the pass
+            fresh = popcount_range(self.fresh, lo, hi)
+            clear_range(self.fresh, lo, hi)
+            self.fresh_count -= fresh
+        return sent, fresh
+
+
+class _SplitView:
+    """Read-only page-indexed view of an :class:`ExactPages`' pending set: ``view[pages]`` is a boolean array."""
+
+    def __init__(self, pages: ExactPages) -> None:
+        self._p = pages
+
+    def __getitem__(self, pages: np.ndarray) -> np.ndarray:
+        p = np.asarray(pages, dtype=np.int64)
+        ix, c = self._p._ix, self._p._c
+        u = self._p._untouched() if self._p._u_count() else None
+        if ix is None:
+            return PageView(c.pending)[p]
+        t = ix.is_touched(p)
+        out = np.zeros(len(p), bool)
+        out[t] = PageView(c.pending)[ix.rank(p[t])]
+        if u is not None and u.count:
+            out[~t] = PageView(u.pending)[p[~t]]
+        return out
+
+
+#: Whole-guest words a split scan merges at most at once (the chunk that holds the k-th pending page).
+_MERGE_WORDS = 4096
+#: A scan range: pages [lo, hi) and the same pages' compact indices [c_lo, c_hi).
+_Range = tuple[int, int, int, int]
+
+
 class ExactPages:
     """A page-exact pending set over a :class:`DirtSource`, sent in cyclic address order like QEMU's scan.
 
     Pending and fresh pages are packed bitmaps with running counts, so :meth:`count` and
-    :meth:`fresh_count` cost nothing. The two bitmaps are interleaved word by word (one ``(words, 2)``
-    array): a dirty page's pending and fresh bits share a cache line, and in a large guest a dirty
-    set is a cache miss per page. ``pending[pages]`` reads the pending bit of each page (booleans).
+    :meth:`fresh_count` cost nothing. ``pending[pages]`` reads the pending bit of each page (booleans).
+
+    When the source names the pages it can ever dirty (a trace: :meth:`TraceDirt.touched_index`), those
+    pages are kept in their own compact index space -- the i-th touched page is bit i -- and every other
+    page in a whole-guest bitmap that only the first pass, :meth:`discard` and :meth:`or_words` touch.
+    A 1 TiB guest whose trace touches 14 M pages then ORs its dirty sets into 1.7 MB that stay in cache
+    instead of a 32 MiB bitmap that costs a cache miss per word; scan ranges map to compact ranges by a
+    rank, so the pages sent, their order and the scan position are those of one whole-guest bitmap.
+    ``compact=False`` keeps one whole-guest bitmap (the reference).
     """
 
     exact = True
 
-    def __init__(self, source: DirtSource) -> None:
+    def __init__(self, source: DirtSource, compact: bool = True) -> None:
         self.source = source
         self.n_pages = source.n_pages
-        self._bits = np.zeros((n_words(self.n_pages), 2), np.uint64)
-        # Column 1, fresh: pending pages not written since the migration started (only these can still
-        # be zero pages). A subset of column 0, pending: whatever clears a pending page clears it here too.
-        self._pending = self._bits[:, 0]
-        self._fresh = self._bits[:, 1]
-        self._pairs = self._bits.view(_PAIR).reshape(-1)  # one 16-byte item per word pair: fast gathers
-        self._tmp = np.empty(0, np.uint64)
-        self._count = 0
-        self._fresh_count = 0
+        index = getattr(source, "touched_index", None) if compact else None
+        self._ix: _TouchedPages | None = index() if index is not None else None
+        self._c = _PackedPair(self._ix.n_touched if self._ix is not None else self.n_pages)
+        #: Untouched pages (only with a compact index). Until something other than a scan reaches them,
+        #: the pending (and fresh) ones are those in ``_u_ranges``, ``_u_n`` of them, and no bitmap exists:
+        #: the first pass of a large guest then costs arithmetic, not passes over a whole-guest bitmap.
+        self._u: _PackedPair | None = None
+        self._u_ranges: list[tuple[int, int]] = []
+        self._u_n = 0
         self.scan_pos = 0
 
     @property
@@ -730,31 +1020,108 @@ class ExactPages:
         return self.source.looped
 
     @property
-    def pending(self) -> PageView:
+    def pending(self) -> _SplitView:
         """``pending[pages]``: whether each page is pending."""
-        return PageView(self._pending)
+        return _SplitView(self)
 
     @property
     def pending_words(self) -> np.ndarray:
-        """The pending bitmap itself (read it, do not change it: the counts would go stale)."""
-        return self._pending
+        """The pending pages as one whole-guest packed bitmap (read it, do not change it: without a
+        compact index it is the bitmap itself and the counts would go stale)."""
+        if self._ix is None:
+            return self._c.pending
+        out = self._untouched().pending.copy() if self._u_count() else np.zeros(n_words(self.n_pages), np.uint64)
+        block = 1 << 16
+        for a in range(0, len(out), block):  # bounded temporaries
+            out[a:a + block] |= self._touched_words(a, min(a + block, len(out)))
+        return out
+
+    def _untouched(self) -> _PackedPair:
+        """The untouched pages' bitmaps, made from the ranges on first need."""
+        if self._u is None:
+            assert self._ix is not None
+            u = self._u = _PackedPair(self.n_pages)
+            if self._u_n:
+                mask = np.zeros(n_words(self.n_pages), np.uint64)
+                for a, b in self._u_ranges:
+                    _set_range(mask, a, b)
+                mask &= ~self._ix.words
+                u.fill(mask, self._u_n)
+            self._u_ranges, self._u_n = [], 0
+        return self._u
+
+    def _untouched_in(self, a: int, b: int) -> int:
+        """Untouched pages in pages [a, b)."""
+        return (b - a) - (self._rank(b) - self._rank(a)) if b > a else 0
+
+    def _u_ranges_in(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        return [(max(a, lo), min(b, hi)) for a, b in self._u_ranges if a < hi and b > lo]
+
+    def _cut(self, lo: int, hi: int) -> int:
+        """Take pages [lo, hi) out of the pending ranges; return how many pending untouched pages went."""
+        out, gone = [], 0
+        for a, b in self._u_ranges:
+            if b <= lo or a >= hi:
+                out.append((a, b))
+                continue
+            x, y = max(a, lo), min(b, hi)
+            gone += self._untouched_in(x, y)
+            if a < x:
+                out.append((a, x))
+            if y < b:
+                out.append((y, b))
+        self._u_ranges = out
+        self._u_n -= gone
+        return gone
+
+    def _last_untouched(self, lo: int, hi: int) -> int | None:
+        """The last untouched page in pages [lo, hi), or None (a backward scan in doubling chunks)."""
+        assert self._ix is not None
+        end, size = hi, 64
+        while end > lo:
+            start = max(lo, end - 64 * size)
+            w0, w1 = start >> 6, (end + 63) >> 6
+            inv = ~self._ix.words[w0:w1]
+            inv[0] &= np.uint64(_word_mask(start & 63, 64))
+            if end & 63:
+                inv[-1] &= np.uint64(_word_mask(0, end & 63))
+            nz = np.flatnonzero(inv)
+            if len(nz):
+                w = int(nz[-1])
+                return (w0 + w) * 64 + int(inv[w]).bit_length() - 1
+            end, size = start, size * 2
+        return None
+
+    def _u_count(self) -> int:
+        return self._u.count if self._u is not None else self._u_n
 
     def set_all(self) -> None:
-        self._bits[:] = _ALL
-        if self.n_pages & 63:
-            self._bits[-1] = np.uint64((1 << (self.n_pages & 63)) - 1)
-        self._count = self._fresh_count = self.n_pages
+        self._c.fill()
+        if self._ix is not None:
+            self._u = None
+            self._u_ranges, self._u_n = [(0, self.n_pages)], self.n_pages - self._ix.n_touched
 
     def count(self) -> float:
-        return float(self._count)
+        return float(self._c.count + self._u_count())
 
     def fresh_count(self) -> float:
         """Pending pages not written since :meth:`set_all` (the first pass's pages still unsent and untouched)."""
-        return float(self._fresh_count)
+        return float(self._c.fresh_count + (self._u.fresh_count if self._u is not None else self._u_n))
 
     def add_dirty(self, g0: float, g1: float) -> float:
         """Union the pages dirtied in [g0, g1) into pending; return how many were new."""
-        before = self._count
+        before = self._c.count + self._u_count()
+        c = self._c
+        if self._ix is not None:
+            # Pieces in compact indices: an interval's packed set, an index list, or every touched page.
+            for piece in self.source.compact_sets(g0, g1):  # type: ignore[attr-defined]
+                if isinstance(piece, WordSet):
+                    c.or_set(piece)
+                elif piece.dtype == np.uint64:
+                    c.or_words(piece)
+                elif len(piece):
+                    c.or_grouped(*group_words(piece))
+            return float(c.count + self._u_count() - before)
         sets = getattr(self.source, "dirty_sets", None)
         if sets is None:
             pages, _ = self.source.window(g0, g1)
@@ -763,101 +1130,110 @@ class ExactPages:
         else:
             for piece in sets(g0, g1):
                 if isinstance(piece, WordSet):
-                    self._or_set(piece)
+                    c.or_set(piece)
                 elif isinstance(piece, tuple):
-                    self._or_grouped(*piece)
+                    c.or_grouped(*piece)
                 elif piece.dtype == np.uint64:
-                    self._or_words(piece)
+                    self.or_words(piece)
                 elif len(piece):
                     self._or_pages(piece)
-        return float(self._count - before)
+        return float(c.count + self._u_count() - before)
 
     def _or_pages(self, pages: np.ndarray) -> None:
         """Set sorted (non-decreasing) ``pages`` pending and not fresh, over the words they touch only."""
-        self._or_grouped(*group_words(pages))
-
-    def _or_grouped(self, w: np.ndarray, bits: np.ndarray) -> None:
-        """Set the ``bits`` of the distinct words ``w`` pending and not fresh."""
-        if not len(w):
+        if self._ix is None:
+            self._c.or_grouped(*group_words(pages))
             return
-        if not self._fresh_count:
-            # No fresh pages left (after the first pass): the pending words alone, half the bytes moved.
-            pend = self._pending[w]
-            self._count += _popcount(bits & ~pend)
-            pend |= bits
-            self._pending[w] = pend
-            return
-        got = self._pairs[w]
-        pair = got.view(np.uint64).reshape(-1, 2)
-        pend, fresh = pair[:, 0], pair[:, 1]
-        self._count += _popcount(bits & ~pend)
-        lost = fresh & bits
-        self._fresh_count -= _popcount(lost)
-        fresh ^= lost
-        pend |= bits
-        self._pairs[w] = got
+        t = self._ix.is_touched(pages)
+        self._c.or_grouped(*group_words(self._ix.rank(pages[t])))
+        if not t.all():
+            self._untouched().or_grouped(*group_words(pages[~t]))
 
     def _or_set(self, s: WordSet) -> None:
-        """OR a :class:`WordSet` in: its dense runs as slices, its sparse rest word by word."""
-        for (lo, run), run_pages in zip(s.runs, s.run_pages, strict=True):
-            hi = lo + len(run)
-            pend = self._pending[lo:hi]
-            tmp = self._scratch(len(run))
-            # New pages: the run's pages less those already pending.
-            np.bitwise_and(run, pend, out=tmp)
-            self._count += run_pages - _popcount(tmp)
-            if self._fresh_count:
-                fresh = self._fresh[lo:hi]
-                np.bitwise_and(fresh, run, out=tmp)
-                self._fresh_count -= _popcount(tmp)
-                fresh ^= tmp
-            pend |= run
-        self._or_grouped(s.words, s.bits)
-
-    def _scratch(self, n: int) -> np.ndarray:
-        """A reused uint64 buffer of ``n`` words (a fresh large one would be mapped and faulted in each time)."""
-        if len(self._tmp) < n:
-            self._tmp = np.empty(max(n, 2 * len(self._tmp)), np.uint64)
-        return self._tmp[:n]
+        """OR a page-space :class:`WordSet` in."""
+        if self._ix is None:
+            self._c.or_set(s)
+        else:
+            self.or_words(s.as_bitmap(n_words(self.n_pages)))
 
     def or_words(self, words: np.ndarray) -> None:
         """OR a whole packed bitmap (``pending_words``' layout) into pending, as pages written."""
-        self._or_words(words)
-
-    def _or_words(self, words: np.ndarray, block: int = 1 << 16) -> None:
-        """OR a whole bitmap in, in blocks (bounded temporaries)."""
-        for a in range(0, len(words), block):
-            src, pend, fresh = words[a:a + block], self._pending[a:a + block], self._fresh[a:a + block]
-            self._count += _popcount(src & ~pend)
-            pend |= src
-            lost = fresh & src
-            self._fresh_count -= _popcount(lost)
-            fresh ^= lost
+        ix = self._ix
+        if ix is None:
+            self._c.or_words(words)
+            return
+        self._c.or_grouped(*group_words(ix.rank(pages_in_range(words & ix.words, 0, self.n_pages))))
+        rest = words & ~ix.words
+        if rest.any():
+            self._untouched().or_words(rest)
 
     def discard(self, pages: np.ndarray) -> None:
         """Remove ``pages`` from pending (sent, or delivered on a fault)."""
         if not len(pages):
             return
-        w, bits = group_words(np.unique(pages))
-        got = self._pairs[w]
-        pair = got.view(np.uint64).reshape(-1, 2)
-        self._count -= _popcount(pair[:, 0] & bits)
-        self._fresh_count -= _popcount(pair[:, 1] & bits)
-        pair &= ~bits[:, None]
-        self._pairs[w] = got
+        pages = np.unique(pages)
+        if self._ix is None:
+            self._c.discard_grouped(*group_words(pages))
+            return
+        t = self._ix.is_touched(pages)
+        self._c.discard_grouped(*group_words(self._ix.rank(pages[t])))
+        if self._u_count() and not t.all():
+            self._untouched().discard_grouped(*group_words(pages[~t]))
 
-    def _next(self, k: float) -> tuple[list[tuple[int, int]], int]:
-        """Page ranges holding the next ``k`` pending pages in scan order (wrapping once), and how many
+    def _rank(self, page: int) -> int:
+        """Compact index of the first touched page at or after ``page`` (0 <= page <= n_pages)."""
+        return page if self._ix is None else self._ix.rank_at(page)
+
+    def _page_after(self, c: int) -> int:
+        """The page just past compact index ``c - 1`` (c >= 1)."""
+        return c if self._ix is None else self._ix.select(c - 1) + 1
+
+    def _compact_pages(self, lo: int, hi: int, c_lo: int, c_hi: int) -> np.ndarray:
+        """Pending touched pages of pages [lo, hi), whose compact indices are [c_lo, c_hi)."""
+        idx = pages_in_range(self._c.pending, c_lo, c_hi)
+        return idx if self._ix is None else self._ix.pages_in(lo, hi, idx)
+
+    def _touched_words(self, w0: int, w1: int) -> np.ndarray:
+        """Pending touched pages of words [w0, w1) as whole-guest packed words."""
+        out = np.zeros(w1 - w0, np.uint64)
+        lo, hi = 64 * w0, min(64 * w1, self.n_pages)
+        w, bits = group_words(self._compact_pages(lo, hi, self._rank(lo), self._rank(hi)))
+        out[w - w0] |= bits
+        return out
+
+    def _next(self, k: float) -> tuple[list[_Range], int]:
+        """Scan ranges holding the next ``k`` pending pages in scan order (wrapping once), and how many
         they hold; moves the scan past them."""
         k = int(round(k))
-        if k <= 0 or self._count == 0:
+        if k <= 0 or self._c.count + self._u_count() == 0:
             return [], 0
-        density = self._count / self.n_pages
-        q, found = kth_set(self._pending, self.scan_pos, self.n_pages, k, density)
-        ranges = [(self.scan_pos, q)]
+        if self._u_count():
+            return self._next_split(k)
+        c, start = self._c, self.scan_pos
+        c0 = self._rank(start)
+        density = c.count / max(c.n_bits, 1)
+        q, found = kth_set(c.pending, c0, c.n_bits, k, density)
+        end = self._page_after(q) if found else start  # just past the last page found
+        ranges = [(start, end, c0, q)]
         if found < k:
-            q2, found2 = kth_set(self._pending, 0, self.scan_pos, k - found, density)
-            ranges.append((0, q2))
+            q2, found2 = kth_set(c.pending, 0, c0, k - found, density)
+            if found2:
+                end = self._page_after(q2)
+                ranges.append((0, end, 0, q2))
+            elif not found:
+                return [], 0
+            found += found2
+        self.scan_pos = end % self.n_pages
+        return ranges, found
+
+    def _next_split(self, k: int) -> tuple[list[_Range], int]:
+        """:meth:`_next` while untouched pages are pending: the scan runs over whole-guest pages."""
+        start = self.scan_pos
+        q, found = self._kth_split(start, self.n_pages, k)
+        ranges = [(start, q, self._rank(start), self._rank(q))]
+        if found < k:
+            q2, found2 = self._kth_split(0, start, k - found)
+            ranges.append((0, q2, 0, self._rank(q2)))
             if found2:
                 q = q2
             elif not found:
@@ -866,24 +1242,104 @@ class ExactPages:
         self.scan_pos = q % self.n_pages
         return ranges, found
 
-    def _clear(self, ranges: list[tuple[int, int]], sent: int) -> tuple[int, int]:
-        """Clear page ranges holding ``sent`` pending pages in both bitmaps; return (sent, fresh pages among them)."""
-        fresh = 0
-        for lo, hi in ranges:
-            clear_range(self._pending, lo, hi)
-            if self._fresh_count:  # after the first pass there are none: skip the pass
-                fresh += popcount_range(self._fresh, lo, hi)
-                clear_range(self._fresh, lo, hi)
-        self._count -= sent
-        self._fresh_count -= fresh
+    def _u_words(self, w0: int, w1: int) -> np.ndarray:
+        """Pending untouched pages of words [w0, w1) as whole-guest packed words (a copy)."""
+        if self._u is not None:
+            return self._u.pending[w0:w1].copy()
+        assert self._ix is not None
+        out = np.zeros(w1 - w0, np.uint64)
+        for a, b in self._u_ranges_in(64 * w0, 64 * w1):
+            _set_range(out, a - 64 * w0, b - 64 * w0)
+        out &= ~self._ix.words[w0:w1]
+        return out
+
+    def _merged_in(self, lo: int, hi: int) -> int:
+        """Pending pages in pages [lo, hi), untouched and touched."""
+        if self._u is None:
+            fu = sum(self._untouched_in(a, b) for a, b in self._u_ranges_in(lo, hi))
+        else:
+            fu = popcount_range(self._u.pending, lo, hi)
+        return fu + popcount_range(self._c.pending, self._rank(lo), self._rank(hi))
+
+    def _page_words(self, w0: int, w1: int) -> np.ndarray:
+        """Pending pages of words [w0, w1) as whole-guest packed words (untouched and touched merged)."""
+        return self._u_words(w0, w1) | self._touched_words(w0, w1)
+
+    def _kth_split(self, lo: int, hi: int, k: int) -> tuple[int, int]:
+        """:func:`kth_set` over the merged pending pages [lo, hi): counts from both parts (a range
+        maps to a compact range by rank; pending untouched ranges count by arithmetic), in chunks
+        that double as there, and only the chunk that holds the k-th page merged into whole-guest words."""
+        if hi <= lo or k <= 0:
+            return lo, 0
+        c = self._c
+        c_lo, c_hi = self._rank(lo), self._rank(hi)
+        every = 2**62
+        if self._u is None:  # pending untouched pages as ranges: counted, not scanned
+            pieces = self._u_ranges_in(lo, hi)
+            fu = sum(self._untouched_in(a, b) for a, b in pieces)
+            qu = lo
+            for a, b in reversed(pieces):
+                last = self._last_untouched(a, b)
+                if last is not None:
+                    qu = last + 1
+                    break
+        else:
+            qu, fu = kth_set(self._u.pending, lo, hi, every)
+        qc, fc = kth_set(c.pending, c_lo, c_hi, every)
+        if fu + fc <= k:  # all of them (the first pass): just past the last one
+            q = max(qu if fu else lo, self._page_after(qc) if fc else lo)
+            return q, fu + fc
+        density = (fu + fc) / (hi - lo)
+        size = int(max(64.0, 2.0 * k / density / 64.0 + 64.0))  # words
+        found, pos = 0, lo
+        while True:
+            end = min(pos + 64 * size, hi)
+            got = self._merged_in(pos, end)
+            if found + got >= k:
+                while end - pos > 64 * _MERGE_WORDS:  # halve down to a chunk that is cheap to merge
+                    mid = (pos + (end - pos) // 2) & ~63
+                    got = self._merged_in(pos, mid)
+                    if found + got >= k:
+                        end = mid
+                    else:
+                        found, pos = found + got, mid
+                w0 = pos >> 6
+                chunk = self._page_words(w0, (end + 63) >> 6)
+                q, _ = kth_set(chunk, pos - 64 * w0, end - 64 * w0, k - found, density)
+                return q + 64 * w0, k
+            found += got
+            pos, size = end, size * 2
+
+    def _clear(self, ranges: list[_Range], sent: int) -> tuple[int, int]:
+        """Clear scan ranges holding ``sent`` pending pages in both bitmaps; return (sent, fresh pages among them)."""
+        fresh = u_sent = 0
+        if self._u is None and self._u_n:
+            for lo, hi, _, _ in ranges:
+                s = self._cut(lo, hi)  # untouched pages in ranges are fresh too
+                u_sent += s
+                fresh += s
+        elif self._u_count():
+            for lo, hi, _, _ in ranges:
+                s, f = self._untouched().clear_range(lo, hi, True)
+                u_sent += s
+                fresh += f
+        for _, _, c_lo, c_hi in ranges:
+            fresh += self._c.clear_range(c_lo, c_hi, False)[1]
+        self._c.count -= sent - u_sent
         return sent, fresh
 
     def take(self, k: float) -> np.ndarray:
         """Remove and return the next ``k`` pending pages in scan order."""
         ranges, n = self._next(k)
-        pages = [pages_in_range(self._pending, lo, hi) for lo, hi in ranges]
+        out = []
+        for lo, hi, c_lo, c_hi in ranges:
+            pages = self._compact_pages(lo, hi, c_lo, c_hi)
+            if self._ix is not None:
+                if self._u_count():
+                    pages = np.sort(np.concatenate([pages, pages_in_range(self._untouched().pending, lo, hi)]))
+            out.append(pages)
         self._clear(ranges, n)
-        return np.concatenate(pages) if pages else _EMPTY
+        return np.concatenate(out) if out else _EMPTY
 
     def send(self, k: float) -> float:
         return float(self._clear(*self._next(k))[0])
@@ -894,6 +1350,5 @@ class ExactPages:
         return float(sent), float(fresh)
 
     def clear(self) -> None:
-        self._pending[:] = 0
-        self._fresh[:] = 0
-        self._count = self._fresh_count = 0
+        self._c.zero()
+        self._u, self._u_ranges, self._u_n = None, [], 0

@@ -213,4 +213,69 @@ def test_group_words_and_word_sets_hold_the_pages_dense_or_sparse():
         a._or_set(ws)
         b._or_pages(pages)
         assert a.count() == b.count() and a.fresh_count() == b.fresh_count()
-        assert np.array_equal(a._bits, b._bits)
+        assert np.array_equal(a._c.bits, b._c.bits)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compact_index_pending_set_matches_the_whole_guest_bitmap_and_brute_force(seed):
+    """ExactPages over a trace keeps touched pages in compact indices and the rest apart; every
+    operation the engine uses must give what one whole-guest bitmap and a boolean map give."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([64, 200, 1000, 4096, 5003]))
+    hot = max(4, n // int(rng.choice([3, 10, 40])))
+    lists = [np.unique(np.concatenate([rng.integers(0, hot, int(rng.integers(0, hot))),
+                                       rng.integers(0, n, int(rng.integers(0, 1 + n // 30)))]))
+             for _ in range(int(rng.integers(2, 9)))]
+    t = np.arange(len(lists) + 1) * 0.5
+    tr = make_trace(lists, t[:-1], t[1:], n_pages=n)
+    mode = "once" if seed % 2 else "poisson"
+    compact = ExactPages(TraceDirt(tr, seed, within_interval=mode))
+    whole = ExactPages(TraceDirt(tr, seed, within_interval=mode), compact=False)
+    assert compact._ix is not None and whole._ix is None
+    ref, window = _RefPages(n), TraceDirt(tr, seed, within_interval=mode)
+    everything = np.arange(n)
+    g = 0.0
+    for step in range(80):
+        op = int(rng.integers(0, 8)) if step else 0
+        if op == 0:
+            for x in (compact, whole, ref):
+                x.set_all()
+        elif op in (1, 2):
+            span = float(rng.choice([0.05, 0.3, 0.9, 5.0])) * rng.random()
+            got = compact.add_dirty(g, g + span)
+            assert got == whole.add_dirty(g, g + span) == ref.add(window.window(g, g + span)[0])
+            g += span
+        elif op in (3, 4):
+            k = float(rng.integers(0, n + 3)) * float(rng.choice([0.01, 0.3, 1.2]))
+            assert compact.send_counted(k) == whole.send_counted(k) == ref.send_counted(k)
+        elif op == 5:
+            k = float(rng.integers(0, n // 4 + 2))
+            got = compact.take(k)
+            assert np.array_equal(got, whole.take(k))
+            assert np.all(ref.pending[got]) and len(got) == min(round(k), np.count_nonzero(ref.pending))
+            ref.discard(got)
+            if len(got):
+                ref.scan_pos = int(got[-1] + 1) % n
+        elif op == 6:
+            gone = rng.integers(0, n, int(rng.integers(0, 20)))
+            for x in (compact, whole, ref):
+                x.discard(gone)
+        else:
+            if rng.random() < 0.5:
+                pos = int(rng.integers(0, n))
+                compact.scan_pos = whole.scan_pos = ref.scan_pos = pos
+            else:
+                bools = rng.random(n) < 0.05
+                words = np.packbits(bools, bitorder="little")
+                words = np.concatenate([words, np.zeros(-len(words) % 8, np.uint8)]).view(np.uint64)
+                compact.or_words(words)
+                whole.or_words(words)
+                ref.pending |= bools
+                ref.fresh &= ~bools
+        assert compact.scan_pos == whole.scan_pos == ref.scan_pos
+        assert compact.count() == whole.count() == np.count_nonzero(ref.pending)
+        assert compact.fresh_count() == whole.fresh_count() == np.count_nonzero(ref.fresh)
+        assert np.array_equal(compact.pending[everything], ref.pending)
+        assert np.array_equal(compact.pending_words, whole.pending_words)
+    compact.clear()
+    assert compact.count() == 0 and compact.fresh_count() == 0
