@@ -34,6 +34,7 @@ test: $(STAMP) deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+	@mkdir -p results/scratch  # miglab creates no parents of a path it is given
 	$(BIN)/miglab regress --suite results/baselines/sim-suite.toml --baseline results/baselines/sim.json -q \
 		--markdown results/scratch/sim-regress.md
 

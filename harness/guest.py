@@ -385,12 +385,12 @@ def _run(argv: Sequence[str], *, what: str, cwd: Path | None = None, env: dict |
     try:
         p = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
     except FileNotFoundError:
-        raise GuestError(f"{what}: {argv[0]} not found (run harness/install-deps.sh as root)") from None
+        raise GuestError(f"{argv[0]} not found (run harness/install-deps.sh as root)", where=what) from None
     except subprocess.TimeoutExpired:
-        raise GuestError(f"{what}: {argv[0]} timed out after {timeout_s:.0f} s") from None
+        raise GuestError(f"{argv[0]} timed out after {timeout_s:.0f} s", where=what) from None
     if p.returncode != 0:
         msg = (p.stderr.strip() or p.stdout.strip()).splitlines()
-        raise GuestError(f"{what}: {' '.join(argv[:3])} failed: {msg[-1] if msg else f'exit {p.returncode}'}")
+        raise GuestError(f"{' '.join(argv[:3])} failed: {msg[-1] if msg else f'exit {p.returncode}'}", where=what)
     return p.stdout
 
 
@@ -456,7 +456,7 @@ def _extract_member(deb: Path, pattern: str) -> tuple[str, bytes]:
                         return member.name.lstrip("./"), data
         finally:
             proc.stdout.close()
-    raise GuestError(f"{deb.name}: no member matching {pattern}")
+    raise GuestError(f"no member matching {pattern}", where=deb.name)
 
 
 _MAGICS: tuple[tuple[str, bytes], ...] = (

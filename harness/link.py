@@ -89,9 +89,9 @@ def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProc
     try:
         proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
     except FileNotFoundError:
-        raise LinkError(f"{argv[0]}: command not found (install iproute2)") from None
+        raise LinkError("command not found (install iproute2)", where=argv[0]) from None
     if check and proc.returncode != 0:
-        raise LinkError(f"{' '.join(argv)}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
+        raise LinkError(proc.stderr.strip() or f"exit {proc.returncode}", where=" ".join(argv))
     return proc
 
 

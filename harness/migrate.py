@@ -81,7 +81,7 @@ from harness.record import (
     utc_now,
 )
 from harness.roundcap import RoundCap
-from harness.vm import VM, Console, VMConfig, find_qemu
+from harness.vm import VM, Console, VMConfig, find_qemu, guest_memory_problem
 from sim.errors import ConfigError, MiglabError
 from sim.scenario import Scenario, Strategy
 from sim.units import (
@@ -230,6 +230,9 @@ def validate_for_qemu(scenario: Scenario) -> GuestWorkload:
         raise ConfigError(f"a real guest runs a workload spec, not a {w.kind} ({w.path}); give --workload SPEC")
     if w.page_size_bytes != PAGE_SIZE_BYTES:
         raise ConfigError(f"the QEMU guest has {PAGE_SIZE_BYTES}-byte pages, not {w.page_size_bytes}")
+    problem = guest_memory_problem(w.memory_bytes)
+    if problem:  # the VM would refuse it only after the link's namespaces exist
+        raise ConfigError(f"a QEMU guest's memory {problem}", key="workload.memory_bytes", value=w.memory_bytes)
     if s.multifd_channels < 1:
         raise ConfigError("multifd channels must be at least 1")
     if s.multifd_channels > 1 and s.xbzrle_cache_bytes:
@@ -362,6 +365,8 @@ def run_migration(scenario: Scenario, options: MigrateOptions | None = None) -> 
     (:func:`_check_guest`).
     """
     opts = options or MigrateOptions()
+    if opts.smp < 1:
+        raise ConfigError(f"a guest needs at least 1 vCPU, not {opts.smp}", key="smp", value=opts.smp)
     workload = validate_for_qemu(scenario)
     verify_auto = opts.verify_memory is None
     if verify_auto:

@@ -147,7 +147,7 @@ def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
     for line in meminfo.read_text().splitlines():
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
-    raise ConfigError(f"{meminfo}: no MemAvailable line")
+    raise ConfigError("no MemAvailable line", where=meminfo)
 
 
 def migration_sides(memory_bytes: int, workload_bytes: int, backing: str) -> tuple[SideEstimate, SideEstimate]:
@@ -161,10 +161,12 @@ def check_host(sides: tuple[SideEstimate, ...], what: str) -> int:
     return check_fits(sides, mem_available_bytes(), what)
 
 
-def check_migration(memory_bytes: int, workload: object, *, verify_memory: bool = False) -> int:
+def check_migration(memory_bytes: int, workload: object, *, verify_memory: bool = False,
+                    flag: str | None = None) -> int:
     """Refuse, before anything boots, a local migration whose two guests would not fit this host.
 
-    ``workload`` is a :class:`harness.guest.GuestWorkload` (or None for idle).
+    ``workload`` is a :class:`harness.guest.GuestWorkload` (or None for idle); ``flag``, the command-line
+    flag that set the guest size, is named in a refusal of the size.
     """
     from harness.guest import workload_footprint_bytes
 
@@ -173,4 +175,7 @@ def check_migration(memory_bytes: int, workload: object, *, verify_memory: bool 
         raise PreflightError(f"pre-flight: --verify-memory compares the guests' /dev/shm RAM files, which only "
                              f"guests up to {_gib(SHM_AUTO_MAX_BYTES)} have (this one is {_gib(memory_bytes)})")
     sides = migration_sides(memory_bytes, workload_footprint_bytes(workload, memory_bytes), backing)  # type: ignore[arg-type]
-    return check_host(sides, f"a {_gib(memory_bytes)} migration")
+    try:
+        return check_host(sides, f"a {_gib(memory_bytes)} migration")
+    except PreflightError as e:
+        raise e.at(flag=flag) from None

@@ -42,14 +42,14 @@ def events(path: str | Path) -> list[tuple[float, str, str]]:
     try:
         text = p.read_text(errors="replace")
     except OSError as e:
-        raise ConfigError(f"{p}: cannot read QEMU trace log ({e.strerror})") from None
+        raise ConfigError(f"cannot read QEMU trace log ({e.strerror})", where=p) from None
     out = []
     for line in text.splitlines():
         m = _LINE.match(line)
         if m:
             out.append((float(m["t"]), m["event"], m["args"]))
     if not out:
-        raise ConfigError(f"{p}: no QEMU trace events (was the source started with -trace ... -D {p.name}?)")
+        raise ConfigError(f"no QEMU trace events (was the source started with -trace ... -D {p.name}?)", where=p)
     return out
 
 

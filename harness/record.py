@@ -271,8 +271,8 @@ class RunRecord:
         """Rebuild a record; a wrong schema version or malformed content raises ConfigError."""
         version = data.get("schema_version")
         if version != RECORD_SCHEMA_VERSION:
-            raise ConfigError(f"{source}: run record schema_version {version!r} is not supported "
-                              f"(expected {RECORD_SCHEMA_VERSION})")
+            raise ConfigError(f"run record schema_version {version!r} is not supported "
+                              f"(expected {RECORD_SCHEMA_VERSION})", where=source)
         try:
             d = dict(data)
             d["scenario"] = Scenario.from_dict(d["scenario"], source=source)
@@ -290,7 +290,7 @@ class RunRecord:
             d["events"] = tuple((float(t), str(text)) for t, text in d.get("events", ()))
             return cls(**d)
         except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"{source}: malformed run record: {e}") from None
+            raise ConfigError(f"malformed run record: {e}", where=source) from None
 
     def save(self, path: str | Path) -> Path:
         """Write the record as JSON atomically (temp file in the same directory, then rename)."""
@@ -316,7 +316,7 @@ class RunRecord:
 
         data = load_json(path)  # regular files only, bounded, UTF-8: one line naming the file
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: not a run record")
+            raise ConfigError("not a run record", where=path)
         return cls.from_dict(data, source=str(path))
 
     def timeline_frame(self) -> Any:

@@ -87,7 +87,7 @@ class RoundCap:
 
     def __post_init__(self) -> None:
         if isinstance(self.max_rounds, bool) or not isinstance(self.max_rounds, int) or self.max_rounds < 1:
-            raise ConfigError(f"--max-rounds: must be a whole number of at least 1, not {self.max_rounds!r}")
+            raise ConfigError(f"must be a whole number of at least 1, not {self.max_rounds!r}", flag="--max-rounds")
         if self.action not in ("raise-limit", "pause", "cancel"):
             raise ConfigError(f"round cap: unknown action {self.action!r} (choose from raise-limit, pause, cancel)")
         if not 0 < self.limit_ms <= MAX_DOWNTIME_LIMIT_MS:

@@ -80,7 +80,23 @@ WORKLOAD_LINE = re.compile(r"^miglab-(load|redis|idle) t=")
 
 
 class VMError(MiglabError):
-    """QEMU could not be found, started, or died unexpectedly."""
+    """QEMU could not be found, started, or died unexpectedly (``where``: the guest's name, when known)."""
+
+
+#: The smallest guest the image boots in (kernel, initramfs and the workload's tools).
+MIN_GUEST_MEMORY_BYTES = 64 << 20
+
+
+def guest_memory_problem(memory_bytes: int) -> str | None:
+    """Why QEMU cannot be given a guest of ``memory_bytes`` (None: it can).
+
+    The guest gets ``-m {MiB}M`` and a memory backend of the same size: a whole number of MiB (so a
+    multiple of every page size QEMU and /dev/shm use), and at least :data:`MIN_GUEST_MEMORY_BYTES`.
+    """
+    if memory_bytes % (1 << 20) or memory_bytes < MIN_GUEST_MEMORY_BYTES:
+        return (f"must be a whole number of MiB and at least {MIN_GUEST_MEMORY_BYTES >> 20} MiB, "
+                f"not {memory_bytes}")
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -241,9 +257,10 @@ class VM:
         """The full command line (with the netns prefix when set)."""
         assert self.run_dir is not None and self.image is not None
         c = self.config
+        problem = guest_memory_problem(c.memory_bytes)
+        if problem:
+            raise VMError(f"guest memory {problem}")
         mem_mib = c.memory_bytes >> 20
-        if mem_mib << 20 != c.memory_bytes or mem_mib < 64:
-            raise VMError(f"guest memory must be a whole number of MiB and at least 64 MiB, not {c.memory_bytes}")
         if self.backing == "shm":
             assert self.shm_path is not None
             ram = f"memory-backend-file,id=ram0,size={mem_mib}M,mem-path={self.shm_path},share=on"
@@ -301,7 +318,7 @@ class VM:
             while not self.qmp_path.exists():
                 self.check_alive()
                 if time.monotonic() > deadline:
-                    raise VMError(f"{self.config.name}: QEMU did not create its QMP socket within 15 s")
+                    raise VMError("QEMU did not create its QMP socket within 15 s", where=self.config.name)
                 time.sleep(0.02)
             while True:  # short attempts, so a QEMU that dies right after creating the socket is noticed
                 try:
@@ -313,13 +330,13 @@ class VM:
                         raise
         except MiglabError as e:
             self.check_alive()
-            raise VMError(f"{self.config.name}: {e}") from None
+            raise VMError(str(e), where=self.config.name) from None
         return self
 
     @property
     def qmp(self) -> QMP:
         if self._qmp is None:
-            raise VMError(f"{self.config.name}: not started")
+            raise VMError("not started", where=self.config.name)
         return self._qmp
 
     @property
@@ -350,8 +367,8 @@ class VM:
         """Raise VMError (with QEMU's last stderr line) if QEMU has exited."""
         if self.proc is not None and self.proc.poll() is not None:
             tail = [ln for ln in self.qemu_log().splitlines() if ln.strip()]
-            raise VMError(f"{self.config.name}: QEMU exited with status {self.proc.returncode}"
-                          + (f": {tail[-1]}" if tail else ""))
+            raise VMError(f"QEMU exited with status {self.proc.returncode}" + (f": {tail[-1]}" if tail else ""),
+                          where=self.config.name)
 
     def close(self) -> None:
         """Stop QEMU (whole process group), remove the RAM file and the run directory. Idempotent."""
@@ -433,12 +450,13 @@ class VM:
                 if rx.search(line):
                     return line
                 if line.startswith(("miglab-load error", "miglab-redis error", "miglab-init: workload", "Kernel panic")):
-                    raise VMError(f"{self.config.name}: guest reported: {line.strip()}")
+                    raise VMError(f"guest reported: {line.strip()}", where=self.config.name)
             self.check_alive()
             if time.monotonic() > deadline:
                 last = self.console.lines[-3:]
-                raise VMError(f"{self.config.name}: no console line matching {rx.pattern!r} within {timeout_s:.0f} s"
-                              + (f" (last: {' | '.join(last)})" if last else " (console empty)"))
+                raise VMError(f"no console line matching {rx.pattern!r} within {timeout_s:.0f} s"
+                              + (f" (last: {' | '.join(last)})" if last else " (console empty)"),
+                              where=self.config.name)
             time.sleep(0.05)
 
     def wait_for_workload(self, timeout_s: float = BOOT_TIMEOUT_S) -> str:
@@ -468,8 +486,8 @@ class VM:
         ``np.copyto(buf, vm.ram_view())`` snapshots 512 MiB in about 0.05 s.
         """
         if self.shm_path is None:
-            raise VMError(f"{self.config.name}: guest RAM is anonymous ({self.backing}); only a shm-backed "
-                          "guest can be read from the host")
+            raise VMError(f"guest RAM is anonymous ({self.backing}); only a shm-backed "
+                          "guest can be read from the host", where=self.config.name)
         if self._ram_map is None:
             fd = os.open(self.shm_path, os.O_RDONLY)
             try:
@@ -486,15 +504,15 @@ class VM:
         ``qmp.stop()`` first for an exact snapshot.
         """
         if self.shm_path is None:
-            raise VMError(f"{self.config.name}: guest RAM is anonymous ({self.backing}); only a shm-backed "
-                          "guest can be read from the host")
+            raise VMError(f"guest RAM is anonymous ({self.backing}); only a shm-backed "
+                          "guest can be read from the host", where=self.config.name)
         n = self.config.memory_bytes
         if out is None:
             out = np.empty(n, dtype=np.uint8)
         with open(self.shm_path, "rb", buffering=0) as f:
             got = f.readinto(memoryview(out))  # type: ignore[arg-type]  # numpy declares ndarray.__buffer__ only on 3.12+
         if got != n:
-            raise VMError(f"{self.config.name}: read {got} of {n} bytes of guest RAM from {self.shm_path}")
+            raise VMError(f"read {got} of {n} bytes of guest RAM from {self.shm_path}", where=self.config.name)
         return out
 
 

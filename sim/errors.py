@@ -11,11 +11,22 @@ fields rather than baked into the text::
     │   ├── ResourceError       an input would cost more than miglab allows (memory, runs); carries the estimate
     │   └── OutputError         an output path cannot be written safely (a directory, a device, no parent)
     ├── TraceError              a trace file is missing, malformed, truncated or inconsistent
-    └── (harness)               what goes wrong while measuring, defined beside the code that raises it:
-                                harness.vm.VMError, harness.qmp.QMPError (connect, timeout, disconnect,
-                                command), harness.link.LinkError, harness.guest.GuestError,
-                                harness.dirtylog.DirtyLogError, harness.bhyve.vmmdev.BhyveError, and
-                                harness.preflight.PreflightError (a ConfigError: the host cannot run it)
+    └── (harness)               what goes wrong while measuring, defined beside the code that raises it,
+                                its context in the same fields:
+        ├── harness.vm.VMError                  QEMU not found, not started, died (where: the guest's name)
+        ├── harness.qmp.QMPError                talking to QEMU: QMPConnectError, QMPTimeoutError,
+        │                                       QMPDisconnectedError, QMPCommandError (command,
+        │                                       error_class, desc: QEMU's own error)
+        ├── harness.link.LinkError              the shaped link cannot be built (where: the command)
+        ├── harness.guest.GuestError            the guest image cannot be built (where: the build step)
+        ├── harness.dirtylog.DirtyLogError      the dirty-log stream and log disagree
+        ├── harness.bhyve.vmmdev.BhyveError     a bhyve host, device or command (where: the device or
+        │                                       command): VmmDeviceMissing, VmmPermissionError,
+        │                                       DirtyPageListUnsupported, VmNameError (also a ConfigError)
+        └── harness.preflight.PreflightError    a ConfigError: the host cannot hold the run (flag: the size's)
+
+``harness.migrate.MigrationInterrupted`` is no error but a KeyboardInterrupt carrying the record of the
+interrupted run. (``tests/test_errors.py`` walks ``sim`` and ``harness`` and holds every exception class to this tree.)
 
 Every error has the fields
 
@@ -31,9 +42,10 @@ or, for a flag, ``<flag>: <problem>``. Code that learns the location later
 that set it) calls :meth:`MiglabError.at`, which fills in only the fields not
 yet known, so no caller ever looks for the location in the message text.
 
-Some older call sites still write the location into the problem text
-(``ConfigError(f"{path}: ...")``); they render the same line and move to the
-fields as they are touched. Nothing reads a location back out of a message.
+Call sites give the location as fields (``ConfigError("must be a table",
+where=path)``), never in the problem text, and nothing reads a location back
+out of a message. A workload spec's refusal starts ``workload 'SPEC':``: the
+spec is the subject of the problem, and the caller adds where it came from.
 
 The CLI turns any :class:`MiglabError` into ``miglab: <str(e)>`` on stderr and
 exit code 2; anything else is a bug and keeps its traceback.

@@ -118,7 +118,7 @@ def choose(flag: str | None, *, uncalibrated_flag: bool = False) -> HostSource:
     """The host constants a verb uses: ``--host FILE``, ``--host none`` / ``--uncalibrated``, else the bundled ones."""
     if uncalibrated_flag:
         if flag and flag.lower() not in UNCALIBRATED_WORDS:
-            raise ConfigError(f"--uncalibrated: conflicts with --host {flag}")
+            raise ConfigError(f"conflicts with --host {flag}", flag="--uncalibrated")
         return uncalibrated("--uncalibrated")
     if flag is None:
         return bundled_host()

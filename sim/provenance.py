@@ -135,9 +135,9 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{side}: not a readable provenance sidecar ({e})") from None
+        raise ConfigError(f"not a readable provenance sidecar ({e})", where=side) from None
     if not isinstance(doc, dict):
-        raise ConfigError(f"{side}: not a provenance sidecar (not a JSON object)")
+        raise ConfigError("not a provenance sidecar (not a JSON object)", where=side)
     return doc
 
 
@@ -162,13 +162,13 @@ def read_parquet_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         raw = (pq.read_schema(path).metadata or {}).get(PARQUET_KEY)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: not a readable Parquet file ({e})") from None
+        raise ConfigError(f"not a readable Parquet file ({e})", where=path) from None
     if raw is None:
         return {}
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: Parquet metadata {PARQUET_KEY.decode()} is not JSON ({e})") from None
+        raise ConfigError(f"Parquet metadata {PARQUET_KEY.decode()} is not JSON ({e})", where=path) from None
     return doc if isinstance(doc, dict) else {}
 
 

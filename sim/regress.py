@@ -108,8 +108,8 @@ class Suite:
             return cls._checked(sweep.name, named, source)
         unknown = sorted(set(data) - {"name", "description", "defaults", "scenario"})
         if unknown:
-            raise ConfigError(f"{source}: unknown suite key {unknown[0]!r} (known: name, description, defaults, "
-                              "scenario; or a sweep's base/vary/variants)")
+            raise ConfigError(f"unknown suite key {unknown[0]!r} (known: name, description, defaults, "
+                              "scenario; or a sweep's base/vary/variants)", where=source)
         name = data.get("name")
         if not isinstance(name, str) or not name:
             raise ConfigError("a suite needs a non-empty string 'name'", where=source)
@@ -183,9 +183,9 @@ def _record_paths(spec: str) -> list[Path]:
     elif p.is_file():
         paths = [p]
     else:
-        raise ConfigError(f"{spec}: no such file, directory or glob match")
+        raise ConfigError("no such file, directory or glob match", where=spec)
     if not paths:
-        raise ConfigError(f"{spec}: no JSON run records found")
+        raise ConfigError("no JSON run records found", where=spec)
     return paths
 
 
@@ -217,8 +217,8 @@ def load_records(spec: str | Iterable[str], metrics: Iterable[str]) -> dict[str,
         if not isinstance(record, dict) or not isinstance(record.get("scenario"), dict):
             raise ConfigError("not a run record (no 'scenario' table)", where=path)
         if record.get("schema_version") != _RECORD_SCHEMA_VERSION:
-            raise ConfigError(f"{path}: run record schema_version {record.get('schema_version')!r} is not "
-                              f"supported (expected {_RECORD_SCHEMA_VERSION})")
+            raise ConfigError(f"run record schema_version {record.get('schema_version')!r} is not "
+                              f"supported (expected {_RECORD_SCHEMA_VERSION})", where=path)
         sc = record["scenario"]
         name = sc.get("name") or ""
         if not name:
@@ -229,8 +229,8 @@ def load_records(spec: str | Iterable[str], metrics: Iterable[str]) -> dict[str,
         entry = scenarios.setdefault(name, {"scenario": sc, "metrics": {m: [] for m in metrics}, "failed": 0,
                                             "records": 0, "first": str(path)})
         if entry["scenario"] != sc:
-            raise ConfigError(f"{path}: scenario {name!r} differs from the one in {entry['first']} "
-                              "(repetitions of a scenario must be the same scenario)")
+            raise ConfigError(f"scenario {name!r} differs from the one in {entry['first']} "
+                              "(repetitions of a scenario must be the same scenario)", where=path)
         entry["records"] += 1
         stats = _record_stats(record)
         if not _record_ok(record):
@@ -565,8 +565,8 @@ def compare_real(current: dict[str, Any], baseline: dict[str, Any], metrics: Ite
             bs = [float(x) for x in b["metrics"].get(metric, [])]
             for samples, side in ((cs, current_name), (bs, baseline_name)):
                 if len(samples) < min_runs:
-                    raise ConfigError(f"{side}: scenario {name!r} has {len(samples)} finished runs with {metric}, "
-                                      f"need at least {min_runs}")
+                    raise ConfigError(f"scenario {name!r} has {len(samples)} finished runs with {metric}, "
+                                      f"need at least {min_runs}", where=side)
             tests.append({"name": name, "metric": metric, "cs": cs, "bs": bs,
                           "p_up": float(mannwhitneyu(cs, bs, alternative="greater").pvalue),
                           "p_down": float(mannwhitneyu(cs, bs, alternative="less").pvalue)})

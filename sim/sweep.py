@@ -85,7 +85,7 @@ def _file_sha256(path: str) -> str:
     try:
         return file_sha256(path)
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        raise ConfigError(f"cannot read: {e.strerror}", where=path) from None
 
 
 def scenario_id(scenario: Scenario, input_sha256: str = "", *, json_text: str | None = None) -> str:
@@ -215,49 +215,50 @@ class Sweep:
         calibration unless told otherwise); fields the sweep sets itself win.
         """
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: a sweep must be a table")
+            raise ConfigError("a sweep must be a table", where=source)
         unknown = sorted(set(data) - _SWEEP_KEYS)
         if unknown:
-            raise ConfigError(f"{source}: unknown sweep key {unknown[0]!r} (known: {', '.join(sorted(_SWEEP_KEYS))})")
+            raise ConfigError(f"unknown sweep key {unknown[0]!r} (known: {', '.join(sorted(_SWEEP_KEYS))})",
+                              where=source)
         name = data.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"{source}: a sweep needs a non-empty string 'name'")
+            raise ConfigError("a sweep needs a non-empty string 'name'", where=source)
         if any(c in name for c in "/\\\n"):
-            raise ConfigError(f"{source}: sweep name {name!r} must not contain slashes or newlines")
+            raise ConfigError(f"sweep name {name!r} must not contain slashes or newlines", where=source)
         base = data.get("base", {})
         if not isinstance(base, dict):
-            raise ConfigError(f"{source}: [base] must be a table")
+            raise ConfigError("[base] must be a table", where=source)
         vary_raw = data.get("vary", {})
         if not isinstance(vary_raw, dict):
-            raise ConfigError(f"{source}: [vary] must be a table")
+            raise ConfigError("[vary] must be a table", where=source)
         vary: dict[str, list[Any]] = {}
         for key, values in flatten(vary_raw).items():
             if not isinstance(values, list) or not values:
-                raise ConfigError(f"{source}: [vary] {key!r} must be a non-empty list of values")
+                raise ConfigError(f"[vary] {key!r} must be a non-empty list of values", where=source)
             vary[key] = values
         variants_raw = data.get("variants", [])
         if not isinstance(variants_raw, list) or not all(isinstance(v, dict) for v in variants_raw):
-            raise ConfigError(f"{source}: variants must be an array of tables ([[variants]])")
+            raise ConfigError("variants must be an array of tables ([[variants]])", where=source)
         variants: list[tuple[str, dict[str, Any]]] = []
         for i, v in enumerate(variants_raw):
             v = dict(v)
             vname = v.pop("name", f"v{i}")
             if not isinstance(vname, str) or not vname:
-                raise ConfigError(f"{source}: variant {i} needs a string name")
+                raise ConfigError(f"variant {i} needs a string name", where=source)
             overrides = flatten(v)
             if not overrides:
-                raise ConfigError(f"{source}: variant {vname!r} overrides nothing")
+                raise ConfigError(f"variant {vname!r} overrides nothing", where=source)
             clash = sorted(set(overrides) & set(vary))
             if clash:
-                raise ConfigError(f"{source}: {clash[0]!r} is set both in variant {vname!r} and in [vary]")
+                raise ConfigError(f"{clash[0]!r} is set both in variant {vname!r} and in [vary]", where=source)
             variants.append((vname, overrides))
         names = [n for n, _ in variants]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ConfigError(f"{source}: variant name {dupes[0]!r} is used twice")
+            raise ConfigError(f"variant name {dupes[0]!r} is used twice", where=source)
         description = data.get("description", "")
         if not isinstance(description, str):
-            raise ConfigError(f"{source}: description must be a string")
+            raise ConfigError("description must be a string", where=source)
         return cls(name=name, base=base, vary=vary, variants=tuple(variants), description=description,
                    source=source, max_runs=max_runs, host_overrides=dict(host_overrides or {}))
 
@@ -519,9 +520,9 @@ def run_sweep(sweep: Sweep, out: str | Path, jobs: int | None = None, scheduler:
     """
     out = Path(out)
     if out.suffix != ".parquet":
-        raise ConfigError(f"{out}: the output of a sweep must be a .parquet file")
+        raise ConfigError("the output of a sweep must be a .parquet file", where=out)
     if out.exists() and not out.is_file():
-        raise ConfigError(f"{out}: exists and is not a file")
+        raise ConfigError("exists and is not a file", where=out)
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, not {jobs}")
     if checkpoint_rows < 1:
@@ -617,7 +618,7 @@ def _assemble(out: Path, order: list[str], name: str, variant_of: dict[str, str]
     done = done.drop_duplicates("scenario_id", keep="last").set_index("scenario_id", drop=False)
     missing = [sid for sid in order if sid not in done.index]
     if missing:
-        raise MiglabError(f"{out}: {len(missing)} runs are missing after the sweep (first {missing[0]})")
+        raise MiglabError(f"{len(missing)} runs are missing after the sweep (first {missing[0]})", where=out)
     table = done.loc[order].reset_index(drop=True)
     # The sweep's labels may have changed since a run was checkpointed (renamed sweep or variant): the
     # current definition wins. The scenario columns cannot differ: the scenario id is their hash.

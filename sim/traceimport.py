@@ -85,7 +85,7 @@ def import_trace(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
     trace = read_foreign(source, layout=layout, times=times, interval_s=interval_s, n_intervals=n_intervals,
                          t0_s=t0_s, memory_bytes=memory_bytes, page_size=page_size, meta=meta, limits=limits)
     if Path(out).resolve() == Path(source).resolve():
-        raise ConfigError(f"{out}: the output would overwrite the source")
+        raise ConfigError("the output would overwrite the source", where=out)
     sha = save(trace, out)
     log.info("%s: imported %s (%d intervals, %d pages)", out, source, trace.n_intervals, trace.n_pages)
     return dataclasses.replace(trace, sha256=sha, path=str(out))
@@ -107,8 +107,8 @@ def read_foreign(source: str | os.PathLike[str], *, layout: Layout | None = None
         parsed = _read_csv(path, times, interval_s, n_intervals, t0_s, memory_bytes, page_size, limits)
     else:
         if times is not None or interval_s is not None or n_intervals is not None:
-            raise ConfigError(f"{path}: an NPZ trace carries its own interval times (t_end_s); "
-                              "times, interval_s and n_intervals are for CSV page lists")
+            raise ConfigError("an NPZ trace carries its own interval times (t_end_s); "
+                              "times, interval_s and n_intervals are for CSV page lists", where=path)
         parsed = _read_npz(path, layout, t0_s, memory_bytes, page_size, limits)
     source_meta: dict[str, Any] = {"file": path.name, "sha256": file_sha256(path), "layout": parsed.layout}
     inputs = {str(path): source_meta["sha256"]}
@@ -160,7 +160,8 @@ def _guess_layout(path: Path) -> Layout:
             if key in names:
                 return cast(Layout, layout)
         raise TraceError(path, "NPZ has none of the page keys 'pages' (with 'offsets'), 'dirty' or 'bitmap'")
-    raise ConfigError(f"{path}: cannot tell the layout from the suffix {suffix!r}: give one of {', '.join(LAYOUTS)}")
+    raise ConfigError(f"cannot tell the layout from the suffix {suffix!r}: give one of {', '.join(LAYOUTS)}",
+                      where=path)
 
 
 def _guest_pages(path: Path, memory_bytes: int | None, n_pages: int | None, page_size: int,
@@ -175,8 +176,8 @@ def _guest_pages(path: Path, memory_bytes: int | None, n_pages: int | None, page
             raise TraceError(path, f"n_pages {n_pages} × page_size {page_size} is not {where} {memory_bytes}")
         n_pages = memory_bytes // page_size
     if n_pages is None:
-        raise ConfigError(f"{path}: the guest size is unknown: give memory_bytes (it is not guessed from the "
-                          "largest page, which would shrink the guest)")
+        raise ConfigError("the guest size is unknown: give memory_bytes (it is not guessed from the "
+                          "largest page, which would shrink the guest)", where=path)
     if n_pages <= 0:
         raise TraceError(path, f"n_pages {n_pages} must be positive")
     if n_pages * page_size > limits.max_guest_bytes:
@@ -238,14 +239,14 @@ def _read_csv(path: Path, times: str | os.PathLike[str] | None, interval_s: floa
     page_size = 4096 if page_size is None else int(page_size)
     n_pages = _guest_pages(path, memory_bytes, None, page_size, limits)
     if (times is None) == (interval_s is None):
-        raise ConfigError(f"{path}: give the interval times either as a times CSV or as interval_s, not "
-                          f"{'both' if times is not None else 'neither'}")
+        raise ConfigError(f"give the interval times either as a times CSV or as interval_s, not "
+                          f"{'both' if times is not None else 'neither'}", where=path)
     cols = _csv_columns(path, _CSV_PAGE_COLUMNS, required=_CSV_PAGE_COLUMNS, max_rows=limits.max_entries,
                         what="page entries")
     interval, page = cols["interval"], cols["page"]
     if times is not None:
         if n_intervals is not None:
-            raise ConfigError(f"{path}: n_intervals comes from the times file {times}; do not give both")
+            raise ConfigError(f"n_intervals comes from the times file {times}; do not give both", where=path)
         tpath = Path(times)
         if not tpath.is_file():
             raise TraceError(tpath, "no such file" if not tpath.exists() else "is not a file")
@@ -261,7 +262,7 @@ def _read_csv(path: Path, times: str | os.PathLike[str] | None, interval_s: floa
         seen = int(interval.max()) + 1 if len(interval) else 0
         n = seen if n_intervals is None else int(n_intervals)
         if n < 1 or n > limits.max_intervals:
-            raise ConfigError(f"{path}: {n} intervals is outside 1..{limits.max_intervals}")
+            raise ConfigError(f"{n} intervals is outside 1..{limits.max_intervals}", where=path)
         t_end = t0_s + interval_s * np.arange(1, n + 1, dtype=np.float64)
         t_start, t_end = _interval_times(path, "interval_s:", t_end, None, t0_s)
     indptr, pages, dupes = _as_sets(path, "column", interval, page, len(t_end), n_pages)

@@ -157,7 +157,7 @@ def plot_trace(trace: Trace, path: str | os.PathLike[str], *, max_classes: int =
 
     path = Path(path)
     if trace.n_intervals == 0:
-        raise ConfigError(f"{trace.path or 'trace'}: has no intervals to plot")
+        raise ConfigError("has no intervals to plot", where=trace.path or "trace")
     frac, page_edges, time_edges = heatmap(trace)
     window_s, pages = working_set_curve(trace)
     fig, (ax_h, ax_w) = plt.subplots(2, 1, figsize=(10, 9), height_ratios=[3, 2], layout="constrained")

@@ -48,6 +48,7 @@ def migrate(state: Path, env: dict, out: Path, name: str, trace: Path, rep: int,
             mib: int = 64) -> subprocess.CompletedProcess:
     (state / "hostA" / "vmm" / VM).touch()  # the guest runs on the source again
     (state / "hostB" / "destroyed").unlink(missing_ok=True)  # and the destination is clean
+    out.parent.mkdir(parents=True, exist_ok=True)  # an -o FILE's directory must exist
     return subprocess.run(
         [sys.executable, "-m", "harness.bhyve", "migrate", "--vm", VM, "--src-prefix", "ssh root@hostA",
          "--dst-prefix", "ssh root@hostB", "--src-ip", "10.0.0.1", "--dst-ip", "10.0.0.2", "--vmm-dir", "vmm",

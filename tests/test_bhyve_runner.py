@@ -246,6 +246,7 @@ def test_bytes_moved_prefers_the_sources_output_counter():
 def test_cli_migrate_writes_a_record(fake, tmp_path):
     fake.modes()
     out = tmp_path / "results" / "run.json"
+    out.parent.mkdir()  # an -o FILE's directory must exist
     cp = subprocess.run(
         [sys.executable, "-m", "harness.bhyve", "migrate", "--vm", VM, "--src-prefix", "ssh root@hostA",
          "--dst-prefix", "ssh root@hostB", "--src-ip", "10.0.0.1", "--dst-ip", "10.0.0.2", "--vmm-dir", "vmm",

@@ -380,6 +380,7 @@ def trace_file(tmp_path):
 
 def test_cli_calibrate_writes_loadable_model(trace_file, tmp_path, capsys):
     out = tmp_path / "m" / "model.json"
+    out.parent.mkdir()  # an -o FILE's directory must exist
     assert main(["calibrate", str(trace_file), "-o", str(out), "--classes", "2"]) == 0
     model = DirtyModel.load(out)
     assert model.n_pages == 32768 and len(model.classes) == 3  # two fitted + the untouched pages

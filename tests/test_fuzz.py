@@ -395,6 +395,39 @@ def test_bad_output_path_is_refused_before_work(capsys, tmp_path, kind):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("argv", [
+    [*SIM, "-o", "{missing}/r.json"],
+    ["trace", "synth", "uniform:rate=1000", "--memory", "64MiB", "--seconds", "1s", "-o", "{missing}/t.npz"],
+    ["compare", "--workload", "uniform:rate=1000", "--memory", "64MiB", "-o", "{missing}/c"],  # a DIR's parent
+    ["regress", "--suite", "{suite}", "--baseline", "{baseline}", "--markdown", "{missing}/r.md"],
+    ["regress", "--suite", "{suite}", "--baseline", "{baseline}", "--benchmark-json", "{missing}/b.json"],
+])
+def test_missing_parent_of_a_given_output_is_refused_naming_the_flag(capsys, tmp_path, argv):
+    missing = tmp_path / "no" / "such"
+    argv = [a.format(missing=missing, suite=ROOT / "results/baselines/sim-suite.toml",
+                     baseline=ROOT / "results/baselines/sim.json") for a in argv]
+    flag = next(a for a in reversed(argv) if a.startswith("-") and not a.startswith("-q"))
+    line = refused(capsys, argv, f"miglab: {flag}: no such directory: ", str(missing))
+    assert not (tmp_path / "no").exists(), line  # nothing created
+
+
+def test_output_directory_may_be_created_when_its_parent_exists(tmp_path):
+    from sim.atomic import check_output_dir
+
+    assert check_output_dir(tmp_path / "new", flag="-o") == tmp_path / "new"
+    with pytest.raises(OutputError) as e:
+        check_output_dir(tmp_path / "a" / "new", flag="-o")
+    assert (e.value.flag, e.value.where) == ("-o", str(tmp_path / "a" / "new"))
+
+
+def test_default_output_paths_still_get_their_parents(tmp_path):
+    deep = tmp_path / "results" / "x" / "r.json"  # a path the tool chose: no flag
+    assert check_output_file(deep) == deep
+    with atomic_path(deep) as tmp:
+        tmp.write_text("{}")
+    assert deep.read_text() == "{}"
+
+
 def test_read_only_parent_is_refused(capsys, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()

@@ -121,6 +121,46 @@ def test_bad_input_is_one_line_exit_2(argv: list[str], needle: str, tmp_path: Pa
     assert not out.exists()
 
 
+def _miglab_namespaces() -> set[str]:
+    try:
+        return {n for n in os.listdir("/run/netns") if n.startswith("miglab")}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.mark.parametrize("memory, needle", [
+    ("1PiB", "--memory: pre-flight: a 1048576.0 GiB migration needs"),  # does not fit this host
+    ("32MiB", "--memory: a QEMU guest's memory must be a whole number of MiB and at least 64 MiB"),
+    ("1000001KiB", "--memory: a QEMU guest's memory must be a whole number of MiB"),  # not MiB-aligned
+    ("4097KiB", "--memory: a QEMU guest's memory must be a whole number of MiB"),
+])
+def test_guest_size_is_refused_before_anything_starts(memory: str, needle: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.migrate as runner
+
+    def started(*a: object, **k: object) -> None:
+        raise AssertionError("the run went past its input checks")
+
+    for name in ("find_qemu", "cleanup_stale", "ShapedLink", "VM"):  # what a run starts first
+        monkeypatch.setattr(runner, name, started)
+    before = _miglab_namespaces()
+    out = tmp_path / "r.json"
+    assert main(["migrate", "--workload", "idle", "--memory", memory, "-o", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("miglab: ") and needle in err and err.count("\n") == 1, err
+    assert _miglab_namespaces() == before and not out.exists()
+
+
+def test_zero_vcpus_are_refused_before_anything_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.migrate as runner
+
+    monkeypatch.setattr(runner, "find_qemu", lambda *a, **k: pytest.fail("started"))
+    with pytest.raises(ConfigError, match="at least 1 vCPU") as e:
+        run_migration(_scenario(), MigrateOptions(smp=0))
+    assert e.value.key == "smp"
+
+
 def test_cli_flags_map_onto_the_scenario() -> None:
     from harness.cli import build_parser
     from harness.cli.migrate import migrate_scenario as scenario_from_args

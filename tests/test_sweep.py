@@ -100,6 +100,7 @@ def test_nested_vary_tables_equal_dotted_keys_and_any_field_varies(tmp_path):
 def test_bad_sweep_is_one_line_error_and_no_output(tmp_path, capsys, text, problem):
     path = _write(tmp_path, text, "bad.toml")
     out = tmp_path / "out" / "bad.parquet"
+    out.parent.mkdir()  # an -o FILE's directory must exist
     assert main(["sweep", str(path), "-o", str(out), "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.toml" in err and problem in err, err

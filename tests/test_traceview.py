@@ -87,6 +87,7 @@ def test_cli_info_text_and_json(trace_file, capsys):
 def test_cli_plot_writes_png(trace_file, tmp_path, capsys):
     path, _, _ = trace_file
     out = tmp_path / "plots" / "hc.png"
+    out.parent.mkdir()  # an -o FILE's directory must exist
     assert main(["trace", "plot", str(path), "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     assert [p.name for p in out.parent.iterdir()] == ["hc.png"]  # no temp file left

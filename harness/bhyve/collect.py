@@ -89,9 +89,9 @@ class ContentDiffTracker:
     def __init__(self, dev: VmmDevice, segments: tuple[Segment, ...], *, read: ReadMode = "mmap",
                  compare: CompareMode = "copy", chunk_bytes: int = CHUNK_BYTES) -> None:
         if read not in ("mmap", "pread"):
-            raise ConfigError(f"--read: {read!r} is not mmap or pread")
+            raise ConfigError(f"{read!r} is not mmap or pread", flag="--read")
         if compare not in ("copy", "hash"):
-            raise ConfigError(f"--compare: {compare!r} is not copy or hash")
+            raise ConfigError(f"{compare!r} is not copy or hash", flag="--compare")
         self.dev, self.segments, self.read, self.compare = dev, segments, read, compare
         self.n_pages = sum(s.n_pages for s in segments)
         self.chunk_bytes = max(PAGE_SIZE_BYTES, chunk_bytes - chunk_bytes % PAGE_SIZE_BYTES)
@@ -319,7 +319,7 @@ def make_tracker(cfg: CollectConfig, dev: VmmDevice, segments: tuple[Segment, ..
         return ContentDiffTracker(dev, segments, read=cfg.read, compare=cfg.compare)
     if cfg.method == "dirty-page-list":
         return DirtyListTracker(dev, segments)
-    raise ConfigError(f"--method: {cfg.method!r} is not one of {', '.join(METHODS)}")
+    raise ConfigError(f"{cfg.method!r} is not one of {', '.join(METHODS)}", flag="--method")
 
 
 def trace_meta(cfg: CollectConfig, dev: VmmDevice, segments: tuple[Segment, ...], tracker: Tracker,
@@ -370,7 +370,7 @@ def run_collection(cfg: CollectConfig, *, ioctl=None, clock: Callable[[], float]
         col = collect_intervals(tracker, interval_s=cfg.interval_s, n_intervals=cfg.n_intervals, clock=clock,
                                 sleep=sleep, progress=cfg.progress)
         if not col.page_lists:
-            raise BhyveError(f"{cfg.vm}: no complete interval was collected; nothing written to {cfg.output}")
+            raise BhyveError(f"no complete interval was collected; nothing written to {cfg.output}", where=cfg.vm)
         meta = trace_meta(cfg, dev, segments, tracker, col, started_at)
         if isinstance(tracker, ContentDiffTracker):
             tracker.close()

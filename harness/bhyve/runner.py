@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
 from harness.record import OUTCOME_COMPLETED, HostInfo, MigrationStats, RunRecord, utc_now
-from sim.errors import ConfigError
+from sim.errors import ConfigError, MiglabError
 from sim.scenario import Scenario
 from sim.units import parse_duration
 
@@ -121,11 +121,11 @@ class MigrateConfig:
             try:
                 addr = ipaddress.ip_address(ip)
             except ValueError:
-                raise ConfigError(f"{flag}: {ip!r} is not an IP address") from None
+                raise ConfigError(f"{ip!r} is not an IP address", flag=flag) from None
             if addr.version != 4:
-                raise ConfigError(f"{flag}: {ip} is IPv6; the bhyve migration patch supports IPv4 only")
+                raise ConfigError(f"{ip} is IPv6; the bhyve migration patch supports IPv4 only", flag=flag)
         if not 0 < self.port < 65536:
-            raise ConfigError(f"--port: {self.port} is not a TCP port")
+            raise ConfigError(f"{self.port} is not a TCP port", flag="--port")
         for flag, v in (("--timeout", self.timeout_s), ("--dst-ready-timeout", self.dst_ready_timeout_s),
                         ("--poll-interval", self.poll_interval_s)):
             if not v > 0:
@@ -248,9 +248,9 @@ class _Proc:
                                       stdout=subprocess.PIPE if read_lines else self.out, stderr=self.err,
                                       start_new_session=True, env=env)
         except FileNotFoundError:
-            raise BhyveError(f"{name}: command not found: {argv[0]}") from None
+            raise BhyveError(f"command not found: {argv[0]}", where=name) from None
         except PermissionError:
-            raise BhyveError(f"{name}: not executable: {argv[0]}") from None
+            raise BhyveError(f"not executable: {argv[0]}", where=name) from None
         self._reader: threading.Thread | None = None
         if read_lines:
             self._reader = threading.Thread(target=self._read, name=f"probe-{name}", daemon=True)
@@ -321,7 +321,7 @@ def _run(name: str, argv: list[str], env: dict[str, str] | None, timeout_s: floa
         while proc.poll() is None:
             if time.monotonic() > deadline:
                 proc.stop(signal.SIGKILL)
-                raise BhyveError(f"{name}: `{shlex.join(argv)}` did not finish within {timeout_s:g} s")
+                raise BhyveError(f"`{shlex.join(argv)}` did not finish within {timeout_s:g} s", where=name)
             time.sleep(0.01)
         return subprocess.CompletedProcess(argv, proc.p.returncode, proc.stdout_text(), proc.stderr_tail(5))
     finally:
@@ -330,7 +330,9 @@ def _run(name: str, argv: list[str], env: dict[str, str] | None, timeout_s: floa
 
 
 # --------------------------------------------------------------------------- the run
-class _Failed(Exception):
+class _Failed(MiglabError):
+    """A run that went wrong: caught in :func:`run_migration` and recorded as the outcome ``failed: <reason>``."""
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason

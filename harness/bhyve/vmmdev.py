@@ -89,13 +89,13 @@ class DirtyPageListUnsupported(BhyveError):
 def check_vm_name(name: str) -> str:
     """Return ``name`` if it is a usable VM name, else raise :class:`VmNameError`."""
     if not name:
-        raise VmNameError("--vm: the VM name is empty")
+        raise VmNameError("the VM name is empty", flag="--vm")
     if len(name) > VM_MAX_NAMELEN_CURRENT:
-        raise VmNameError(f"--vm: VM name {name[:20]!r}... is {len(name)} characters; "
-                          f"FreeBSD allows at most {VM_MAX_NAMELEN_CURRENT} (32 on FreeBSD 14)")
+        raise VmNameError(f"VM name {name[:20]!r}... is {len(name)} characters; "
+                          f"FreeBSD allows at most {VM_MAX_NAMELEN_CURRENT} (32 on FreeBSD 14)", flag="--vm")
     if not _VM_NAME_RE.fullmatch(name):
-        raise VmNameError(f"--vm: VM name {name!r} must start with a letter or digit and contain only "
-                          "letters, digits, '.', '_' and '-'")
+        raise VmNameError(f"VM name {name!r} must start with a letter or digit and contain only "
+                          "letters, digits, '.', '_' and '-'", flag="--vm")
     return name
 
 
@@ -235,12 +235,12 @@ class VmmDevice:
             raise VmmDeviceMissing(f"{self.path}: no such device; is VM {vm!r} running on this host "
                                    "(vmm.ko loaded, bhyve started)?") from None
         except PermissionError:
-            raise VmmPermissionError(f"{self.path}: permission denied; /dev/vmm devices are root-only (mode 0600), "
-                                     "run the collector as root") from None
+            raise VmmPermissionError("permission denied; /dev/vmm devices are root-only (mode 0600), "
+                                     "run the collector as root", where=self.path) from None
         except IsADirectoryError:
             raise VmmDeviceMissing(f"{self.path}: is a directory, not a vmm device") from None
         except OSError as e:
-            raise BhyveError(f"{self.path}: cannot open: {e.strerror}") from None
+            raise BhyveError(f"cannot open: {e.strerror}", where=self.path) from None
         self._maps: list[mmap.mmap] = []
 
     # -- context management --------------------------------------------------
@@ -292,14 +292,14 @@ class VmmDevice:
         except OSError as e:
             if e.errno in (errno.ENOTTY, errno.EINVAL, errno.ENODEV, errno.EOPNOTSUPP):
                 if memsize_bytes is None:
-                    raise BhyveError(f"{self.path}: VM_MMAP_GETNEXT is not supported here ({e.strerror}); "
-                                     "pass --guest-memory SIZE to give the layout") from None
+                    raise BhyveError(f"VM_MMAP_GETNEXT is not supported here ({e.strerror}); "
+                                     "pass --guest-memory SIZE to give the layout", where=self.path) from None
                 return layout_for_memsize(memsize_bytes)
-            raise BhyveError(f"{self.path}: VM_MMAP_GETNEXT failed: {e.strerror}") from None
+            raise BhyveError(f"VM_MMAP_GETNEXT failed: {e.strerror}", where=self.path) from None
         if not maps:
             if memsize_bytes is not None:
                 return layout_for_memsize(memsize_bytes)
-            raise BhyveError(f"{self.path}: the VM has no system memory mapped")
+            raise BhyveError("the VM has no system memory mapped", where=self.path)
         segs = _name_segments(maps)
         if memsize_bytes is not None and sum(s.length_bytes for s in segs) != memsize_bytes:
             raise ConfigError(f"--guest-memory {memsize_bytes} bytes does not match the kernel's "
@@ -312,9 +312,9 @@ class VmmDevice:
         try:
             m = mmap.mmap(self.fd, seg.length_bytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=seg.gpa)
         except OSError as e:
-            raise BhyveError(f"{self.path}: mmap of {seg.name} at gpa {seg.gpa:#x} failed: {e.strerror}") from None
+            raise BhyveError(f"mmap of {seg.name} at gpa {seg.gpa:#x} failed: {e.strerror}", where=self.path) from None
         except ValueError as e:  # e.g. the test file is shorter than the mapping
-            raise BhyveError(f"{self.path}: mmap of {seg.name} at gpa {seg.gpa:#x}: {e}") from None
+            raise BhyveError(f"mmap of {seg.name} at gpa {seg.gpa:#x}: {e}", where=self.path) from None
         self._maps.append(m)
         return memoryview(m)
 
@@ -326,9 +326,9 @@ class VmmDevice:
             try:
                 n = os.preadv(self.fd, [view[done:]], gpa + done)
             except OSError as e:
-                raise BhyveError(f"{self.path}: pread at gpa {gpa + done:#x} failed: {e.strerror}") from None
+                raise BhyveError(f"pread at gpa {gpa + done:#x} failed: {e.strerror}", where=self.path) from None
             if n == 0:
-                raise BhyveError(f"{self.path}: unexpected end of guest memory at gpa {gpa + done:#x}")
+                raise BhyveError(f"unexpected end of guest memory at gpa {gpa + done:#x}", where=self.path)
             done += n
 
     # -- UPB patch ---------------------------------------------------------------
@@ -342,7 +342,7 @@ class VmmDevice:
         low = next((s for s in segments if s.name == "lowmem"), None)
         high = next((s for s in segments if s.name == "highmem"), None)
         if low is None:
-            raise BhyveError(f"{self.path}: no lowmem segment")
+            raise BhyveError("no lowmem segment", where=self.path)
         n_pages = sum(s.n_pages for s in segments)
         if out.dtype != np.uint8 or out.shape != (n_pages,) or not out.flags.c_contiguous:
             raise ValueError(f"out must be a contiguous uint8 array of {n_pages} pages")
@@ -361,5 +361,5 @@ class VmmDevice:
                     f"{self.path}: VM_GET_DIRTY_PAGE_LIST not available ({e.strerror}); this needs the UPB "
                     "migration kernel (reviews D30954/D34717-D34722) built with BHYVE_SNAPSHOT; "
                     "use --method content-diff on stock FreeBSD") from None
-            raise BhyveError(f"{self.path}: VM_GET_DIRTY_PAGE_LIST failed: {e.strerror}") from None
+            raise BhyveError(f"VM_GET_DIRTY_PAGE_LIST failed: {e.strerror}", where=self.path) from None
         return out

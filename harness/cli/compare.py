@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no strategy in {args.strategies!r} (e.g. precopy,postcopy)", flag="--strategies")
     for k in kinds:
         if k not in STRATEGIES:
-            raise ConfigError(f"--strategies: unknown strategy {k!r} (choose from {', '.join(STRATEGIES)})")
+            raise ConfigError(f"unknown strategy {k!r} (choose from {', '.join(STRATEGIES)})", flag="--strategies")
     results = {k: simulate(base.replace(**{"strategy.kind": k})) for k in kinds}
     hostflag.warn(base, host, max(results.values(), key=lambda r: r.precopy_time_s))
     rows = []

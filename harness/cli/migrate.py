@@ -49,17 +49,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--campaign", default="scratch", metavar="NAME",
                    help="results/<campaign>/<name>.json when -o is not given")
     options.add_output(p, "run record JSON path")
-    p.add_argument("--keep-logs", metavar=options.DIR, help="copy the guests' console and QEMU logs into this directory")
-    p.add_argument("--qemu-trace", metavar="LOG",
-                   help="write the source QEMU's migration trace events to LOG: every pending estimate and "
-                        "exact check, bitmap sync and bandwidth window (threshold), with host timestamps")
+    options.add_output_file(p, "--keep-logs", "copy the guests' console and QEMU logs into this directory",
+                            metavar=options.DIR)
+    options.add_output_file(p, "--qemu-trace", "write the source QEMU's migration trace events to LOG: every "
+                            "pending estimate and exact check, bitmap sync and bandwidth window (threshold), with "
+                            "host timestamps", metavar="LOG")
     options.add_quiet(p, "--no-progress")
     bhyve_options.add_migrate_arguments(p)
 
 
 def migrate_scenario(args: argparse.Namespace) -> Scenario:
     """The Scenario a QEMU run measures: the shared flags on the runner's defaults, named after the output."""
-    from harness.migrate import RUNNER_STRATEGIES, validate_for_qemu
+    from harness.migrate import RUNNER_STRATEGIES, validate_for_qemu, verify_memory_by_default
+    from harness.preflight import check_migration
     from sim.errors import ConfigError
     from sim.scenario import Link, Scenario, Strategy, Workload
     from sim.units import parse_bandwidth
@@ -71,7 +73,7 @@ def migrate_scenario(args: argparse.Namespace) -> Scenario:
     for flag, value in (("--max-rounds", getattr(args, "max_rounds", None)),
                         ("--bhyve-rounds", getattr(args, "bhyve_rounds", None))):
         if value is not None and value < 1:
-            raise ConfigError(f"{flag}: must be at least 1, not {value}")
+            raise ConfigError(f"must be at least 1, not {value}", flag=flag)
     scenario = options.scenario_from_args(args, base=runner_defaults, require_workload=True,
                                           strategies=RUNNER_STRATEGIES)
     if getattr(args, "max_rounds", None) is not None:
@@ -79,11 +81,21 @@ def migrate_scenario(args: argparse.Namespace) -> Scenario:
         scenario = scenario.replace(**{"strategy.on_round_limit": "switchover"})
     if getattr(args, "bhyve_rounds", None) is not None:
         if scenario.strategy.stop_rule != "bhyve":
-            raise ConfigError("--bhyve-rounds: needs --stop-rule bhyve")
+            raise ConfigError("needs --stop-rule bhyve", flag="--bhyve-rounds")
         scenario = scenario.replace(**{"strategy.bhyve_rounds": args.bhyve_rounds})
     if not args.name and args.output:
         scenario = scenario.replace(name=Path(args.output).stem)
-    validate_for_qemu(scenario)  # one-line errors before anything starts
+    memory_flag = "--memory" if getattr(args, "memory", None) is not None else None
+    try:
+        workload = validate_for_qemu(scenario)  # one-line errors before anything starts
+    except ConfigError as e:
+        if e.key == "workload.memory_bytes":  # say which flag (or file) set the size
+            raise e.at(flag=memory_flag, where=None if memory_flag else getattr(args, "scenario", None)) from None
+        raise
+    # The guests must fit this host: refused here, naming --memory, before any namespace or process exists
+    # (run_migration checks again, for callers that are not this CLI).
+    verify = args.verify_memory if args.verify_memory is not None else verify_memory_by_default(scenario)
+    check_migration(scenario.workload.memory_bytes, workload, verify_memory=verify, flag=memory_flag)
     return scenario
 
 

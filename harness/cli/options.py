@@ -58,25 +58,40 @@ def add_output(p: argparse.ArgumentParser, help: str, *, metavar: str = FILE, re
     """``-o/--output``: a file (``metavar`` FILE or a file name) or, with ``metavar=DIR``, a directory.
 
     The CLI checks the path before the verb runs (:func:`check_output`): a directory where a file is
-    expected, a device or special file, a parent that cannot be created or written are refused in one
-    line before any work is done.
+    expected, a device or special file, a parent that cannot be written, a missing parent (of a file;
+    a directory may be created, but not its parent) are refused in one line before any work is done.
     """
     p.add_argument("-o", "--output", required=required, metavar=metavar, help=help)
     p.set_defaults(output_kind="dir" if metavar == DIR else "file")
 
 
+def add_output_file(p: argparse.ArgumentParser, flag: str, help: str, *, dest: str | None = None,
+                    metavar: str = FILE) -> None:
+    """An optional output flag other than ``-o`` (``--markdown FILE``), checked like ``-o`` (``metavar=DIR``:
+    a directory, like ``-o DIR``)."""
+    action = p.add_argument(flag, dest=dest, metavar=metavar, help=help)
+    kind = "dir" if metavar == DIR else "file"
+    p.set_defaults(output_files=(*(p.get_default("output_files") or ()), (action.dest, flag, kind)))
+
+
 def check_output(args: argparse.Namespace) -> None:
-    """Refuse ``-o`` now if it cannot be written safely (the error names the path)."""
-    path = getattr(args, "output", None)
-    kind = getattr(args, "output_kind", None)
-    if path is None or kind is None:
-        return
+    """Refuse ``-o`` and every :func:`add_output_file` path now if it cannot be written safely.
+
+    A path given here must have an existing parent directory (see :mod:`sim.atomic`).
+    """
     from sim.atomic import check_output_dir, check_output_file
     from sim.errors import OutputError
 
-    if not str(path).strip():
-        raise OutputError("empty path", flag="-o/--output")
-    (check_output_dir if kind == "dir" else check_output_file)(path)  # the OutputError names the path
+    path = getattr(args, "output", None)
+    kind = getattr(args, "output_kind", None)
+    given = [(path, kind, "-o")] if path is not None and kind is not None else []
+    given += [(getattr(args, dest, None), kind, flag) for dest, flag, kind in getattr(args, "output_files", ())]
+    for path, kind, flag in given:
+        if path is None:
+            continue
+        if not str(path).strip():
+            raise OutputError("empty path", flag="-o/--output" if flag == "-o" else flag)
+        (check_output_dir if kind == "dir" else check_output_file)(path, flag=flag)
 
 
 def parse_flag(value: str, parse: Callable[[str], Any], flag: str) -> Any:
@@ -212,8 +227,8 @@ def scenario_from_args(args: argparse.Namespace, *, base: Scenario | None = None
         ch.update({"workload.kind": "trace", "workload.path": opt.trace, "workload.memory_bytes": t.memory_bytes,
                    "workload.page_size_bytes": t.page_size, "workload.spec": ""})  # no spec: the trace is it
         if opt.memory is not None and parse_flag(opt.memory, parse_size, "--memory") != t.memory_bytes:
-            raise ConfigError(f"--memory: {opt.trace} is a {format_bytes(t.memory_bytes)} guest; a trace replays "
-                              "at its own size (calibrate a model to rescale)")
+            raise ConfigError(f"{opt.trace} is a {format_bytes(t.memory_bytes)} guest; a trace replays "
+                              "at its own size (calibrate a model to rescale)", flag="--memory")
     elif opt.model:
         ch.update({"workload.kind": "model", "workload.path": opt.model, "workload.spec": ""})
         if opt.memory is None:
@@ -370,5 +385,6 @@ def require_harness_extra(verb: str) -> None:
 
 
 __all__ = ["SIZE", "RATE", "TIME", "FILE", "DIR", "SPEC", "N", "DEFAULT_SYNTH_SEED", "HARNESS_EXTRA_HINT",
-           "add_quiet", "add_seed", "add_output", "check_output", "parse_flag", "add_scenario_flags", "add_scenario_arguments",
+           "add_quiet", "add_seed", "add_output", "add_output_file", "check_output", "parse_flag",
+           "add_scenario_flags", "add_scenario_arguments",
            "strategies", "scenario_from_args", "literal", "sigterm_guard", "require_harness_extra"]

@@ -20,15 +20,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", required=True, metavar="BASELINE.json",
                    help="baseline JSON (or a directory/glob of run records to compare two real-run sets)")
     p.add_argument("--update-baseline", action="store_true", help="rewrite the baseline from CURRENT and exit 0")
-    p.add_argument("--markdown", metavar=options.FILE, help="write the Markdown report here (also appended to "
-                                                            "$GITHUB_STEP_SUMMARY when set)")
+    options.add_output_file(p, "--markdown", "write the Markdown report here (also appended to "
+                                             "$GITHUB_STEP_SUMMARY when set)")
     p.add_argument("--only-changed", action="store_true",
                    help="list only the comparisons that changed (failures and changes; the summary counts all)")
-    p.add_argument("--benchmark-json", metavar=options.FILE,
-                   help="write github-action-benchmark customSmallerIsBetter JSON here")
+    options.add_output_file(p, "--benchmark-json", "write github-action-benchmark customSmallerIsBetter JSON here")
     # --json meant the file above; elsewhere it means a result on stdout, so it is deprecated here.
-    p.add_argument("--json", dest="json_deprecated", metavar=options.FILE,
-                   help="deprecated spelling of --benchmark-json (it will be removed)")
+    options.add_output_file(p, "--json", "deprecated spelling of --benchmark-json (it will be removed)",
+                            dest="json_deprecated")
     p.add_argument("--metric", action="append", metavar="NAME",
                    help=f"real runs: metric to compare (repeatable; default {', '.join(DEFAULT_REAL_METRICS)})")
     p.add_argument("--ratio", type=float, default=DEFAULT_RATIO,
@@ -83,7 +82,7 @@ def _load_current(args: argparse.Namespace, metrics: list[str]) -> dict[str, Any
         try:
             doc = json.loads(p.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{p}: not readable JSON ({e})") from None
+            raise ConfigError(f"not readable JSON ({e})", where=p) from None
         if isinstance(doc, dict) and doc.get("format") == BASELINE_FORMAT:
             _check_doc(doc, str(p))
             return doc
@@ -127,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     bench = args.benchmark_json
     if args.json_deprecated:
         if bench:
-            raise ConfigError("--json: give only --benchmark-json (--json is its deprecated spelling)")
+            raise ConfigError("give only --benchmark-json (--json is its deprecated spelling)", flag="--json")
         import sys
 
         print("miglab regress: warning: --json is deprecated, use --benchmark-json (the same file)", file=sys.stderr)
@@ -144,8 +143,8 @@ def run(args: argparse.Namespace) -> int:
                       for n, e in current["scenarios"].items()}
             short = sorted(n for n, k in counts.items() if k < args.min_runs)
             if short:
-                raise ConfigError(f"{args.current}: scenario {short[0]!r} has {counts[short[0]]} finished runs, "
-                                  f"need at least {args.min_runs} for a baseline")
+                raise ConfigError(f"scenario {short[0]!r} has {counts[short[0]]} finished runs, "
+                                  f"need at least {args.min_runs} for a baseline", where=args.current)
         write_baseline(current, baseline_path)
         print(f"{baseline_path}: baseline written ({len(current['scenarios'])} scenarios, {current['kind']})")
         return 0
@@ -155,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         baseline = load_baseline(baseline_path)
     if baseline["kind"] != current["kind"]:
-        raise ConfigError(f"{args.baseline}: a {baseline['kind']} baseline cannot be compared with a "
-                          f"{current['kind']} suite")
+        raise ConfigError(f"a {baseline['kind']} baseline cannot be compared with a "
+                          f"{current['kind']} suite", where=args.baseline)
     if current["kind"] == "simulated":
         if args.rtol < 0:
             raise ConfigError(f"--rtol must not be negative, not {args.rtol}")

@@ -43,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     if args.method not in ("content-diff", "dirty-log"):
         raise ConfigError(f"--method {args.method}: bhyve only; QEMU has content-diff and dirty-log")
     if args.smp < 1:
-        raise ConfigError(f"--smp: need at least 1 vCPU, not {args.smp}")
+        raise ConfigError(f"need at least 1 vCPU, not {args.smp}", flag="--smp")
     if args.keep_first_pass and args.method != "dirty-log":
-        raise ConfigError("--keep-first-pass: only with --method dirty-log")
+        raise ConfigError("only with --method dirty-log", flag="--keep-first-pass")
     options.require_harness_extra("trace collect")
     if args.method == "dirty-log":
         from harness.dirtylog import collect_dirtylog

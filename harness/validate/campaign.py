@@ -134,7 +134,7 @@ class Campaign:
         where = str(path)
         unknown = sorted(set(d) - _TOP_KEYS)
         if unknown:
-            raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_TOP_KEYS))})")
+            raise ConfigError(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(_TOP_KEYS))})", where=where)
         workloads = _load_workloads(_table_list(d, "workload", where), where)
         links = _load_links(_table_list(d, "link", where), where)
         strategies = _load_strategies(_table_list(d, "strategy", where), where)
@@ -142,10 +142,10 @@ class Campaign:
             names = [x.name for x in items]
             dup = {n for n in names if names.count(n) > 1}
             if dup:
-                raise ConfigError(f"{where}: two [[{kind}]] tables are named {sorted(dup)[0]!r}")
+                raise ConfigError(f"two [[{kind}]] tables are named {sorted(dup)[0]!r}", where=where)
         trace_dirs = d.get("trace_dirs", [])
         if not isinstance(trace_dirs, list) or not all(isinstance(x, str) for x in trace_dirs):
-            raise ConfigError(f"{where}: trace_dirs must be a list of directories")
+            raise ConfigError("trace_dirs must be a list of directories", where=where)
 
         def num(key: str, parse: Any, default: Any) -> Any:
             return _number(d, key, parse, default, where)
@@ -168,9 +168,9 @@ class Campaign:
         if c.cv not in ("", "size"):
             raise ConfigError(f"{where}: cv must be \"size\" (leave-one-size-out) or absent")
         if c.repetitions < 1 or c.folds < 2:
-            raise ConfigError(f"{where}: repetitions must be >= 1 and folds >= 2")
+            raise ConfigError("repetitions must be >= 1 and folds >= 2", where=where)
         if c.trace_interval_s <= 0 or c.trace_seconds <= 0 or c.timeout_s <= 0:
-            raise ConfigError(f"{where}: trace_interval, trace_seconds and timeout must be positive")
+            raise ConfigError("trace_interval, trace_seconds and timeout must be positive", where=where)
         c._check_runnable()
         return c
 
@@ -185,12 +185,12 @@ class Campaign:
                     parse_workload(w.spec, mem)
                 except ConfigError as e:
                     at = f" at {_size_label(mem)}" if self.sizes else ""
-                    raise ConfigError(f"{self.source}: [[workload]] {w.name}{at}: {e}") from None
+                    raise ConfigError(f"[[workload]] {w.name}{at}: {e}", where=self.source) from None
         for sc in self.scenarios():
             try:
                 validate_for_qemu(sc.scenario)
             except ConfigError as e:
-                raise ConfigError(f"{self.source}: scenario {sc.name}: {e}") from None
+                raise ConfigError(f"scenario {sc.name}: {e}", where=self.source) from None
 
     def memory_sizes(self) -> list[int]:
         """The guest sizes run: the ``[[size]]`` tables' in order, else the one ``memory``."""
@@ -277,7 +277,7 @@ def _number(d: dict[str, Any], key: str, parse: Any, default: Any, where: str) -
 def _table_list(d: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
     items = d.get(key)
     if not isinstance(items, list) or not items or not all(isinstance(x, dict) for x in items):
-        raise ConfigError(f"{where}: needs at least one [[{key}]] table")
+        raise ConfigError(f"needs at least one [[{key}]] table", where=where)
     return items
 
 
@@ -285,10 +285,10 @@ def _load_workloads(tables: list[dict[str, Any]], where: str) -> list[CampaignWo
     workloads = []
     for i, w in enumerate(tables):
         if "spec" not in w:
-            raise ConfigError(f"{where}: [[workload]] #{i + 1} needs spec = \"...\"")
+            raise ConfigError(f"[[workload]] #{i + 1} needs spec = \"...\"", where=where)
         extra = sorted(set(w) - {"name", "spec"})
         if extra:
-            raise ConfigError(f"{where}: [[workload]] #{i + 1}: unknown key {extra[0]!r}")
+            raise ConfigError(f"[[workload]] #{i + 1}: unknown key {extra[0]!r}", where=where)
         workloads.append(CampaignWorkload(_safe_name(str(w.get("name") or w["spec"].split(":")[0])), str(w["spec"])))
     return workloads
 
@@ -298,15 +298,15 @@ def _load_links(tables: list[dict[str, Any]], where: str) -> list[CampaignLink]:
     for i, lk in enumerate(tables):
         extra = sorted(set(lk) - {"name", "bandwidth", "rtt"})
         if extra or "bandwidth" not in lk:
-            raise ConfigError(f"{where}: [[link]] #{i + 1} needs bandwidth (and optional rtt, name)"
-                              + (f"; unknown key {extra[0]!r}" if extra else ""))
+            raise ConfigError(f"[[link]] #{i + 1} needs bandwidth (and optional rtt, name)"
+                              + (f"; unknown key {extra[0]!r}" if extra else ""), where=where)
         try:
             bw = parse_bandwidth(str(lk["bandwidth"]))
             rtt = parse_duration(str(lk.get("rtt", "0s")))
             if not bw > 0:
                 raise ConfigError(f"bandwidth must be positive, not {lk['bandwidth']!r}")
         except ConfigError as e:
-            raise ConfigError(f"{where}: [[link]] #{i + 1}: {e}") from None
+            raise ConfigError(f"[[link]] #{i + 1}: {e}", where=where) from None
         links.append(CampaignLink(_safe_name(str(lk.get("name") or f"{lk['bandwidth']}-{lk.get('rtt', '0s')}")),
                                   bw, rtt))
     return links
@@ -318,7 +318,7 @@ def _load_strategies(tables: list[dict[str, Any]], where: str) -> list[CampaignS
         s = dict(s)
         name = s.pop("name", None)
         if not name:
-            raise ConfigError(f"{where}: [[strategy]] #{i + 1} needs a name")
+            raise ConfigError(f"[[strategy]] #{i + 1} needs a name", where=where)
         with_fields(Strategy(), s, where=f"{where}: [[strategy]] {name}")  # its ConfigError names file and table
         strategies.append(CampaignStrategy(_safe_name(str(name)), tuple(sorted(s.items()))))
     return strategies

@@ -65,17 +65,17 @@ def validated_runs(paths: Iterable[str | Path]) -> list[ValidatedRun]:
         elif p.exists():
             files.append(p)
         else:
-            raise ConfigError(f"{p}: no such file or directory")
+            raise ConfigError("no such file or directory", where=p)
     out = []
     for f in files:
         rec = RunRecord.load(f)
         meta = rec.options.get("validation")
         if not isinstance(meta, dict) or "trace" not in meta:
-            raise ConfigError(f"{f}: not a validation run (no options.validation.trace); run it through "
-                              "`miglab validate`")
+            raise ConfigError("not a validation run (no options.validation.trace); run it through "
+                              "`miglab validate`", where=f)
         trace = (f.parent / str(meta["trace"])).resolve()
         if not trace.exists():
-            raise ConfigError(f"{f}: its trace {trace} is missing")
+            raise ConfigError(f"its trace {trace} is missing", where=f)
         out.append(ValidatedRun(f, rec, str(meta["scenario"]), int(meta["repetition"]), str(meta["workload"]),
                                 str(meta["link"]), str(meta["strategy"]), trace))
     if not out:
