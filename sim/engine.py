@@ -33,10 +33,11 @@ import numpy as np
 import simpy
 
 from . import __version__
-from .dirty import ExactPages, ExpectedPages, SampledDirt, TraceDirt
+from .dirty import SampledDirt, TraceDirt
 from .errors import ConfigError
 from .migration import ZERO_PAGE_WIRE_BYTES
 from .model import DirtyModel
+from .pending import ExactPages, ExpectedPages
 from .postcopy import postcopy
 from .result import Result
 from .scenario import Scenario

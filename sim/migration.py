@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from .dirty import ExactPages, ExpectedPages
+from .pending import ExactPages, ExpectedPages
 from .scenario import Scenario
 
 #: QEMU's RAM_SAVE_FLAG_ZERO page on the wire: the page header plus one byte.

@@ -58,8 +58,8 @@ from typing import Any
 import numpy as np
 import simpy
 
-from .dirty import ExactPages, ExpectedPages
 from .migration import ZERO_PAGE_WIRE_BYTES, MigrationState
+from .pending import ExactPages, ExpectedPages
 
 STEPS = 400  # integration steps over the nominal push time
 _EMPTY_I64 = np.zeros(0, np.int64)
@@ -169,7 +169,7 @@ def expected_postcopy(m: MigrationState, state: PostcopyState, t0_s: float) -> f
     """Expected-value post-copy in one loop over plain floats; returns the wall time it ends.
 
     The arithmetic, step order and results are those of ``run_guest`` and
-    ``background_push`` on :class:`~sim.dirty.ExpectedPages` (the guest's step
+    ``background_push`` on :class:`~sim.pending.ExpectedPages` (the guest's step
     at t, then the push's step for [t, t + dt] at t + dt, ...), without a SimPy
     event or a numpy call on a handful of classes per step: a model has a few
     page classes, and two processes cost 800 events and ~4000 tiny reductions

@@ -36,7 +36,7 @@ The sources, and what each part of this module follows:
 
 Both pending-page models run the same pass:
 
-* page-exact (:class:`~sim.dirty.ExactPages`): the pass visits the pending
+* page-exact (:class:`~sim.pending.ExactPages`): the pass visits the pending
   pages in ``permute()`` order; before each batch the pages dirtied since the
   round began (guest time) join a skip map, and the next batch is the next
   ``xen_batch_pages`` pending pages not in it. For guests over 256 batches per
@@ -45,7 +45,7 @@ Both pending-page models run the same pass:
   same writes. A sampled model (:class:`~sim.dirty.SampledDirt`) draws the
   closing sync afresh, so a skipped page stays pending even when that second
   draw misses it: slightly more re-sending than the model implies.
-* expected counts (:class:`~sim.dirty.ExpectedPages`): the pass visits every
+* expected counts (:class:`~sim.pending.ExpectedPages`): the pass visits every
   class evenly (what ``permute()`` aims for); a pending page reached at guest
   time ``tau`` into the round is skipped with the class's probability of a
   write in ``[0, tau)``, evaluated at each peek. This is exact in expectation
@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import simpy
 
-from .dirty import ExactPages, ExpectedPages
+from .pending import ExactPages, ExpectedPages
 from .stoprules import XenRule
 
 if TYPE_CHECKING:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim import dirty
-from sim.dirty import ExactPages, SampledDirt, TraceDirt, kth_set, pages_in_range, popcount_range
+from sim import bitmap, dirty
+from sim.bitmap import kth_set, pages_in_range, popcount_range
+from sim.dirty import SampledDirt, TraceDirt
 from sim.model import DirtyModel, PageClass
+from sim.pending import ExactPages
 from sim.trace import make_trace
 
 
@@ -148,8 +150,8 @@ def test_trace_dirty_sets_hold_the_pages_of_the_window(mode):
         pieces = list(b.dirty_sets(g0, g1))
         got = set()
         for p in pieces:
-            if isinstance(p, dirty.WordSet):  # a whole interval, packed
-                p = p.as_bitmap(dirty.n_words(n))
+            if isinstance(p, bitmap.WordSet):  # a whole interval, packed
+                p = p.as_bitmap(bitmap.n_words(n))
             got |= set(pages_in_range(p, 0, n).tolist()) if p.dtype == np.uint64 else set(p.tolist())
         assert got == set(pages.tolist())
         assert a.looped == b.looped
@@ -186,14 +188,14 @@ def test_group_words_and_word_sets_hold_the_pages_dense_or_sparse():
     hot = rng.integers(10_000, 40_000, 20_000)  # dense enough for runs
     cold = rng.integers(0, n, 3_000)
     pages = np.sort(np.concatenate([hot, cold, hot[:500]]))  # repeats too
-    ref = np.zeros(dirty.n_words(n), np.uint64)
+    ref = np.zeros(bitmap.n_words(n), np.uint64)
     np.bitwise_or.at(ref, pages >> 6, np.left_shift(np.uint64(1), (pages & 63).astype(np.uint64)))
-    w, bits = dirty.group_words(pages)
+    w, bits = bitmap.group_words(pages)
     assert np.all(np.diff(w) > 0)
     got = np.zeros_like(ref)
     got[w] = bits
     assert np.array_equal(got, ref)
-    ws = dirty.WordSet.of_pages(pages)
+    ws = bitmap.WordSet.of_pages(pages)
     assert ws.runs, "the hot range should be kept dense"
     assert np.array_equal(ws.as_bitmap(len(ref)), ref)
     assert ws.n_pages == len(np.unique(pages))

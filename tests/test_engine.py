@@ -469,7 +469,7 @@ class _Touches:
 def _faulting_migration():
     from types import SimpleNamespace
 
-    from sim.dirty import ExactPages
+    from sim.pending import ExactPages
 
     pages = ExactPages(_Touches())
     words = np.zeros_like(pages.pending_words)

@@ -10,7 +10,7 @@ import pytest
 import simpy
 
 from sim import Scenario, simulate
-from sim.dirty import ExactPages
+from sim.pending import ExactPages
 from sim.postcopy import PostcopyState, fault_stall_s, flight_s, push_follows_faults, serve_fault
 
 
