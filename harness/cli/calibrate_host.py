@@ -44,5 +44,6 @@ def run(args: argparse.Namespace) -> int:
         e = fit_.get(f"{side}_median_abs_rel_error") or {}
         runs = fit_["train_runs"] if side == "train" else fit_["heldout_runs"]
         print(f"  {side:8s} ({runs} runs): " + ", ".join(
-            f"{k} {v * 100:.1f} %" for k, v in e.items() if isinstance(v, float) and math.isfinite(v)))
+            f"{k} {v * 100:.1f} %{' not exact' if k == 'dirty_sync_count' else ''}" for k, v in e.items()
+            if isinstance(v, float) and math.isfinite(v)))
     return 0
