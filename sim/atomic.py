@@ -28,16 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import OutputError
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
+from .inputs import file_kind
 
 
 def _check_target(path: Path) -> None:
@@ -53,7 +44,7 @@ def _check_target(path: Path) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise OutputError("is a directory; give a file name", where=path)
     if not stat.S_ISREG(st.st_mode):
-        raise OutputError(f"is {_kind(st.st_mode)}; miglab writes only regular files", where=path)
+        raise OutputError(f"is {file_kind(st.st_mode)}; miglab writes only regular files", where=path)
 
 
 def _check_dir(path: Path, *, target: Path, flag: str | None = None, probe: bool = True) -> None:
@@ -79,7 +70,7 @@ def _check_dir(path: Path, *, target: Path, flag: str | None = None, probe: bool
         except OSError as e:
             raise OutputError(f"cannot write: {e.strerror}", where=target) from None
     if not stat.S_ISDIR(st.st_mode):
-        raise OutputError(f"cannot write: {p} is {'a file' if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)}, "
+        raise OutputError(f"cannot write: {p} is {'a file' if stat.S_ISREG(st.st_mode) else file_kind(st.st_mode)}, "
                           "not a directory", where=target)
     if not os.access(p, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write: directory {p} is not writable", where=target)
@@ -121,7 +112,7 @@ def check_output_dir(path: str | os.PathLike[str], *, flag: str | None = None) -
     except OSError as e:
         raise OutputError(f"cannot write: {e.strerror}", where=p) from None
     if not stat.S_ISDIR(st.st_mode):
-        raise OutputError(f"is {'a file' if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)}; "
+        raise OutputError(f"is {'a file' if stat.S_ISREG(st.st_mode) else file_kind(st.st_mode)}; "
                           "give a directory", where=p)
     _check_dir(p, target=p)
     return p

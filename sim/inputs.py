@@ -33,7 +33,8 @@ MAX_TEXT_BYTES = 64 * 2**20
 MAX_ALLOCATION_BYTES = 16 * 2**30
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for a refusal: "a directory", "a device", "a FIFO", ..."""
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -56,7 +57,7 @@ def regular_file(path: str | os.PathLike[str], what: str = "file") -> os.stat_re
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror}", where=path) from None
     if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"is {_kind(st.st_mode)}, not a {what}", where=path)
+        raise InputError(f"is {file_kind(st.st_mode)}, not a {what}", where=path)
     return st
 
 

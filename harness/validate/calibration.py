@@ -88,19 +88,25 @@ def calibrate(runs: Sequence[ValidatedRun], folds: int, host_json: str | None = 
     full = hostfit.fit(obs)
     bar.update(1)
     bar.close()
+    return from_fold_fits(f"{folds}-fold cross-validation by scenario", fold_fits, full)
+
+
+def from_fold_fits(method: str, fold_fits: Sequence[Any], full: Any) -> Calibration:
+    """A :class:`Calibration` from cross-validation fold fits and the fit on every run."""
     heldout: dict[str, dict[str, float]] = {}
     fold_of: dict[str, int] = {}
     for ff in fold_fits:
         for g in ff.heldout_groups:
             heldout[g] = ff.fit.constants
             fold_of[g] = ff.fold
-    info = [{"fold": ff.fold, "constants": ff.fit.constants, "train_scenarios": list(ff.fit.train_groups),
+    info = [{"fold": ff.fold, **({"heldout_workload": ff.label} if ff.label else {}),
+             "constants": ff.fit.constants, "train_scenarios": list(ff.fit.train_groups),
              "heldout_scenarios": list(ff.heldout_groups), "train_runs": ff.fit.n_train_runs, "loss": ff.fit.loss,
              "evaluations": ff.fit.evaluations} for ff in fold_fits]
     info.append({"fold": "all", "constants": full.constants, "train_scenarios": list(full.train_groups),
                  "heldout_scenarios": [], "train_runs": full.n_train_runs, "loss": full.loss,
                  "evaluations": full.evaluations})
-    return Calibration(f"{folds}-fold cross-validation by scenario", heldout, fold_of, full.constants, info)
+    return Calibration(method, heldout, fold_of, full.constants, info)
 
 
 def _calibrate_by_size(runs: Sequence[ValidatedRun], folds: int, train_max_bytes: int, cv: str,

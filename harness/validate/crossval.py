@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.validate.calibration import Calibration, calibrate, observation
+from harness.validate.calibration import Calibration, calibrate, from_fold_fits, observation
 from harness.validate.compare import (
     MODEL_HELDOUT,
     ValidatedRun,
@@ -84,24 +84,6 @@ def _resolve(choice: str, runs: Sequence[ValidatedRun]) -> tuple[str, str]:
                         "so the held-out figures are by scenario")
 
 
-def _calibration(method: str, fold_fits: Sequence[Any], full: Any) -> Calibration:
-    """A :class:`Calibration` from fold fits and the fit on every run (as ``calibrate`` builds it)."""
-    heldout: dict[str, dict[str, float]] = {}
-    fold_of: dict[str, int] = {}
-    for ff in fold_fits:
-        for g in ff.heldout_groups:
-            heldout[g] = ff.fit.constants
-            fold_of[g] = ff.fold
-    info = [{"fold": ff.fold, **({"heldout_workload": ff.label} if ff.label else {}), "constants": ff.fit.constants,
-             "train_scenarios": list(ff.fit.train_groups), "heldout_scenarios": list(ff.heldout_groups),
-             "train_runs": ff.fit.n_train_runs, "loss": ff.fit.loss, "evaluations": ff.fit.evaluations}
-            for ff in fold_fits]
-    info.append({"fold": "all", "constants": full.constants, "train_scenarios": list(full.train_groups),
-                 "heldout_scenarios": [], "train_runs": full.n_train_runs, "loss": full.loss,
-                 "evaluations": full.evaluations})
-    return Calibration(method, heldout, fold_of, full.constants, info)
-
-
 def calibrations(runs: Sequence[ValidatedRun], folds: int, host_json: str | None = None, *,
                  choice: str = DEFAULT_CHOICE, progress: bool = True) -> CrossValidation:
     """Fit the constants of both schemes (or read ``host_json``: then there is no cross-validation).
@@ -135,7 +117,7 @@ def calibrations(runs: Sequence[ValidatedRun], folds: int, host_json: str | None
     bar.close()
     methods = {"workload": "leave-one-workload-out cross-validation",
                "scenario": f"{folds}-fold cross-validation by scenario"}
-    cals = {s: _calibration(methods[s], fits[s], full) for s in schemes}
+    cals = {s: from_fold_fits(methods[s], fits[s], full) for s in schemes}
     return CrossValidation(headline, cals.pop(headline), cals, note)
 
 
