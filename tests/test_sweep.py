@@ -215,10 +215,10 @@ seed = {list(range(200))}
             "sweep", str(path), "-o", str(out), "-j", "2", "--checkpoint-every", "2", "-q"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
+        # No deadline of our own: a sweep that never checkpoints is caught by the per-test timeout
+        # (pytest-timeout, scaled to the machine by conftest), and the finally below kills it.
         while not list(parts_dir_for(out).glob("part-*.parquet")):
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
